@@ -1,0 +1,110 @@
+"""Stochastic layers of the GMVAE: the Gumbel-Softmax and Gaussian samplers."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class GumbelSoftmax(keras.layers.Layer):
+    """Relaxed one-hot sample of a categorical distribution (Jang et al., 2017).
+
+    Given logits `l`, a training-time call returns
+    `softmax((l + g) / temperature)` with `g ~ Gumbel(0, 1)`. With
+    `hard=True` the forward value is the one-hot argmax of that sample while
+    the gradient is the soft sample's (straight-through estimator). With
+    `training=False` the layer is deterministic and returns `softmax(l)`.
+
+    The temperature lives in a non-trainable variable, so a callback can
+    anneal it between epochs by `layer.temperature.assign(t)` without
+    retracing the compiled train step, and it is saved with the weights.
+
+    Args:
+        temperature: initial temperature, > 0.
+        hard: return straight-through one-hot samples.
+        seed: seed of the layer's `keras.random.SeedGenerator`.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, temperature=1.0, hard=False, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.initial_temperature = float(temperature)
+        self.hard = bool(hard)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.temperature = self.add_weight(
+            name="temperature",
+            shape=(),
+            initializer=keras.initializers.Constant(self.initial_temperature),
+            trainable=False,
+        )
+
+    def call(self, logits, training=None):
+        if not training:
+            return ops.softmax(logits, axis=-1)
+        uniform = keras.random.uniform(
+            ops.shape(logits),
+            minval=1e-7,
+            maxval=1.0 - 1e-7,
+            dtype=logits.dtype,
+            seed=self.seed_generator,
+        )
+        gumbel = -ops.log(-ops.log(uniform))
+        temperature = ops.cast(self.temperature, logits.dtype)
+        sample = ops.softmax((logits + gumbel) / temperature, axis=-1)
+        if self.hard:
+            one_hot = ops.one_hot(
+                ops.argmax(sample, axis=-1), ops.shape(logits)[-1], dtype=sample.dtype
+            )
+            sample = sample + ops.stop_gradient(one_hot - sample)
+        return sample
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "temperature": self.initial_temperature,
+                "hard": self.hard,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class GaussianSample(keras.layers.Layer):
+    """Reparameterized sample `z = mean + sqrt(variance) * eps`, `eps ~ N(0, I)`.
+
+    Called on `[mean, variance]`. With `training=False` it returns the mean, so
+    inference is deterministic.
+
+    Args:
+        seed: seed of the layer's `keras.random.SeedGenerator`.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        mean, variance = inputs
+        if not training:
+            return mean
+        noise = keras.random.normal(
+            ops.shape(mean), dtype=mean.dtype, seed=self.seed_generator
+        )
+        return mean + ops.sqrt(variance) * noise
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"seed": self.seed})
+        return config

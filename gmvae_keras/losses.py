@@ -1,0 +1,216 @@
+"""The loss terms of the paper, one function each.
+
+Reductions (they decide how the weights w_* balance the terms):
+every per-sample term is summed over its pixels or latent dimensions and
+then averaged over the batch, except `lifted_structured_loss`, which is
+averaged over the positive pairs of the batch.
+
+    L = L_R + w_G·L_G + w_C·L_C + w_A·L_A + w_M·L_M
+"""
+
+import keras
+from keras import ops
+
+_EPSILON = 1e-7
+# Stands for log(0) in masked log-sum-exps; finite so that no NaN appears.
+_LOG_ZERO = -1e9
+
+
+def reconstruction_loss(images, reconstructions, kind="mse"):
+    """L_R: reconstruction error of p(x|z).
+
+    Args:
+        images: `[batch, H, W, C]` targets in [0, 1].
+        reconstructions: decoder outputs (sigmoid means), same shape.
+        kind: "mse" (squared error) or "bce" (binary cross-entropy of the
+            pixels as Bernoulli means, clipped away from 0 and 1).
+
+    Returns:
+        Scalar: the per-image error summed over all pixels and channels,
+        averaged over the batch.
+    """
+    images = ops.reshape(images, (ops.shape(images)[0], -1))
+    reconstructions = ops.reshape(reconstructions, (ops.shape(reconstructions)[0], -1))
+    if kind == "mse":
+        per_pixel = ops.square(images - reconstructions)
+    elif kind == "bce":
+        p = ops.clip(reconstructions, _EPSILON, 1.0 - _EPSILON)
+        per_pixel = -(images * ops.log(p) + (1.0 - images) * ops.log(1.0 - p))
+    else:
+        raise ValueError(f"kind must be 'mse' or 'bce', got {kind!r}")
+    return ops.mean(ops.sum(per_pixel, axis=-1))
+
+
+def log_normal(x, mean, variance):
+    """log N(x; mean, diag(variance)), summed over the last axis."""
+    return -0.5 * ops.sum(
+        ops.log(2.0 * 3.141592653589793 * variance) + ops.square(x - mean) / variance,
+        axis=-1,
+    )
+
+
+def gaussian_loss(z, mean, variance, prior_mean, prior_variance):
+    """L_G: log q(z|x̂,y) − log p(z|y) at the sampled z.
+
+    A one-sample estimate of KL(q(z|x̂,y) ‖ p(z|y)).
+
+    Args:
+        z: `[batch, z_sz]` reparameterized sample of q(z|x̂,y).
+        mean, variance: parameters of q(z|x̂,y).
+        prior_mean, prior_variance: parameters of p(z|y).
+
+    Returns:
+        Scalar: summed over the z_sz dimensions, averaged over the batch.
+    """
+    return ops.mean(log_normal(z, mean, variance) - log_normal(z, prior_mean, prior_variance))
+
+
+def categorical_loss(logits):
+    """L_C: KL(q(y|x̂) ‖ Uniform(c)) = Σ_y q log q + log c.
+
+    Args:
+        logits: `[batch, c]` logits of q(y|x̂).
+
+    Returns:
+        Scalar: summed over the c categories, averaged over the batch.
+    """
+    log_q = ops.log_softmax(logits, axis=-1)
+    num_classes = ops.cast(ops.shape(logits)[-1], log_q.dtype)
+    return ops.mean(ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes))
+
+
+def assignment_loss(labels, logits):
+    """L_A: cross-entropy of q(y|x̂) against true or assigned labels.
+
+    Args:
+        labels: `[batch]` int labels (true for labeled samples, from
+            `assign_labels` for unlabeled ones).
+        logits: `[batch, c]` logits of q(y|x̂).
+
+    Returns:
+        Scalar: averaged over the batch.
+    """
+    return ops.mean(
+        keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    )
+
+
+def pairwise_distance(a, b=None):
+    """Euclidean distances between the rows of `a` and of `b` (default `a`).
+
+    The square root is taken only where the squared distance is positive,
+    so the gradient stays finite (zero) for coinciding points.
+
+    Returns:
+        `[len(a), len(b)]` distances.
+    """
+    b = a if b is None else b
+    squared = (
+        ops.sum(ops.square(a), axis=-1, keepdims=True)
+        - 2.0 * ops.matmul(a, ops.transpose(b))
+        + ops.transpose(ops.sum(ops.square(b), axis=-1, keepdims=True))
+    )
+    squared = ops.maximum(squared, 0.0)
+    is_zero = squared <= 1e-12
+    return ops.where(is_zero, 0.0, ops.sqrt(ops.where(is_zero, 1.0, squared)))
+
+
+def assign_labels_from_distances(distances, labeled_labels, num_classes, k, weighting="distance"):
+    """`assign_labels` on a precomputed `[n_unlabeled, n_labeled]` distance matrix."""
+    if weighting not in ("distance", "majority"):
+        raise ValueError(f"weighting must be 'distance' or 'majority', got {weighting!r}")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    num_labeled = distances.shape[-1]
+    if num_labeled is not None and k > num_labeled:
+        raise ValueError(f"k={k} is larger than the number of labeled samples ({num_labeled})")
+    distances = ops.stop_gradient(distances)
+    neg_distances, neighbours = ops.top_k(-distances, k=k)
+    if weighting == "distance":
+        weights = 1.0 / (-neg_distances + _EPSILON)
+    else:
+        weights = ops.ones_like(neg_distances)
+    neighbour_labels = ops.take(ops.cast(labeled_labels, "int32"), neighbours)
+    votes = ops.sum(
+        ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None],
+        axis=1,
+    )
+    return ops.cast(ops.argmax(votes, axis=-1), "int32")
+
+
+def assign_labels(
+    unlabeled_features, labeled_features, labeled_labels, num_classes, k, weighting="distance"
+):
+    """Label each unlabeled sample by a k-NN vote among the labeled ones (eq. 8).
+
+    Each unlabeled feature vector takes the class with the largest vote among
+    its `k` nearest labeled feature vectors (Euclidean distance). With
+    `weighting="distance"` each neighbour votes with weight 1/distance, as in
+    the paper; with `weighting="majority"` each votes 1, as in the authors'
+    released code (ties go to the smallest class index). No gradient flows
+    through the assignment.
+
+    Args:
+        unlabeled_features: `[n_unlabeled, f]`.
+        labeled_features: `[n_labeled, f]`.
+        labeled_labels: `[n_labeled]` int labels in `[0, num_classes)`.
+        num_classes: c.
+        k: number of neighbours, 1 <= k <= n_labeled.
+        weighting: "distance" or "majority".
+
+    Returns:
+        `[n_unlabeled]` int32 labels.
+
+    Raises:
+        ValueError: for k < 1, k > n_labeled or an unknown weighting.
+    """
+    distances = pairwise_distance(
+        ops.stop_gradient(unlabeled_features), ops.stop_gradient(labeled_features)
+    )
+    return assign_labels_from_distances(distances, labeled_labels, num_classes, k, weighting)
+
+
+def lifted_structured_loss_from_distances(labels, distances, margin):
+    """`lifted_structured_loss` on a precomputed `[batch, batch]` distance matrix."""
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    same = ops.equal(labels[:, None], labels[None, :])
+    batch_size = ops.shape(labels)[0]
+    eye = ops.eye(batch_size, dtype="bool")
+    positives = ops.cast(ops.logical_and(same, ops.logical_not(eye)), distances.dtype)
+    # log Σ_{k ∈ negatives(i)} exp(margin − D_ik), one value per row.
+    negative_logits = ops.where(same, _LOG_ZERO, margin - distances)
+    row_terms = ops.logsumexp(negative_logits, axis=1)
+    # J_ij = log(Σ_neg(i) + Σ_neg(j)) + D_ij, combined stably in log space.
+    j = ops.logaddexp(row_terms[:, None], row_terms[None, :]) + distances
+    num_positives = ops.sum(positives)
+    total = ops.sum(ops.square(ops.relu(j)) * positives)
+    return total / ops.maximum(num_positives, 1.0) / 2.0
+
+
+def lifted_structured_loss(labels, embeddings, margin):
+    """L_M: the lifted structured loss of Song et al. (2016).
+
+    In the form of TensorFlow's metric-learning losses (which the authors'
+    code called): for every ordered positive pair (i, j), i ≠ j,
+
+        J_ij = log(Σ_{k ∈ N(i)} exp(margin − D_ik) + Σ_{l ∈ N(j)} exp(margin − D_jl)) + D_ij
+
+    with D the Euclidean distance and N(i) the samples whose label differs
+    from i's, and
+
+        loss = Σ_{(i,j)} max(J_ij, 0)² / (number of ordered positive pairs) / 2.
+
+    Log-sum-exps are computed with max subtraction; a batch with no
+    negatives or no positive pair gives 0, and coinciding embeddings give
+    finite gradients.
+
+    Args:
+        labels: `[batch]` int labels.
+        embeddings: `[batch, f]` features x̂.
+        margin: the margin α.
+
+    Returns:
+        Scalar: averaged over the ordered positive pairs, halved.
+    """
+    return lifted_structured_loss_from_distances(labels, pairwise_distance(embeddings), margin)

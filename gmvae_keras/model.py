@@ -1,0 +1,360 @@
+"""The semi-supervised Gaussian Mixture VAE guided by auxiliary tasks."""
+
+import numpy as np
+import keras
+from keras import ops
+import tensorflow as tf
+
+from gmvae_keras import losses
+from gmvae_keras.layers import GaussianSample, GumbelSoftmax
+from gmvae_keras.networks import (
+    CategoricalInference,
+    Decoder,
+    Encoder,
+    GaussianInference,
+    GaussianPrior,
+)
+
+LOSS_TERMS = (
+    "reconstruction_loss",
+    "gaussian_loss",
+    "categorical_loss",
+    "assignment_loss",
+    "metric_loss",
+)
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class GMVAE(keras.Model):
+    """GMVAE of "Semi-supervised Learning using Deep Generative Models and
+    Auxiliary Tasks" (Arias Figueroa, 2019).
+
+    Generative model: y ~ Uniform(c), z ~ p(z|y) = N(μ(y), σ²(y)),
+    x ~ p(x|z). Inference: x̂ = g(x) (deterministic features), y ~ q(y|x̂)
+    (Gumbel-Softmax relaxed), z ~ q(z|x̂,y). `train_step` minimises
+
+        L = L_R + w_G·L_G + w_C·L_C + w_A·L_A + w_M·L_M
+
+    (see `gmvae_keras.losses`) on a batch dict
+    `{"images": [B,H,W,C], "labels": [n_l], "unlabeled_labels": [B-n_l]}`
+    whose first `B - n_l` images are unlabeled and last `n_l` labeled.
+    Unlabeled samples get labels from a k-NN vote among the labeled
+    features of the batch (`losses.assign_labels`); L_A and L_M use the
+    true labels of the labeled part and these assigned labels.
+    `unlabeled_labels` is optional and only feeds the `assignment_accuracy`
+    metric. With `n_l = 0` or `w_A = w_M = 0` the auxiliary losses are not
+    computed (unsupervised clustering); `w_M = 0` alone is the paper's
+    ablation.
+
+    `test_step` takes `(images, labels)` (or the same dict) and reports
+    `error`, the classification error (%) of argmax q(y|x̂).
+
+    Args:
+        image_shape: `(H, W, C)`, 28×28×C or 32×32×C.
+        num_classes: c.
+        feature_size: f_sz, length of x̂.
+        latent_size: z_sz, length of z.
+        reconstruction: "mse" or "bce" (`losses.reconstruction_loss`).
+        gaussian_weight, categorical_weight: w_G, w_C.
+        assignment_weight, metric_weight: w_A, w_M.
+        margin: margin of the lifted structured loss.
+        k: neighbours of the label assignment.
+        assignment_weighting: "distance" (paper) or "majority".
+        temperature: initial Gumbel-Softmax temperature.
+        hard_gumbel: straight-through one-hot Gumbel-Softmax samples.
+        seed: seed of the sampling layers.
+        **kwargs: passed to `keras.Model`.
+    """
+
+    def __init__(
+        self,
+        image_shape,
+        num_classes,
+        feature_size=100,
+        latent_size=100,
+        reconstruction="mse",
+        gaussian_weight=1.0,
+        categorical_weight=1.0,
+        assignment_weight=1.0,
+        metric_weight=1.0,
+        margin=1.0,
+        k=5,
+        assignment_weighting="distance",
+        temperature=1.0,
+        hard_gumbel=False,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        for name, value in (
+            ("gaussian_weight", gaussian_weight),
+            ("categorical_weight", categorical_weight),
+            ("assignment_weight", assignment_weight),
+            ("metric_weight", metric_weight),
+            ("margin", margin),
+        ):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if reconstruction not in ("mse", "bce"):
+            raise ValueError(f"reconstruction must be 'mse' or 'bce', got {reconstruction!r}")
+        if assignment_weighting not in ("distance", "majority"):
+            raise ValueError(
+                f"assignment_weighting must be 'distance' or 'majority', got {assignment_weighting!r}"
+            )
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.image_shape = tuple(int(d) for d in image_shape)
+        self.num_classes = int(num_classes)
+        self.feature_size = int(feature_size)
+        self.latent_size = int(latent_size)
+        self.reconstruction = reconstruction
+        self.gaussian_weight = float(gaussian_weight)
+        self.categorical_weight = float(categorical_weight)
+        self.assignment_weight = float(assignment_weight)
+        self.metric_weight = float(metric_weight)
+        self.margin = float(margin)
+        self.k = int(k)
+        self.assignment_weighting = assignment_weighting
+        self.temperature = float(temperature)
+        self.hard_gumbel = bool(hard_gumbel)
+        self.seed = seed
+
+        self.encoder = Encoder(self.image_shape, self.feature_size, name="encoder")
+        self.categorical_inference = CategoricalInference(
+            self.num_classes, self.feature_size, name="categorical_inference"
+        )
+        self.gumbel_softmax = GumbelSoftmax(
+            self.temperature, hard=self.hard_gumbel, seed=seed, name="gumbel_softmax"
+        )
+        self.gaussian_inference = GaussianInference(self.latent_size, name="gaussian_inference")
+        self.gaussian_sample = GaussianSample(
+            seed=None if seed is None else seed + 1, name="gaussian_sample"
+        )
+        self.gaussian_prior = GaussianPrior(self.latent_size, name="gaussian_prior")
+        self.decoder = Decoder(self.image_shape, self.latent_size, name="decoder")
+
+        self.trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
+        }
+        self.error_tracker = keras.metrics.Mean(name="error")
+        self._inference_function = None
+        self.build((None,) + self.image_shape)
+
+    # ------------------------------------------------------------------ build
+
+    def build(self, input_shape):
+        if self.built:
+            return
+        batch = input_shape[0]
+        self.encoder.build(input_shape)
+        features_shape = (batch, self.feature_size)
+        y_shape = (batch, self.num_classes)
+        self.categorical_inference.build(features_shape)
+        self.gumbel_softmax.build(y_shape)
+        self.gaussian_inference.build((features_shape, y_shape))
+        z_shape = (batch, self.latent_size)
+        self.gaussian_sample.build((z_shape, z_shape))
+        self.gaussian_prior.build(y_shape)
+        self.decoder.build(z_shape)
+        self.built = True
+
+    # ------------------------------------------------------------------- call
+
+    def call(self, images, training=None):
+        """Full forward pass; returns a dict of every intermediate quantity."""
+        features = self.encoder(images, training=training)
+        logits = self.categorical_inference(features)
+        y = self.gumbel_softmax(logits, training=training)
+        z_mean, z_variance = self.gaussian_inference([features, y])
+        z = self.gaussian_sample([z_mean, z_variance], training=training)
+        prior_mean, prior_variance = self.gaussian_prior(y)
+        reconstruction = self.decoder(z, training=training)
+        return {
+            "features": features,
+            "logits": logits,
+            "probabilities": ops.softmax(logits, axis=-1),
+            "y": y,
+            "z_mean": z_mean,
+            "z_variance": z_variance,
+            "z": z,
+            "prior_mean": prior_mean,
+            "prior_variance": prior_variance,
+            "reconstruction": reconstruction,
+        }
+
+    def classify(self, images, training=False):
+        """Features x̂ and logits of q(y|x̂), without the generative half."""
+        features = self.encoder(images, training=training)
+        return features, self.categorical_inference(features)
+
+    # ------------------------------------------------------------ training
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values()) + [self.error_tracker]
+
+    def _uses_auxiliary_losses(self, num_labeled):
+        return num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0)
+
+    def compute_losses(self, images, labels=None, unlabeled_labels=None, training=True):
+        """Every loss term of the batch, the weighted total and the assignments.
+
+        Returns:
+            `(terms, total, assigned)`: a dict of the five unweighted terms,
+            the weighted sum, and the labels assigned to the unlabeled part
+            (None when the auxiliary losses are off).
+        """
+        outputs = self(images, training=training)
+        zero = ops.zeros((), dtype=outputs["logits"].dtype)
+        terms = {
+            "reconstruction_loss": losses.reconstruction_loss(
+                images, outputs["reconstruction"], self.reconstruction
+            ),
+            "gaussian_loss": losses.gaussian_loss(
+                outputs["z"],
+                outputs["z_mean"],
+                outputs["z_variance"],
+                outputs["prior_mean"],
+                outputs["prior_variance"],
+            ),
+            "categorical_loss": losses.categorical_loss(outputs["logits"]),
+            "assignment_loss": zero,
+            "metric_loss": zero,
+        }
+        assigned = None
+        num_labeled = 0 if labels is None else labels.shape[0]
+        if self._uses_auxiliary_losses(num_labeled):
+            features = outputs["features"]
+            num_unlabeled = ops.shape(images)[0] - ops.shape(labels)[0]
+            # One distance matrix serves the k-NN vote (its unlabeled × labeled
+            # block, without gradient) and the lifted structured loss.
+            distances = losses.pairwise_distance(features)
+            assigned = losses.assign_labels_from_distances(
+                distances[:num_unlabeled, num_unlabeled:],
+                labels,
+                self.num_classes,
+                self.k,
+                self.assignment_weighting,
+            )
+            all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
+            if self.assignment_weight > 0:
+                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
+            if self.metric_weight > 0:
+                terms["metric_loss"] = losses.lifted_structured_loss_from_distances(
+                    all_labels, distances, self.margin
+                )
+        total = (
+            terms["reconstruction_loss"]
+            + self.gaussian_weight * terms["gaussian_loss"]
+            + self.categorical_weight * terms["categorical_loss"]
+            + self.assignment_weight * terms["assignment_loss"]
+            + self.metric_weight * terms["metric_loss"]
+        )
+        return terms, total, assigned
+
+    @staticmethod
+    def _unpack(data):
+        if isinstance(data, dict):
+            return data["images"], data.get("labels"), data.get("unlabeled_labels")
+        if isinstance(data, (tuple, list)):
+            images = data[0]
+            labels = data[1] if len(data) > 1 else None
+            return images, labels, None
+        return data, None, None
+
+    def train_step(self, data):
+        images, labels, unlabeled_labels = self._unpack(data)
+        with tf.GradientTape() as tape:
+            terms, total, assigned = self.compute_losses(images, labels, training=True)
+        gradients = tape.gradient(total, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+
+        self.trackers["loss"].update_state(total)
+        for name in LOSS_TERMS:
+            self.trackers[name].update_state(terms[name])
+        if assigned is not None and unlabeled_labels is not None:
+            correct = ops.cast(ops.equal(assigned, ops.cast(unlabeled_labels, "int32")), "float32")
+            self.trackers["assignment_accuracy"].update_state(correct)
+        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        logs["temperature"] = ops.convert_to_tensor(self.gumbel_softmax.temperature)
+        return logs
+
+    def test_step(self, data):
+        images, labels, _ = self._unpack(data)
+        _, logits = self.classify(images, training=False)
+        wrong = ops.not_equal(ops.argmax(logits, axis=-1), ops.cast(labels, "int64"))
+        self.error_tracker.update_state(100.0 * ops.cast(wrong, "float32"))
+        return {"error": self.error_tracker.result()}
+
+    # ----------------------------------------------------------- inference
+
+    def _infer_batches(self, images, batch_size):
+        if self._inference_function is None:
+            self._inference_function = tf.function(
+                lambda x: self.classify(x, training=False), reduce_retracing=True
+            )
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            images = images.astype("float32") / 255.0
+        features, logits = [], []
+        for start in range(0, len(images), batch_size):
+            f, l = self._inference_function(tf.constant(images[start : start + batch_size], "float32"))
+            features.append(f.numpy())
+            logits.append(l.numpy())
+        if not features:
+            return (
+                np.zeros((0, self.feature_size), "float32"),
+                np.zeros((0, self.num_classes), "float32"),
+            )
+        return np.concatenate(features), np.concatenate(logits)
+
+    def predict_proba(self, images, batch_size=1000):
+        """q(y|x̂) for images (uint8 0–255 or float in [0, 1]), deterministic."""
+        _, logits = self._infer_batches(images, batch_size)
+        return keras.ops.convert_to_numpy(ops.softmax(logits, axis=-1))
+
+    def predict_labels(self, images, batch_size=1000):
+        """argmax q(y|x̂): the predicted classes."""
+        _, logits = self._infer_batches(images, batch_size)
+        return np.argmax(logits, axis=-1)
+
+    def extract_features(self, images, batch_size=1000):
+        """The deterministic features x̂ = g(x)."""
+        features, _ = self._infer_batches(images, batch_size)
+        return features
+
+    def generate(self, category, n, seed=None):
+        """Sample `n` images of `category`: z ~ p(z|y), then the decoder's means."""
+        if not 0 <= int(category) < self.num_classes:
+            raise ValueError(f"category must be in [0, {self.num_classes}), got {category}")
+        y = ops.one_hot(ops.full((int(n),), int(category), dtype="int32"), self.num_classes)
+        mean, variance = self.gaussian_prior(y)
+        noise = keras.random.normal(ops.shape(mean), seed=keras.random.SeedGenerator(seed))
+        z = mean + ops.sqrt(variance) * noise
+        return keras.ops.convert_to_numpy(self.decoder(z, training=False))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_shape": self.image_shape,
+                "num_classes": self.num_classes,
+                "feature_size": self.feature_size,
+                "latent_size": self.latent_size,
+                "reconstruction": self.reconstruction,
+                "gaussian_weight": self.gaussian_weight,
+                "categorical_weight": self.categorical_weight,
+                "assignment_weight": self.assignment_weight,
+                "metric_weight": self.metric_weight,
+                "margin": self.margin,
+                "k": self.k,
+                "assignment_weighting": self.assignment_weighting,
+                "temperature": self.temperature,
+                "hard_gumbel": self.hard_gumbel,
+                "seed": self.seed,
+            }
+        )
+        return config

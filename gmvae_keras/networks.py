@@ -1,0 +1,266 @@
+"""The networks of the paper's appendix (Tables 4 and 5) as Keras layers.
+
+Each network is a layer that owns its sublayers and builds them explicitly in
+`build`, so a model reloaded from a `.keras` file has every variable before
+its weights are restored.
+"""
+
+import keras
+from keras import ops
+
+# Slope of every LeakyReLU. The paper does not give it.
+NEGATIVE_SLOPE = 0.2
+
+# (filters, kernel, stride) rows per input shape; the last encoder row's
+# filters are replaced by `feature_size`, the last decoder row's by the
+# number of image channels. All convolutions use "valid" padding.
+_ENCODER_SPECS = {
+    (28, 28): [(16, 5, 1), (32, 5, 1), (64, 4, 2), (128, 5, 2), (None, 3, 1)],
+    (32, 32): [(16, 5, 1), (32, 5, 1), (64, 5, 1), (128, 3, 1), (256, 4, 2), (None, 8, 1)],
+}
+_DECODER_SPECS = {
+    (28, 28): [(128, 3, 1), (64, 5, 2), (32, 4, 2), (16, 5, 1), (None, 5, 1)],
+    (32, 32): [(256, 8, 1), (128, 4, 2), (64, 3, 1), (32, 5, 1), (16, 5, 1), (None, 5, 1)],
+}
+
+
+def _check_image_shape(image_shape):
+    image_shape = tuple(int(d) for d in image_shape)
+    if len(image_shape) != 3 or image_shape[:2] not in _ENCODER_SPECS:
+        supported = ", ".join(f"{h}x{w}xC" for h, w in _ENCODER_SPECS)
+        raise ValueError(f"image_shape {image_shape} is not supported; expected one of {supported}")
+    return image_shape
+
+
+def _build_chain(layers, input_shape):
+    shape = input_shape
+    for layer in layers:
+        layer.build(shape)
+        shape = layer.compute_output_shape(shape)
+    return shape
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class Encoder(keras.layers.Layer):
+    """Deterministic feature extractor x̂ = g(x) (paper, Table 4).
+
+    A stack of `Conv2D` ("valid" padding) + `BatchNormalization` +
+    `LeakyReLU` blocks that maps a 28×28×C or 32×32×C image to a 1×1 map of
+    `feature_size` channels, returned flattened as a `[batch, feature_size]`
+    vector.
+
+    Deviation from the paper: Table 4's kernel/stride/padding rows do not all
+    give a 1×1 map as printed. The filter counts are kept (16-32-64-128 for
+    28×28 inputs, 16-32-64-128-256 for 32×32 inputs, then `feature_size`)
+    and the kernels/strides are those of the authors' released code:
+    28×28: kernels 5-5-4-5-3, strides 1-1-2-2-1 (28→24→20→9→3→1);
+    32×32: kernels 5-5-5-3-4-8, strides 1-1-1-1-2-1 (32→28→24→20→18→8→1).
+
+    Args:
+        image_shape: `(height, width, channels)` of the input images.
+        feature_size: f_sz, the length of x̂.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, image_shape, feature_size, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = _check_image_shape(image_shape)
+        self.feature_size = int(feature_size)
+        self.blocks = []
+        for filters, kernel, stride in _ENCODER_SPECS[self.image_shape[:2]]:
+            self.blocks += [
+                keras.layers.Conv2D(filters or self.feature_size, kernel, strides=stride, padding="valid"),
+                keras.layers.BatchNormalization(),
+                keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE),
+            ]
+        self.flatten = keras.layers.Flatten()
+
+    def build(self, input_shape):
+        _build_chain(self.blocks + [self.flatten], input_shape)
+
+    def call(self, images, training=None):
+        x = images
+        for layer in self.blocks:
+            x = layer(x, training=training)
+        return self.flatten(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.feature_size)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"image_shape": self.image_shape, "feature_size": self.feature_size})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class Decoder(keras.layers.Layer):
+    """Generative network p(x|z) (paper, Table 5).
+
+    Reshapes z to a 1×1 map and applies `Conv2DTranspose` ("valid" padding)
+    + `BatchNormalization` + `ReLU` blocks, then a last `Conv2DTranspose` to
+    the image's channels with a sigmoid, giving pixel means in [0, 1].
+
+    Deviation from the paper: as for `Encoder`, the filter counts of Table 5
+    are kept (128-64-32-16 for 28×28, 256-128-64-32-16 for 32×32, then the
+    image channels) with the kernels/strides of the authors' released code:
+    28×28: kernels 3-5-4-5-5, strides 1-2-2-1-1 (1→3→9→20→24→28);
+    32×32: kernels 8-4-3-5-5-5, strides 1-2-1-1-1-1 (1→8→18→20→24→28→32).
+    The authors' code ends with a dense layer over all pixels; here the last
+    transposed convolution produces the image directly.
+
+    Args:
+        image_shape: `(height, width, channels)` of the generated images.
+        latent_size: z_sz, the length of z.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, image_shape, latent_size, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = _check_image_shape(image_shape)
+        self.latent_size = int(latent_size)
+        self.reshape = keras.layers.Reshape((1, 1, self.latent_size))
+        specs = _DECODER_SPECS[self.image_shape[:2]]
+        self.blocks = []
+        for filters, kernel, stride in specs[:-1]:
+            self.blocks += [
+                keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding="valid"),
+                keras.layers.BatchNormalization(),
+                keras.layers.ReLU(),
+            ]
+        _, kernel, stride = specs[-1]
+        self.output_conv = keras.layers.Conv2DTranspose(
+            self.image_shape[-1], kernel, strides=stride, padding="valid", activation="sigmoid"
+        )
+
+    def build(self, input_shape):
+        _build_chain([self.reshape] + self.blocks + [self.output_conv], input_shape)
+
+    def call(self, z, training=None):
+        x = self.reshape(z)
+        for layer in self.blocks:
+            x = layer(x, training=training)
+        return self.output_conv(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],) + self.image_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"image_shape": self.image_shape, "latent_size": self.latent_size})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class CategoricalInference(keras.layers.Layer):
+    """Logits of q(y|x̂): f_sz → f_sz (LeakyReLU) → num_classes linear layers.
+
+    Args:
+        num_classes: c, the number of categories.
+        feature_size: f_sz, width of the hidden layer (and of x̂).
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, num_classes, feature_size, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.feature_size = int(feature_size)
+        self.hidden = keras.layers.Dense(self.feature_size)
+        self.activation = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE)
+        self.logits = keras.layers.Dense(self.num_classes)
+
+    def build(self, input_shape):
+        _build_chain([self.hidden, self.activation, self.logits], input_shape)
+
+    def call(self, features):
+        return self.logits(self.activation(self.hidden(features)))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "feature_size": self.feature_size})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class GaussianInference(keras.layers.Layer):
+    """Mean and variance of q(z|x̂,y): (f_sz + c) → z_sz → (z_sz, z_sz).
+
+    Called on `[features, y]`; concatenates them, applies a hidden linear
+    layer with LeakyReLU, then two linear heads: the mean and the variance
+    (softplus, plus a small floor so the log-density stays finite).
+
+    Args:
+        latent_size: z_sz.
+        min_variance: floor added to the softplus variance.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, latent_size, min_variance=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_size = int(latent_size)
+        self.min_variance = float(min_variance)
+        self.hidden = keras.layers.Dense(self.latent_size)
+        self.activation = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE)
+        self.mean = keras.layers.Dense(self.latent_size)
+        self.variance = keras.layers.Dense(self.latent_size)
+
+    def build(self, input_shape):
+        features_shape, y_shape = input_shape
+        concat_shape = (features_shape[0], features_shape[-1] + y_shape[-1])
+        hidden_shape = _build_chain([self.hidden, self.activation], concat_shape)
+        self.mean.build(hidden_shape)
+        self.variance.build(hidden_shape)
+
+    def call(self, inputs):
+        features, y = inputs
+        hidden = self.activation(self.hidden(ops.concatenate([features, y], axis=-1)))
+        variance = ops.softplus(self.variance(hidden)) + self.min_variance
+        return self.mean(hidden), variance
+
+    def compute_output_shape(self, input_shape):
+        shape = (input_shape[0][0], self.latent_size)
+        return shape, shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"latent_size": self.latent_size, "min_variance": self.min_variance})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class GaussianPrior(keras.layers.Layer):
+    """Mean and variance of the learned prior p(z|y): one linear layer each.
+
+    The variance goes through a softplus plus a small floor to stay positive.
+
+    Args:
+        latent_size: z_sz.
+        min_variance: floor added to the softplus variance.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, latent_size, min_variance=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.latent_size = int(latent_size)
+        self.min_variance = float(min_variance)
+        self.mean = keras.layers.Dense(self.latent_size)
+        self.variance = keras.layers.Dense(self.latent_size)
+
+    def build(self, input_shape):
+        self.mean.build(input_shape)
+        self.variance.build(input_shape)
+
+    def call(self, y):
+        return self.mean(y), ops.softplus(self.variance(y)) + self.min_variance
+
+    def compute_output_shape(self, input_shape):
+        shape = (input_shape[0], self.latent_size)
+        return shape, shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"latent_size": self.latent_size, "min_variance": self.min_variance})
+        return config

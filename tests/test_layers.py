@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from gmvae_keras import (
+    CategoricalInference,
+    Decoder,
+    Encoder,
+    GaussianInference,
+    GaussianPrior,
+    GaussianSample,
+    GumbelSoftmax,
+)
+
+
+def test_gumbel_softmax_samples_sum_to_one_and_follow_softmax():
+    layer = GumbelSoftmax(temperature=1.0, seed=7)
+    logits = np.log(np.array([[0.6, 0.3, 0.1]], "float32"))
+    samples = layer(np.repeat(logits, 20000, axis=0), training=True).numpy()
+    np.testing.assert_allclose(samples.sum(-1), 1.0, rtol=1e-5)
+    frequencies = np.bincount(samples.argmax(-1), minlength=3) / len(samples)
+    np.testing.assert_allclose(frequencies, [0.6, 0.3, 0.1], atol=0.015)
+
+
+def test_gumbel_softmax_is_deterministic_softmax_at_inference():
+    layer = GumbelSoftmax(seed=1)
+    logits = np.array([[1.0, 2.0, 0.5]], "float32")
+    out = layer(logits, training=False).numpy()
+    np.testing.assert_allclose(out, tf.nn.softmax(logits).numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(out, layer(logits, training=False).numpy())
+
+
+def test_gumbel_softmax_temperature_change_needs_no_retracing():
+    layer = GumbelSoftmax(temperature=5.0, seed=3)
+    traces = []
+
+    @tf.function
+    def sample(logits):
+        traces.append(1)
+        return layer(logits, training=True)
+
+    logits = np.tile(np.array([[1.0, 0.0, -1.0, 0.5]], "float32"), (4000, 1))
+    hot = sample(logits).numpy()
+    layer.temperature.assign(0.1)
+    cold = sample(logits).numpy()
+    assert len(traces) == 1
+    # Lower temperature gives samples closer to one-hot.
+    assert cold.max(-1).mean() > 0.95 > hot.max(-1).mean()
+
+
+def test_gumbel_softmax_hard_is_one_hot_with_soft_gradient():
+    layer = GumbelSoftmax(hard=True, seed=0)
+    logits = tf.Variable(np.random.default_rng(0).normal(size=(8, 5)).astype("float32"))
+    with tf.GradientTape() as tape:
+        out = layer(logits, training=True)
+        loss = tf.reduce_sum(out * tf.range(5, dtype=tf.float32))
+    values = out.numpy()
+    assert set(np.unique(values)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(values.sum(-1), 1.0)
+    grad = tape.gradient(loss, logits).numpy()
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+
+
+def test_gumbel_softmax_rejects_bad_temperature():
+    with pytest.raises(ValueError, match="temperature"):
+        GumbelSoftmax(temperature=0.0)
+
+
+def test_gaussian_sample_reparameterizes_and_returns_mean_at_inference():
+    layer = GaussianSample(seed=4)
+    mean = np.full((50000, 2), 3.0, "float32")
+    variance = np.tile(np.array([[0.25, 4.0]], "float32"), (50000, 1))
+    z = layer([mean, variance], training=True).numpy()
+    np.testing.assert_allclose(z.mean(0), [3.0, 3.0], atol=0.05)
+    np.testing.assert_allclose(z.std(0), [0.5, 2.0], rtol=0.03)
+    np.testing.assert_array_equal(layer([mean, variance], training=False).numpy(), mean)
+
+
+def _images(shape, n=3, seed=0):
+    return np.random.default_rng(seed).random((n,) + shape).astype("float32")
+
+
+# (layer factory, list of input arrays)
+CASES = {
+    "gumbel_softmax": (lambda: GumbelSoftmax(temperature=0.7, hard=True, seed=2), [np.ones((3, 4), "float32")]),
+    "gaussian_sample": (lambda: GaussianSample(seed=2), [np.ones((3, 4), "float32"), np.ones((3, 4), "float32")]),
+    "encoder_28": (lambda: Encoder((28, 28, 1), 12), [_images((28, 28, 1))]),
+    "encoder_32": (lambda: Encoder((32, 32, 3), 12), [_images((32, 32, 3))]),
+    "decoder_28": (lambda: Decoder((28, 28, 1), 6), [_images((6,))]),
+    "decoder_32": (lambda: Decoder((32, 32, 3), 6), [_images((6,))]),
+    "categorical": (lambda: CategoricalInference(10, 12), [_images((12,))]),
+    "gaussian_inference": (lambda: GaussianInference(6), [_images((12,)), _images((10,), seed=1)]),
+    "gaussian_prior": (lambda: GaussianPrior(6), [_images((10,))]),
+}
+
+
+def _wrap(layer, arrays):
+    inputs = [keras.Input(a.shape[1:]) for a in arrays]
+    if len(inputs) == 1:
+        inputs = inputs[0]
+    return keras.Model(inputs, layer(inputs))
+
+
+def _as_list(out):
+    return [np.asarray(o) for o in (out if isinstance(out, (tuple, list)) else [out])]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_layer_config_and_keras_file_round_trip(name, tmp_path):
+    factory, arrays = CASES[name]
+    layer = factory()
+    model = _wrap(layer, arrays)
+    feed = arrays if len(arrays) > 1 else arrays[0]
+    expected = _as_list(model(feed, training=False))
+
+    clone = layer.__class__.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    clone_model = _wrap(clone, arrays)
+    clone_model.set_weights(model.get_weights())
+    for a, b in zip(expected, _as_list(clone_model(feed, training=False))):
+        np.testing.assert_array_equal(a, b)
+
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for a, b in zip(expected, _as_list(loaded(feed, training=False))):
+        np.testing.assert_array_equal(a, b)
+    assert all(sub.built for sub in loaded._flatten_layers())
+
+
+def test_network_output_shapes():
+    assert Encoder((28, 28, 1), 100)(_images((28, 28, 1))).shape == (3, 100)
+    assert Encoder((32, 32, 3), 64)(_images((32, 32, 3))).shape == (3, 64)
+    recon = Decoder((28, 28, 1), 20)(_images((20,))).numpy()
+    assert recon.shape == (3, 28, 28, 1) and recon.min() >= 0 and recon.max() <= 1
+    assert Decoder((32, 32, 3), 20)(_images((20,))).shape == (3, 32, 32, 3)
+    _, variance = GaussianPrior(5)(_images((10,)) - 5.0)
+    assert np.all(variance.numpy() > 0)
+
+
+def test_unsupported_image_shape_is_rejected():
+    with pytest.raises(ValueError, match="not supported"):
+        Encoder((64, 64, 3), 10)

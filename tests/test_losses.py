@@ -1,0 +1,174 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+from gmvae_keras import losses
+
+
+def numpy_lifted_loss(labels, embeddings, margin):
+    """Plain double loop over the ordered positive pairs."""
+    diff = embeddings[:, None, :] - embeddings[None, :, :]
+    d = np.sqrt((diff**2).sum(-1))
+    n = len(labels)
+    total, count = 0.0, 0
+    for i in range(n):
+        for j in range(n):
+            if i == j or labels[i] != labels[j]:
+                continue
+            s = sum(np.exp(margin - d[i, k]) for k in range(n) if labels[k] != labels[i])
+            s += sum(np.exp(margin - d[j, k]) for k in range(n) if labels[k] != labels[j])
+            j_ij = np.log(s) + d[i, j] if s > 0 else -np.inf
+            total += max(j_ij, 0.0) ** 2
+            count += 1
+    return total / count / 2.0 if count else 0.0
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        [0, 0, 1, 1, 2, 2, 0, 1],
+        [0, 1, 1, 1, 1, 2, 2, 3],  # classes 0 and 3 have a single sample
+        [3, 3, 3, 0, 0, 0, 0, 0, 1, 1],
+        [0, 1, 2, 2],
+    ],
+)
+@pytest.mark.parametrize("margin", [0.5, 2.0])
+def test_lifted_structured_loss_matches_numpy_double_loop(labels, margin):
+    rng = np.random.default_rng(len(labels))
+    labels = np.array(labels)
+    embeddings = rng.normal(size=(len(labels), 5)).astype("float32") * 0.7
+    expected = numpy_lifted_loss(labels, embeddings.astype("float64"), margin)
+    got = float(losses.lifted_structured_loss(labels, embeddings, margin))
+    assert expected > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_lifted_structured_loss_large_distances_are_stable():
+    labels = np.array([0, 0, 1, 1])
+    embeddings = np.array([[0.0], [300.0], [600.0], [900.0]], "float32")
+    expected = numpy_lifted_loss(labels, embeddings.astype("float64"), 1.0)
+    got = float(losses.lifted_structured_loss(labels, embeddings, 1.0))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def _gradient(labels, embeddings, margin=1.0):
+    x = tf.Variable(embeddings)
+    with tf.GradientTape() as tape:
+        loss = losses.lifted_structured_loss(labels, x, margin)
+    return loss, tape.gradient(loss, x)
+
+
+def test_lifted_structured_loss_gradient_is_finite_with_coinciding_embeddings():
+    embeddings = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [0.0, 0.5]], "float32")
+    loss, grad = _gradient(np.array([0, 0, 1, 1]), embeddings)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+    assert np.all(np.isfinite(grad.numpy()))
+    assert np.any(grad.numpy() != 0)
+
+
+def test_lifted_structured_loss_single_class_is_zero_with_finite_gradient():
+    embeddings = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
+    loss, grad = _gradient(np.zeros(6, "int32"), embeddings)
+    assert float(loss) == 0.0
+    assert np.all(np.isfinite(grad.numpy()))
+
+
+def test_lifted_structured_loss_without_positive_pairs_is_zero():
+    embeddings = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+    loss, grad = _gradient(np.arange(4), embeddings)
+    assert float(loss) == 0.0
+    assert np.all(np.isfinite(grad.numpy()))
+
+
+def _assignment_case():
+    # One unlabeled point at 0. Its 3 nearest labeled points: one of class 0
+    # at distance 0.5 and two of class 1 at 2.0 and 2.1. Majority: 2 votes
+    # for class 1. Distance-weighted: 1/0.5 = 2 for class 0 > 1/2 + 1/2.1.
+    unlabeled = np.array([[0.0, 0.0]], "float32")
+    labeled = np.array([[0.5, 0.0], [2.0, 0.0], [0.0, -2.1], [9.0, 9.0], [10.0, 0.0]], "float32")
+    labels = np.array([0, 1, 1, 0, 0])
+    return unlabeled, labeled, labels
+
+
+def test_assign_labels_distance_and_majority_disagree():
+    unlabeled, labeled, labels = _assignment_case()
+    distance = losses.assign_labels(unlabeled, labeled, labels, 3, k=3, weighting="distance")
+    majority = losses.assign_labels(unlabeled, labeled, labels, 3, k=3, weighting="majority")
+    assert distance.numpy().tolist() == [0]
+    assert majority.numpy().tolist() == [1]
+
+
+def test_assign_labels_nearest_neighbour_and_batch():
+    rng = np.random.default_rng(0)
+    labeled = rng.normal(size=(12, 4)).astype("float32")
+    labels = np.arange(12) % 4
+    unlabeled = labeled + 1e-3  # each unlabeled point sits on a labeled one
+    got = losses.assign_labels(unlabeled, labeled, labels, 4, k=1)
+    assert got.numpy().tolist() == labels.tolist()
+    assert got.dtype == tf.int32
+
+
+def test_assign_labels_rejects_k_larger_than_labeled():
+    unlabeled, labeled, labels = _assignment_case()
+    with pytest.raises(ValueError, match="k=6 is larger than the number of labeled samples"):
+        losses.assign_labels(unlabeled, labeled, labels, 3, k=6)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        losses.assign_labels(unlabeled, labeled, labels, 3, k=0)
+    with pytest.raises(ValueError, match="weighting"):
+        losses.assign_labels(unlabeled, labeled, labels, 3, k=1, weighting="vote")
+
+
+def test_assign_labels_has_no_gradient():
+    unlabeled, labeled, labels = _assignment_case()
+    x = tf.Variable(unlabeled)
+    with tf.GradientTape() as tape:
+        out = tf.cast(losses.assign_labels(x, labeled, labels, 3, k=3), tf.float32)
+    assert tape.gradient(out, x) is None
+
+
+def test_gaussian_loss_matches_closed_form():
+    rng = np.random.default_rng(3)
+    z, mean, prior_mean = rng.normal(size=(3, 4, 6))
+    variance, prior_variance = rng.uniform(0.2, 2.0, size=(2, 4, 6))
+    expected = np.mean(
+        stats.norm.logpdf(z, mean, np.sqrt(variance)).sum(-1)
+        - stats.norm.logpdf(z, prior_mean, np.sqrt(prior_variance)).sum(-1)
+    )
+    args = [a.astype("float32") for a in (z, mean, variance, prior_mean, prior_variance)]
+    np.testing.assert_allclose(float(losses.gaussian_loss(*args)), expected, rtol=1e-4)
+
+
+def test_gaussian_loss_is_zero_when_posterior_equals_prior():
+    z = np.ones((2, 3), "float32")
+    mean, var = np.zeros((2, 3), "float32"), np.full((2, 3), 0.5, "float32")
+    assert abs(float(losses.gaussian_loss(z, mean, var, mean, var))) < 1e-6
+
+
+def test_categorical_loss_matches_closed_form():
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], "float32")
+    q = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    expected = np.mean((q * np.log(q / (1.0 / 3.0))).sum(-1))
+    np.testing.assert_allclose(float(losses.categorical_loss(logits)), expected, rtol=1e-5)
+    # The uniform posterior has zero KL to the uniform prior.
+    assert abs(float(losses.categorical_loss(logits[1:]))) < 1e-6
+
+
+def test_reconstruction_loss_reductions():
+    images = np.zeros((2, 2, 2, 1), "float32")
+    recon = np.full((2, 2, 2, 1), 0.5, "float32")
+    # Sum over the 4 pixels, mean over the batch.
+    np.testing.assert_allclose(float(losses.reconstruction_loss(images, recon, "mse")), 1.0)
+    np.testing.assert_allclose(
+        float(losses.reconstruction_loss(images, recon, "bce")), 4 * np.log(2.0), rtol=1e-5
+    )
+    with pytest.raises(ValueError):
+        losses.reconstruction_loss(images, recon, "l1")
+
+
+def test_assignment_loss_is_cross_entropy():
+    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], "float32")
+    labels = np.array([2, 0])
+    log_q = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.mean(log_q[np.arange(2), labels])
+    np.testing.assert_allclose(float(losses.assignment_loss(labels, logits)), expected, rtol=1e-5)

@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from gmvae_keras import GMVAE, TemperatureAnnealing
+
+SHAPE = (28, 28, 1)
+
+
+def tiny_model(**overrides):
+    kwargs = dict(image_shape=SHAPE, num_classes=3, feature_size=16, latent_size=8, k=2, margin=1.0, seed=0)
+    kwargs.update(overrides)
+    model = GMVAE(**kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    return model
+
+
+def batches(num_labeled=6, num_unlabeled=6, steps=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(num_labeled + num_unlabeled) % 3
+    # Class-dependent blobs so that there is something to learn.
+    images = rng.random((num_labeled + num_unlabeled,) + SHAPE).astype("float32") * 0.3
+    for c in range(3):
+        images[labels == c, c * 9 : c * 9 + 9, :, :] += 0.6
+    element = {
+        "images": images,
+        "labels": labels[num_unlabeled:].astype("int32"),
+        "unlabeled_labels": labels[:num_unlabeled].astype("int32"),
+    }
+    if num_labeled == 0:
+        element = {"images": images, "labels": np.zeros((0,), "int32")}
+    return tf.data.Dataset.from_tensors(element).repeat(steps), images, labels
+
+
+@pytest.mark.parametrize(
+    "mode, overrides, num_labeled",
+    [
+        ("semi_supervised", {}, 6),
+        ("ablation", {"metric_weight": 0.0}, 6),
+        ("clustering", {"assignment_weight": 0.0, "metric_weight": 0.0, "reconstruction": "bce"}, 0),
+    ],
+)
+def test_fit_lowers_the_loss_and_every_term_is_finite(mode, overrides, num_labeled):
+    keras.utils.set_random_seed(0)
+    model = tiny_model(**overrides)
+    ds, _, _ = batches(num_labeled=num_labeled)
+    history = model.fit(ds, epochs=5, verbose=0).history
+    for name in ("loss", "reconstruction_loss", "gaussian_loss", "categorical_loss", "assignment_loss", "metric_loss"):
+        assert np.all(np.isfinite(history[name])), name
+    assert history["loss"][-1] < history["loss"][0]
+    if mode == "semi_supervised":
+        assert history["metric_loss"][0] > 0 and history["assignment_loss"][0] > 0
+        assert 0.0 <= history["assignment_accuracy"][-1] <= 1.0
+    if mode == "ablation":
+        assert history["metric_loss"] == [0.0] * 5
+    if mode == "clustering":
+        assert history["assignment_loss"] == [0.0] * 5
+
+
+def test_evaluate_reports_classification_error_in_percent():
+    model = tiny_model()
+    _, images, labels = batches()
+    predicted = model.predict_labels(images)
+    expected = 100.0 * np.mean(predicted != labels)
+    result = model.evaluate(images, labels, batch_size=5, verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["error"], expected, rtol=1e-5)
+
+
+def test_k_larger_than_labeled_part_is_a_clear_error():
+    model = tiny_model(k=5)
+    ds, _, _ = batches(num_labeled=3)
+    with pytest.raises(ValueError, match="k=5 is larger than the number of labeled samples"):
+        model.fit(ds, epochs=1, verbose=0)
+
+
+def test_invalid_constructor_arguments():
+    for bad in ({"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"}):
+        with pytest.raises(ValueError):
+            tiny_model(**bad)
+
+
+def test_inference_methods_are_deterministic():
+    model = tiny_model()
+    ds, images, _ = batches()
+    model.fit(ds, epochs=1, verbose=0)
+    p1, p2 = model.predict_proba(images, batch_size=5), model.predict_proba(images)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p1.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(model.predict_labels(images), p1.argmax(-1))
+    uint8 = (images * 255).astype("uint8")
+    np.testing.assert_allclose(model.predict_proba(uint8), model.predict_proba(uint8.astype("float32") / 255), atol=1e-6)
+    assert model.extract_features(images).shape == (len(images), 16)
+    g1, g2 = model.generate(1, 4, seed=3), model.generate(1, 4, seed=3)
+    assert g1.shape == (4,) + SHAPE
+    np.testing.assert_array_equal(g1, g2)
+    assert not np.array_equal(g1, model.generate(1, 4, seed=4))
+    with pytest.raises(ValueError):
+        model.generate(3, 1)
+
+
+def _outputs(model, images):
+    return {k: v.numpy() for k, v in model(images, training=False).items()}
+
+
+def test_model_config_and_keras_file_round_trip(tmp_path):
+    model = tiny_model(hard_gumbel=True, reconstruction="bce", assignment_weighting="majority")
+    ds, images, _ = batches()
+    model.fit(ds, epochs=1, verbose=0)  # moves BatchNorm statistics off their init
+    model.gumbel_softmax.temperature.assign(0.7)
+    expected = _outputs(model, images)
+
+    clone = GMVAE.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    clone.set_weights(model.get_weights())
+    for key, value in _outputs(clone, images).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, GMVAE)
+    assert all(layer.built for layer in loaded._flatten_layers())
+    assert float(loaded.gumbel_softmax.temperature.numpy()) == pytest.approx(0.7)
+    for key, value in _outputs(loaded, images).items():
+        np.testing.assert_array_equal(value, expected[key], err_msg=key)
+    # The reloaded model can keep training.
+    loaded.fit(ds, epochs=1, verbose=0)
+
+
+def test_temperature_annealing_schedule_and_logs():
+    callback = TemperatureAnnealing(start=1.0, end=0.5, epochs=4)
+    assert [callback.temperature_at(e) for e in (0, 2, 4, 10)] == [1.0, 0.75, 0.5, 0.5]
+    model = tiny_model()
+    ds, _, _ = batches(steps=1)
+    history = model.fit(ds, epochs=6, verbose=0, callbacks=[callback]).history
+    np.testing.assert_allclose(history["temperature"], [1.0, 0.875, 0.75, 0.625, 0.5, 0.5])
+    with pytest.raises(ValueError):
+        TemperatureAnnealing(epochs=0)
