@@ -1,6 +1,10 @@
-"""Callbacks that change the model's state during training."""
+"""Callbacks that change the model's state during training or report on it."""
+
+import functools
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 
 class TemperatureAnnealing(keras.callbacks.Callback):
@@ -37,3 +41,106 @@ class TemperatureAnnealing(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["temperature"] = float(self.model.gumbel_softmax.temperature.numpy())
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to the epoch logs."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class EpochSummary(keras.callbacks.Callback):
+    """Prints one line per epoch: every loss term, validation error, temperature.
+
+    Args:
+        epochs: total epochs of the run, for the "epoch e/E" prefix.
+        print_fn: where the line goes (default `print`).
+    """
+
+    TERMS = (
+        ("loss", "loss"),
+        ("reconstruction_loss", "L_R"),
+        ("gaussian_loss", "L_G"),
+        ("categorical_loss", "L_C"),
+        ("assignment_loss", "L_A"),
+        ("metric_loss", "L_M"),
+        ("assignment_accuracy", "assign_acc"),
+    )
+
+    def __init__(self, epochs, print_fn=functools.partial(print, flush=True)):
+        super().__init__()
+        self.epochs = epochs
+        self.print_fn = print_fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.epochs}"]
+        parts += [f"{short}={logs[name]:.4f}" for name, short in self.TERMS if name in logs]
+        if "val_error" in logs:
+            parts.append(f"val_error={logs['val_error']:.2f}%")
+        if "temperature" in logs:
+            parts.append(f"temperature={logs['temperature']:.3f}")
+        if "epoch_seconds" in logs:
+            parts.append(f"time={logs['epoch_seconds']:.1f}s")
+        if "images_per_second" in logs:
+            parts.append(f"{logs['images_per_second']:.0f} img/s")
+        self.print_fn(" ".join(parts))
+
+
+def image_grid(images, columns):
+    """Tiles `[n, H, W, C]` images into one `[rows*H, columns*W, C]` image."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    padded = np.zeros((rows * columns, h, w, c), images.dtype)
+    padded[:n] = images
+    return padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, columns * w, c)
+
+
+class ImageSummaries(keras.callbacks.Callback):
+    """Writes image grids to TensorBoard every `every` epochs.
+
+    `reconstructions`: the given images (odd rows) above their
+    reconstructions (even rows); `generated`: one row of `samples` images
+    per category, decoded from z ~ p(z|y) with a fixed seed.
+
+    Args:
+        log_dir: folder of the summary writer.
+        images: a few `[n, H, W, C]` float images in [0, 1].
+        every: period in epochs (the last epoch of a run is not forced).
+        samples: generated images per category.
+        seed: seed of the generated samples.
+    """
+
+    def __init__(self, log_dir, images, every=5, samples=10, seed=0):
+        super().__init__()
+        self.log_dir = str(log_dir)
+        self.images = images
+        self.every = int(every)
+        self.samples = int(samples)
+        self.seed = seed
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.every <= 0 or (epoch + 1) % self.every:
+            return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        model = self.model
+        recon = keras.ops.convert_to_numpy(model(self.images, training=False)["reconstruction"])
+        columns = len(self.images)
+        pairs = np.concatenate([self.images, recon])
+        generated = np.concatenate(
+            [model.generate(c, self.samples, seed=self.seed) for c in range(model.num_classes)]
+        )
+        with self._writer.as_default(step=epoch):
+            tf.summary.image("reconstructions", image_grid(pairs, columns)[None])
+            tf.summary.image("generated_per_category", image_grid(generated, self.samples)[None])
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,138 @@
+"""Checkpoints of a run directory: written atomically, read back to resume.
+
+Layout of a run directory:
+
+    config.json            resolved configuration
+    labeled_indices.npy    the fixed labeled set (indices into the train split)
+    state.json             epochs done, best validation error, time and images so far
+    checkpoints/epoch-NNNN.keras
+                           model + optimizer after the last complete epoch
+    best.keras             model with the best validation error
+    metrics.json           final errors, written at the end
+    logs/                  TensorBoard
+    export/                SavedModel
+
+Every file is written under a temporary name and renamed into place, so a
+run killed at any moment leaves the previous version intact. `state.json`
+is written after the checkpoint it names, and older checkpoints are removed
+only after that, so the state never points at a missing or newer file.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import keras
+
+
+def atomic_write_text(path, text):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path, value):
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save_model(model, path):
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_json(path, default=None):
+    path = Path(path)
+    if not path.exists():
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def initial_state():
+    return {
+        "epoch": 0,
+        "best_epoch": 0,
+        "best_val_error": None,
+        "train_seconds": 0.0,
+        "train_images": 0,
+        "checkpoint": None,
+    }
+
+
+def last_checkpoint(model_dir, state):
+    """Path of the checkpoint the state names, or None for a fresh run."""
+    if not state.get("checkpoint"):
+        return None
+    return Path(model_dir) / "checkpoints" / state["checkpoint"]
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Saves the last and the best model and the run state after every epoch.
+
+    Adds `epoch_seconds` and `images_per_second` to the epoch logs, so put it
+    before the callbacks that print or log them.
+
+    Args:
+        model_dir: the run directory.
+        state: the dict of `initial_state()` or of a resumed `state.json`;
+            updated in place.
+        batch_size: images per training step.
+    """
+
+    def __init__(self, model_dir, state, batch_size):
+        super().__init__()
+        self.model_dir = Path(model_dir)
+        self.state = state
+        self.batch_size = int(batch_size)
+        self._start = None
+        self._end = None
+        self._steps = 0
+
+    @property
+    def best_path(self):
+        return self.model_dir / "best.keras"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = self._end = time.perf_counter()
+        self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Training time excludes the validation pass that follows the last batch.
+        self._steps += 1
+        self._end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        seconds = self._end - self._start
+        images = self._steps * self.batch_size
+        logs["epoch_seconds"] = seconds
+        logs["images_per_second"] = images / seconds if seconds > 0 else 0.0
+        self.state["train_seconds"] += seconds
+        self.state["train_images"] += images
+        self.state["epoch"] = epoch + 1
+        val_error = logs.get("val_error")
+        best = self.state["best_val_error"]
+        checkpoints = self.model_dir / "checkpoints"
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        if val_error is not None and (best is None or val_error < best):
+            self.state["best_val_error"] = float(val_error)
+            self.state["best_epoch"] = epoch + 1
+            atomic_save_model(self.model, self.best_path)
+        name = f"epoch-{epoch + 1:04d}.keras"
+        atomic_save_model(self.model, checkpoints / name)
+        self.state["checkpoint"] = name
+        atomic_write_json(self.model_dir / "state.json", self.state)
+        for old in checkpoints.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink()

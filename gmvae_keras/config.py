@@ -1,0 +1,128 @@
+"""The run configuration: one dataclass, the single place every flag is defined.
+
+`gmvae_keras.main` turns each field into an absl flag (its help text is the
+field's `help` metadata) and builds a `Config` from the parsed flags; tests and
+library users build a `Config` directly.
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message is one line for the user."""
+
+
+def _field(default, help, choices=None):
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclasses.dataclass
+class Config:
+    # Data.
+    dataset: str = _field("mnist", "mnist, fashion_mnist, svhn, or a tensorflow-datasets image classification name.")
+    data_dir: Optional[str] = _field(None, "Folder with the dataset's original files (IDX .gz or SVHN .mat) instead of tensorflow-datasets.")
+    num_labeled: int = _field(100, "Labeled training images, drawn class-balanced and fixed for the run; 0 for clustering.")
+    validation_fraction: float = _field(0.2, "Share of the official train set held out, stratified, for validation.")
+    seed: int = _field(0, "Seed of the split, the labeled set, the shuffling and the weights' initialisation.")
+    # Batches and schedule.
+    batch_size: int = _field(200, "Training batch: unlabeled images followed by labeled images.")
+    labeled_per_batch: int = _field(0, "Labeled images in each batch; 0 means batch_size/2 (none when num_labeled=0).")
+    epochs: int = _field(200, "Passes over the unlabeled training split.")
+    steps_per_epoch: int = _field(0, "Batches per epoch; 0 means one full pass over the unlabeled stream.")
+    eval_batch_size: int = _field(1000, "Batch size of validation and test evaluation.")
+    learning_rate: float = _field(1e-3, "Adam learning rate.")
+    # Networks.
+    feature_size: int = _field(100, "f_sz: length of the features x̂ = g(x).")
+    latent_size: int = _field(100, "z_sz: length of the Gaussian latent z.")
+    reconstruction: str = _field("mse", "Reconstruction loss L_R.", choices=["mse", "bce"])
+    # Loss weights.
+    gaussian_weight: float = _field(1.0, "w_G, weight of the Gaussian KL term L_G.")
+    categorical_weight: float = _field(1.0, "w_C, weight of the categorical KL term L_C.")
+    assignment_weight: float = _field(1.0, "w_A, weight of the assignment loss L_A.")
+    metric_weight: float = _field(1.0, "w_M, weight of the lifted structured loss L_M.")
+    margin: float = _field(1.0, "Margin of the lifted structured loss.")
+    k: int = _field(5, "Neighbours in the k-NN label assignment.")
+    assignment_weighting: str = _field("distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=["distance", "majority"])
+    # Gumbel-Softmax.
+    temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
+    temperature_end: float = _field(0.5, "Gumbel-Softmax temperature after the annealing.")
+    temperature_epochs: int = _field(50, "Epochs over which the temperature is annealed linearly.")
+    hard_gumbel: bool = _field(False, "Straight-through one-hot Gumbel-Softmax samples.")
+    # Run.
+    image_summary_every: int = _field(5, "Write reconstruction and generation image grids to TensorBoard every N epochs; 0 disables.")
+    jit_compile: bool = _field(False, "Compile the train step with XLA.")
+    overwrite: bool = _field(False, "Start afresh in a model_dir that holds a run made with other flags.")
+    verbose: int = _field(1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.", choices=[0, 1, 2])
+
+    # Fields that may differ when a run is resumed with the same model_dir.
+    RESUMABLE_CHANGES = ("epochs", "verbose", "overwrite", "data_dir", "eval_batch_size", "image_summary_every")
+
+    def resolved_labeled_per_batch(self):
+        if self.num_labeled == 0:
+            return 0
+        return self.labeled_per_batch or self.batch_size // 2
+
+    def validate(self, num_classes=None):
+        """Raise ConfigError for impossible values (num_classes once the data is known)."""
+        for name in ("gaussian_weight", "categorical_weight", "assignment_weight", "metric_weight", "margin"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        positive = ("batch_size", "epochs", "eval_batch_size", "feature_size", "latent_size", "temperature_epochs")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "temperature_start", "temperature_end"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
+        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.batch_size % 2:
+            raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
+        for name in ("reconstruction", "assignment_weighting", "verbose"):
+            choices = Config.__dataclass_fields__[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.k < 1:
+            raise ConfigError(f"--k must be >= 1, got {self.k}")
+        labeled = self.resolved_labeled_per_batch()
+        if labeled >= self.batch_size:
+            raise ConfigError(f"--labeled_per_batch={labeled} leaves no unlabeled image in a batch of {self.batch_size}")
+        if self.num_labeled > 0 and self.k > labeled:
+            raise ConfigError(f"--k={self.k} is larger than the labeled part of a batch ({labeled})")
+        if num_classes is not None and self.num_labeled > 0:
+            if labeled < num_classes:
+                raise ConfigError(
+                    f"the labeled part of a batch ({labeled}) cannot hold one example of each of the "
+                    f"{num_classes} classes; raise --batch_size or --labeled_per_batch"
+                )
+            if self.num_labeled % num_classes:
+                raise ConfigError(
+                    f"--num_labeled={self.num_labeled} is not divisible by the {num_classes} classes"
+                )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def differences(self, other):
+        """Names of the fields, other than the resumable ones, that differ."""
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name not in self.RESUMABLE_CHANGES and getattr(self, f.name) != getattr(other, f.name)
+        ]

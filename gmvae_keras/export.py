@@ -1,0 +1,101 @@
+"""SavedModel export of a trained GMVAE, and `python -m gmvae_keras.export`.
+
+The export needs only TensorFlow to serve:
+
+    loaded = tf.saved_model.load("RUN/export")
+    out = loaded.signatures["serving_default"](images=float_images)   # [0, 1]
+    out = loaded.signatures["serving_uint8"](images=uint8_images)     # 0-255
+
+Both signatures take a batch in the dataset's image shape and return
+`probabilities` (q(y|x̂)), `label` (its argmax) and `features` (x̂),
+deterministically (inference mode: no sampling, BatchNorm moving averages).
+Float images outside [0, 1] fail with an InvalidArgumentError that says so.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+
+def _outputs(model, images):
+    features, logits = model.classify(images, training=False)
+    return {
+        "probabilities": tf.nn.softmax(logits, axis=-1),
+        "label": tf.argmax(logits, axis=-1, output_type=tf.int64),
+        "features": features,
+    }
+
+
+def export_saved_model(model, export_dir):
+    """Writes `model`'s inference signatures as a SavedModel into `export_dir`.
+
+    The SavedModel is written next to `export_dir` and renamed into place, so
+    an existing export is replaced only by a complete one.
+    """
+    export_dir = Path(export_dir)
+    shape = (None,) + tuple(model.image_shape)
+
+    def serve_float(images):
+        checks = [
+            tf.debugging.assert_greater_equal(
+                images, 0.0, message="float32 images must be in [0, 1]; use serving_uint8 for 0-255 pixels"
+            ),
+            tf.debugging.assert_less_equal(
+                images, 1.0, message="float32 images must be in [0, 1]; use serving_uint8 for 0-255 pixels"
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return _outputs(model, tf.identity(images))
+
+    def serve_uint8(images):
+        return _outputs(model, tf.cast(images, tf.float32) / 255.0)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_float, input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
+    archive.add_endpoint("serving_uint8", serve_uint8, input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")])
+
+    tmp = export_dir.with_name(f".{export_dir.name}.tmp-{os.getpid()}")
+    old = export_dir.with_name(f".{export_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive.write_out(str(tmp), verbose=False)
+    if export_dir.exists():
+        os.replace(export_dir, old)
+    os.replace(tmp, export_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return export_dir
+
+
+def main(argv=None):
+    """`python -m gmvae_keras.export --model_dir=RUN [--which=best|last]`."""
+    import argparse
+
+    from gmvae_keras import checkpoint as ckpt
+
+    parser = argparse.ArgumentParser(prog="python -m gmvae_keras.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", required=True, help="run directory of gmvae_keras.main")
+    parser.add_argument("--which", choices=["best", "last"], default="best", help="model to export")
+    parser.add_argument("--export_dir", default=None, help="where to write (default MODEL_DIR/export)")
+    args = parser.parse_args(argv)
+    model_dir = Path(args.model_dir)
+    if args.which == "best":
+        path = model_dir / "best.keras"
+    else:
+        path = ckpt.last_checkpoint(model_dir, ckpt.read_json(model_dir / "state.json", {}) or {})
+    if path is None or not path.exists():
+        print(f"error: no {args.which} model in {model_dir} (expected {path or 'a checkpoint in state.json'})", file=sys.stderr)
+        return 2
+    import gmvae_keras.model  # noqa: F401  registers the custom layers
+
+    model = keras.saving.load_model(path)
+    out = export_saved_model(model, args.export_dir or model_dir / "export")
+    print(f"exported {path} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

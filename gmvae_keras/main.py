@@ -1,0 +1,98 @@
+"""Command line: `python -m gmvae_keras.main --dataset=mnist [--flag=value ...]`.
+
+`--dataset=X` first loads the paper's settings from `flags/X.cfg`; flags on
+the command line override the file. `--helpfull` lists every flag.
+"""
+
+import dataclasses
+import datetime
+import os
+import sys
+from pathlib import Path
+
+# TensorFlow's C++ start-up chatter (no CUDA, oneDNN notices) hides the progress output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags, logging
+
+from gmvae_keras.config import Config, ConfigError
+from gmvae_keras.data import DataError
+from gmvae_keras.train import RunError, train_and_evaluate
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>-<timestamp>); an existing run there is resumed.")
+
+
+def _define_config_flags():
+    for field in dataclasses.fields(Config):
+        help_text, choices = field.metadata["help"], field.metadata["choices"]
+        if field.type is bool or isinstance(field.default, bool):
+            flags.DEFINE_boolean(field.name, field.default, help_text)
+        elif choices and all(isinstance(c, str) for c in choices):
+            flags.DEFINE_enum(field.name, field.default, choices, help_text)
+        elif isinstance(field.default, int):
+            flags.DEFINE_integer(field.name, field.default, help_text)
+        elif isinstance(field.default, float):
+            flags.DEFINE_float(field.name, field.default, help_text)
+        else:
+            flags.DEFINE_string(field.name, field.default, help_text)
+
+
+_define_config_flags()
+
+
+def flagfile_dirs():
+    """Folders searched for `<dataset>.cfg`: the source tree's, then the installed copy's."""
+    return [Path(__file__).resolve().parent.parent / "flags", Path(sys.prefix) / "share" / "gmvae_keras" / "flags"]
+
+
+def _flag_value(argv, name):
+    value = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def with_dataset_flagfile(argv):
+    """Inserts `--flagfile=flags/<dataset>.cfg` first, so later flags override it."""
+    dataset = _flag_value(argv[1:], "dataset")
+    if not dataset:
+        return argv
+    for folder in flagfile_dirs():
+        path = folder / f"{dataset}.cfg"
+        if path.exists():
+            return argv[:1] + [f"--flagfile={path}"] + argv[1:]
+    return argv
+
+
+def config_from_flags():
+    return Config(**{field.name: FLAGS[field.name].value for field in dataclasses.fields(Config)})
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    config = config_from_flags()
+    model_dir = FLAGS.model_dir or f"runs/{config.dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        train_and_evaluate(config, model_dir)
+    except (ConfigError, DataError, RunError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command with --model_dir={model_dir} to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run():
+    app.run(main, argv=with_dataset_flagfile(sys.argv))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,198 @@
+"""`train_and_evaluate(config, model_dir)`: one training run, start to finish."""
+
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from gmvae_keras import checkpoint as ckpt
+from gmvae_keras import data as data_lib
+from gmvae_keras.callbacks import (
+    EpochSummary,
+    ImageSummaries,
+    LearningRateLogger,
+    TemperatureAnnealing,
+)
+from gmvae_keras.config import Config, ConfigError
+from gmvae_keras.export import export_saved_model
+from gmvae_keras.model import GMVAE
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used; the message is one line."""
+
+
+# Files of a run that `--overwrite` removes before starting afresh.
+_RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy", "config.json")
+_RUN_DIRS = ("checkpoints", "export", "logs")
+
+
+def build_model(config, num_classes, image_shape):
+    """A compiled GMVAE for `config`."""
+    model = GMVAE(
+        image_shape=image_shape,
+        num_classes=num_classes,
+        feature_size=config.feature_size,
+        latent_size=config.latent_size,
+        reconstruction=config.reconstruction,
+        gaussian_weight=config.gaussian_weight,
+        categorical_weight=config.categorical_weight,
+        assignment_weight=config.assignment_weight,
+        metric_weight=config.metric_weight,
+        margin=config.margin,
+        k=config.k,
+        assignment_weighting=config.assignment_weighting,
+        temperature=config.temperature_start,
+        hard_gumbel=config.hard_gumbel,
+        seed=config.seed,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        jit_compile=config.jit_compile,
+    )
+    return model
+
+
+def _check_run_dir(config, model_dir):
+    """Refuse to resume a run made with other flags, unless --overwrite."""
+    previous = ckpt.read_json(model_dir / "config.json")
+    if previous is None:
+        return False
+    try:
+        previous = Config.from_dict(previous)
+    except (ConfigError, TypeError) as e:
+        raise RunError(f"{model_dir}/config.json is not a gmvae_keras configuration ({e})") from None
+    differences = config.differences(previous)
+    if differences and not config.overwrite:
+        listed = ", ".join(
+            f"--{name}={getattr(previous, name)!r} there, {getattr(config, name)!r} now" for name in differences
+        )
+        raise RunError(
+            f"{model_dir} holds a run made with different flags ({listed}); "
+            "pass --overwrite to start afresh or choose another --model_dir"
+        )
+    return bool(differences)
+
+
+def _clear_run(model_dir):
+    for name in _RUN_FILES:
+        (model_dir / name).unlink(missing_ok=True)
+    for name in _RUN_DIRS:
+        shutil.rmtree(model_dir / name, ignore_errors=True)
+
+
+def _evaluate(model, images, labels, batch_size):
+    dataset = data_lib.make_eval_dataset(images, labels, batch_size)
+    return float(model.evaluate(dataset, verbose=0, return_dict=True)["error"])
+
+
+def train_and_evaluate(config, model_dir):
+    """Trains, checkpoints, evaluates and exports one run into `model_dir`.
+
+    Running it again with the same `config` and `model_dir` resumes after the
+    last complete epoch. Every check (flags, data, run directory) happens
+    before anything is written.
+
+    Returns:
+        The dict written to `metrics.json`.
+
+    Raises:
+        ConfigError, data.DataError, RunError: bad input, one-line messages.
+    """
+    model_dir = Path(model_dir)
+    config.validate()
+    start_afresh = _check_run_dir(config, model_dir)
+    data = data_lib.load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        num_labeled=config.num_labeled,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+    )
+    config.validate(num_classes=data.num_classes)
+    labeled_per_batch = config.resolved_labeled_per_batch()
+    train_dataset = data_lib.make_train_dataset(data, config.batch_size, labeled_per_batch, seed=config.seed)
+    if config.steps_per_epoch:
+        train_dataset = train_dataset.repeat()
+    steps = config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
+
+    # Checks are over: from here on the run directory is written.
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if start_afresh:
+        _clear_run(model_dir)
+    labeled_path = model_dir / "labeled_indices.npy"
+    if labeled_path.exists() and not np.array_equal(np.load(labeled_path), data.labeled_indices):
+        raise RunError(f"{labeled_path} differs from the labeled set drawn now; the data changed since the run began")
+    ckpt.atomic_write_text(model_dir / "config.json", config.to_json() + "\n")
+    if not labeled_path.exists():
+        np.save(labeled_path, data.labeled_indices)
+
+    state = ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
+    keras.utils.set_random_seed(config.seed + state["epoch"])
+    last = ckpt.last_checkpoint(model_dir, state)
+    if last is not None:
+        model = keras.saving.load_model(last)
+        print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
+    else:
+        model = build_model(config, data.num_classes, data.image_shape)
+
+    checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size)
+    callbacks = [
+        TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
+        LearningRateLogger(),
+        checkpointer,
+        # An explicit progress bar runs here, so that it ends its line before the summary.
+        keras.callbacks.ProgbarLogger(),
+        EpochSummary(config.epochs),
+        keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"), write_graph=False),
+        ImageSummaries(
+            model_dir / "logs" / "images",
+            data.val_images[:10].astype("float32") / 255.0,
+            every=config.image_summary_every,
+            seed=config.seed,
+        ),
+    ]
+    if state["epoch"] < config.epochs:
+        model.fit(
+            train_dataset,
+            epochs=config.epochs,
+            initial_epoch=state["epoch"],
+            steps_per_epoch=steps,
+            validation_data=data_lib.make_eval_dataset(data.val_images, data.val_labels, config.eval_batch_size),
+            callbacks=callbacks,
+            verbose=config.verbose,
+            shuffle=False,  # the pipeline shuffles
+        )
+
+    # The test set is read once per finished run, for the last and best models.
+    evaluate_start = time.perf_counter()
+    metrics = {
+        "val_error_last": _evaluate(model, data.val_images, data.val_labels, config.eval_batch_size),
+        "test_error_last": _evaluate(model, data.test_images, data.test_labels, config.eval_batch_size),
+    }
+    best = keras.saving.load_model(checkpointer.best_path) if checkpointer.best_path.exists() else model
+    metrics["val_error_best"] = _evaluate(best, data.val_images, data.val_labels, config.eval_batch_size)
+    metrics["test_error_best"] = _evaluate(best, data.test_images, data.test_labels, config.eval_batch_size)
+    metrics.update(
+        {
+            "best_epoch": state["best_epoch"],
+            "epochs": state["epoch"],
+            "train_seconds": round(state["train_seconds"], 2),
+            "train_images_per_second": round(state["train_images"] / max(state["train_seconds"], 1e-9), 1),
+            "evaluation_seconds": round(time.perf_counter() - evaluate_start, 2),
+            "dataset": data.name,
+            "num_labeled": config.num_labeled,
+            "seed": config.seed,
+        }
+    )
+    export_saved_model(best, model_dir / "export")
+    ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
+    print(
+        f"done: test error {metrics['test_error_best']:.2f}% (best model, epoch {metrics['best_epoch']}), "
+        f"{metrics['test_error_last']:.2f}% (last); {metrics['train_images_per_second']:.0f} train images/s; "
+        f"run in {model_dir}",
+        flush=True,
+    )
+    return metrics

@@ -1,0 +1,128 @@
+"""Shared test helpers: synthetic data sets in their original file formats.
+
+Synthetic images encode their index in the official split in their first
+three pixels (little-endian), so tests can tell which image a pipeline row
+came from: `decode_index(images)` inverts the encoding, for uint8 images or
+float images scaled to [0, 1].
+"""
+
+import gzip
+import os
+import pathlib
+import struct
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def datasets_root():
+    """Folder of the real data sets, or None when absent.
+
+    `$GMVAE_DATASETS` if set, else `../shared/datasets` relative to the
+    repository root.
+    """
+    root = os.environ.get("GMVAE_DATASETS")
+    path = pathlib.Path(root) if root else REPO_ROOT.parent / "shared" / "datasets"
+    return path if path.is_dir() else None
+
+
+def encode_index(images, offset=0):
+    """Writes `offset + i` into the first three pixels of image `i` (in place)."""
+    flat = images.reshape(images.shape[0], -1)
+    codes = np.arange(images.shape[0], dtype=np.int64) + offset
+    for byte in range(3):
+        flat[:, byte] = (codes >> (8 * byte)) & 0xFF
+    return images
+
+
+def decode_index(images):
+    """Indices encoded by `encode_index` in uint8 or [0, 1] float images."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = np.rint(images.astype(np.float64) * 255.0).astype(np.int64)
+    flat = images.reshape(images.shape[0], -1).astype(np.int64)
+    return flat[:, 0] | (flat[:, 1] << 8) | (flat[:, 2] << 16)
+
+
+def idx_bytes(array):
+    """The IDX encoding (uint8 data) of `array`."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path, array, compress=None):
+    """Writes `array` as an IDX file, gzip-compressed when the name ends .gz."""
+    path = pathlib.Path(path)
+    if compress is None:
+        compress = path.suffix == ".gz"
+    data = idx_bytes(array)
+    if compress:
+        data = gzip.compress(data, compresslevel=1)
+    path.write_bytes(data)
+    return path
+
+
+def _balanced_labels(rng, n, num_classes):
+    return rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+
+
+def write_idx_dataset(
+    dir, n_train, n_test, shape=(28, 28), num_classes=10, seed=0, gz=True
+):
+    """Writes the four MNIST-style IDX files of a synthetic data set.
+
+    Labels are as balanced as `n` allows; image `i` of each split encodes
+    `i` (see `encode_index`), the other pixels are random.
+
+    Returns:
+        `{"train": (images, labels), "test": (images, labels)}` as the
+        loader should return them: uint8 (N, H, W, C) and int64 (N,).
+    """
+    dir = pathlib.Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    suffix = ".gz" if gz else ""
+    out = {}
+    for part, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = rng.integers(0, 256, size=(n,) + tuple(shape), dtype=np.uint8)
+        encode_index(images)
+        labels = _balanced_labels(rng, n, num_classes)
+        write_idx(dir / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(dir / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+        if images.ndim == 3:
+            images = images[..., None]
+        out[part] = (images, labels)
+    return out
+
+
+def write_svhn_dataset(dir, n_train, n_test, seed=0):
+    """Writes synthetic `train_32x32.mat` and `test_32x32.mat` (SVHN layout).
+
+    `X` is uint8 (32, 32, 3, N), `y` is (N, 1) with labels 1..10 (10 for the
+    digit 0). Image `i` encodes `i` (see `encode_index`).
+
+    Returns:
+        `{"train": (images, labels), "test": (images, labels)}` as the
+        loader should return them: uint8 (N, 32, 32, 3) and int64 labels
+        0..9.
+    """
+    import scipy.io
+
+    dir = pathlib.Path(dir)
+    dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for part, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+        encode_index(images)
+        digits = _balanced_labels(rng, n, 10)
+        y = np.where(digits == 0, 10, digits).astype(np.uint8).reshape(n, 1)
+        scipy.io.savemat(
+            str(dir / f"{part}_32x32.mat"),
+            {"X": np.transpose(images, (1, 2, 3, 0)), "y": y},
+        )
+        out[part] = (images, digits)
+    return out

@@ -1,0 +1,280 @@
+"""The command line and `train_and_evaluate` end to end, on tiny synthetic files."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, datasets_root, write_idx_dataset, write_svhn_dataset
+from gmvae_keras.config import Config, ConfigError
+from gmvae_keras.data import DataError
+from gmvae_keras.main import with_dataset_flagfile
+from gmvae_keras.train import RunError, train_and_evaluate
+
+
+def tiny_config(data_dir, **overrides):
+    values = dict(
+        dataset="mnist",
+        data_dir=str(data_dir),
+        num_labeled=20,
+        batch_size=40,
+        epochs=2,
+        feature_size=8,
+        latent_size=4,
+        k=3,
+        margin=1.0,
+        eval_batch_size=64,
+        image_summary_every=1,
+        temperature_epochs=2,
+        verbose=0,
+    )
+    values.update(overrides)
+    return Config(**values)
+
+
+@pytest.fixture(scope="module")
+def mnist_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mnist")
+    write_idx_dataset(folder, n_train=200, n_test=50, seed=1)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finished_run(mnist_files, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run") / "run"
+    config = tiny_config(mnist_files, epochs=1)
+    first = train_and_evaluate(config, model_dir)
+    config.epochs = 2
+    metrics = train_and_evaluate(config, model_dir)  # resumes after epoch 1
+    return model_dir, config, first, metrics
+
+
+def test_run_writes_every_artifact(finished_run):
+    model_dir, config, _, metrics = finished_run
+    assert json.loads((model_dir / "config.json").read_text()) == config.to_dict()
+    for name in ("best.keras", "metrics.json", "state.json", "labeled_indices.npy", "export/saved_model.pb"):
+        assert (model_dir / name).exists(), name
+    assert [p.name for p in (model_dir / "checkpoints").iterdir()] == ["epoch-0002.keras"]
+    assert len(np.load(model_dir / "labeled_indices.npy")) == 20
+    on_disk = json.loads((model_dir / "metrics.json").read_text())
+    assert on_disk == metrics
+    for key in ("val_error_best", "test_error_best", "val_error_last", "test_error_last"):
+        assert 0.0 <= metrics[key] <= 100.0
+    assert metrics["epochs"] == 2 and metrics["train_images_per_second"] > 0 and metrics["train_seconds"] > 0
+
+
+def _event_tags(folder):
+    tags = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        for raw in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+def test_tensorboard_logs_scalars_and_images(finished_run):
+    model_dir = finished_run[0]
+    train = _event_tags(model_dir / "logs" / "train")
+    for tag in ("epoch_reconstruction_loss", "epoch_gaussian_loss", "epoch_categorical_loss",
+                "epoch_assignment_loss", "epoch_metric_loss", "epoch_loss", "epoch_assignment_accuracy",
+                "epoch_temperature", "epoch_learning_rate"):
+        assert tag in train, tag
+    # The resumed run continues the curve: epochs 0 and 1, once each.
+    assert sorted(train["epoch_loss"]) == [0, 1]
+    assert "epoch_error" in _event_tags(model_dir / "logs" / "validation")
+    images = _event_tags(model_dir / "logs" / "images")
+    assert sorted(images["reconstructions"]) == [0, 1]
+    assert "generated_per_category" in images
+
+
+def test_finished_run_is_not_retrained(finished_run, capsys):
+    model_dir, config, _, metrics = finished_run
+    state = json.loads((model_dir / "state.json").read_text())
+    again = train_and_evaluate(config, model_dir)
+    assert json.loads((model_dir / "state.json").read_text()) == state
+    assert again["test_error_best"] == metrics["test_error_best"]
+
+
+def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
+    import keras
+
+    import gmvae_keras.model  # noqa: F401
+
+    model_dir = finished_run[0]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(7, 28, 28, 1), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({str(model_dir / 'export')!r})
+        x = np.load({str(tmp_path / 'images.npy')!r})
+        f = loaded.signatures["serving_default"](images=tf.constant(x.astype("float32") / 255.0))
+        u = loaded.signatures["serving_uint8"](images=tf.constant(x))
+        np.savez({str(tmp_path / 'out.npz')!r}, **{{"f_" + k: v.numpy() for k, v in f.items()}}, **{{"u_" + k: v.numpy() for k, v in u.items()}})
+        assert "gmvae_keras" not in sys.modules
+        try:
+            loaded.signatures["serving_default"](images=tf.constant(x.astype("float32")))
+        except tf.errors.InvalidArgumentError as e:
+            assert "must be in [0, 1]" in str(e)
+        else:
+            raise SystemExit("out-of-range float images were accepted")
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    out = np.load(tmp_path / "out.npz")
+    model = keras.saving.load_model(model_dir / "best.keras")
+    probabilities = model.predict_proba(images)
+    for prefix in ("f_", "u_"):
+        np.testing.assert_allclose(out[prefix + "probabilities"], probabilities, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(out[prefix + "label"], model.predict_labels(images))
+        np.testing.assert_allclose(out[prefix + "features"], model.extract_features(images), rtol=1e-5, atol=1e-5)
+
+    shown = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--dir",
+         str(model_dir / "export"), "--all"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "signature_def['serving_default']" in shown and "probabilities" in shown
+
+
+def test_export_command_reexports_a_run(finished_run, tmp_path):
+    from gmvae_keras.export import main as export_main
+
+    assert export_main(["--model_dir", str(finished_run[0]), "--export_dir", str(tmp_path / "e"), "--which", "last"]) == 0
+    assert (tmp_path / "e" / "saved_model.pb").exists()
+    assert export_main(["--model_dir", str(tmp_path / "nothing")]) == 2
+
+
+def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
+    model_dir, config, _, _ = finished_run
+    before = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
+    other = Config(**{**config.to_dict(), "margin": 3.0, "k": 2})
+    with pytest.raises(RunError, match=r"--margin=1.0 there, 3.0 now.*--k=3 there, 2 now.*--overwrite"):
+        train_and_evaluate(other, model_dir)
+    assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == before
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"dataset": "no_such_dataset"}, DataError, "unknown dataset"),
+        ({"num_labeled": 25}, DataError, "must be divisible by the number of classes"),
+        ({"num_labeled": 1000}, DataError, "num_labeled"),
+        ({"batch_size": 41}, ConfigError, "must be even"),
+        ({"batch_size": 16, "k": 3}, ConfigError, "cannot hold one example of each"),
+        ({"k": 0}, ConfigError, "--k must be >= 1"),
+        ({"k": 21}, ConfigError, "larger than the labeled part"),
+        ({"metric_weight": -1.0}, ConfigError, "--metric_weight must be >= 0"),
+        ({"margin": -0.5}, ConfigError, "--margin must be >= 0"),
+        ({"learning_rate": 0.0}, ConfigError, "--learning_rate must be > 0"),
+    ],
+)
+def test_bad_input_fails_before_writing(mnist_files, tmp_path, overrides, error, message):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "keep.txt").write_text("precious")
+    with pytest.raises(error, match=message) as info:
+        train_and_evaluate(tiny_config(mnist_files, **overrides), model_dir)
+    assert "\n" not in str(info.value)
+    assert [p.name for p in model_dir.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_damaged_files_fail_before_writing(mnist_files, tmp_path, damage):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for path in mnist_files.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    target = folder / "train-images-idx3-ubyte.gz"
+    if damage == "missing":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
+        train_and_evaluate(tiny_config(folder), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def _cli(*args, cwd=None):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(
+        [sys.executable, "-m", "gmvae_keras.main", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+def test_cli_bad_input_is_one_line_and_nonzero(mnist_files, tmp_path):
+    result = _cli("--dataset=mnist", f"--data_dir={mnist_files}", "--batch_size=41", f"--model_dir={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --batch_size must be even (half unlabeled, half labeled), got 41"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_trains_with_dataset_flagfile_and_overrides(mnist_files, tmp_path):
+    result = _cli(
+        "--dataset=mnist", f"--data_dir={mnist_files}", "--num_labeled=20", "--batch_size=40", "--k=3",
+        "--epochs=1", "--steps_per_epoch=2", "--feature_size=8", "--latent_size=4", "--verbose=0",
+        f"--model_dir={tmp_path / 'r'}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    # From flags/mnist.cfg, not overridden:
+    assert config["margin"] == 2.0 and config["latent_size"] == 4 and config["k"] == 3
+    assert "epoch 1/1" in result.stdout and "val_error=" in result.stdout and "temperature=" in result.stdout
+    assert "done: test error" in result.stdout
+
+
+def test_dataset_flagfile_goes_first_so_the_command_line_wins():
+    argv = with_dataset_flagfile(["prog", "--dataset=svhn", "--k=7"])
+    assert argv[1] == f"--flagfile={REPO_ROOT / 'flags' / 'svhn.cfg'}"
+    assert argv[2:] == ["--dataset=svhn", "--k=7"]
+    assert with_dataset_flagfile(["prog", "--dataset=cifar10"]) == ["prog", "--dataset=cifar10"]
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn"])
+def test_flagfiles_hold_the_papers_settings(name):
+    from absl import flags as absl_flags
+
+    import gmvae_keras.main  # noqa: F401  defines the flags
+
+    values = absl_flags.FLAGS.read_flags_from_files([f"--flagfile={REPO_ROOT / 'flags' / (name + '.cfg')}"])
+    parsed = dict(v[2:].split("=", 1) for v in values)
+    expected = {
+        "mnist": dict(batch_size="200", feature_size="100", latent_size="100", k="5", assignment_weight="1", metric_weight="1", margin="2", num_labeled="100"),
+        "fashion_mnist": dict(batch_size="200", feature_size="200", latent_size="50", k="3", assignment_weight="1", metric_weight="0.1", margin="1", num_labeled="100"),
+        "svhn": dict(batch_size="400", feature_size="100", latent_size="150", k="3", assignment_weight="5", metric_weight="3", margin="0.5", num_labeled="1000"),
+    }[name]
+    for key, value in expected.items():
+        assert parsed[key] == value, key
+    assert parsed["learning_rate"] == "0.001" and parsed["epochs"] == "200" and parsed["reconstruction"] == "mse"
+    assert parsed["temperature_epochs"] == "50" and parsed["temperature_end"] == "0.5"
+
+
+def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
+    write_svhn_dataset(tmp_path / "svhn", n_train=120, n_test=30)
+    config = tiny_config(
+        tmp_path / "svhn", dataset="svhn", epochs=1, steps_per_epoch=2, image_summary_every=0
+    )
+    metrics = train_and_evaluate(config, tmp_path / "run")
+    assert metrics["dataset"] == "svhn" and 0 <= metrics["test_error_best"] <= 100
+
+
+def test_short_real_mnist_run(tmp_path):
+    root = datasets_root()
+    if root is None or not (root / "mnist").is_dir():
+        pytest.skip("real MNIST files not found (set GMVAE_DATASETS)")
+    config = tiny_config(
+        root / "mnist", num_labeled=100, batch_size=100, feature_size=32, latent_size=16,
+        epochs=1, steps_per_epoch=20, eval_batch_size=2000, image_summary_every=0, learning_rate=3e-3,
+    )
+    metrics = train_and_evaluate(config, tmp_path / "run")
+    # 20 steps are far from convergence, but clearly better than chance (90%).
+    assert metrics["test_error_best"] < 80.0
