@@ -1,0 +1,142 @@
+"""Reproduce a row of the paper's Table 1 (or 2, with --ablation), one run per seed.
+
+    python tools/reproduce.py --dataset=mnist --num_labeled=100 --seeds=5
+    python tools/reproduce.py --dataset=mnist --num_labeled=100 --seeds=3 --settings=cpu --data_dir=../shared/datasets/mnist
+
+Each seed trains with `python -m gmvae_keras.main` into its own run directory
+under `--runs_dir`; seeds whose `metrics.json` exists are not rerun, and an
+interrupted seed resumes from its last checkpoint, so rerunning the command
+continues a sweep. At the end the tool prints a Markdown table in the paper's
+layout (mean ± std of the test error of the best-validation model, the
+paper's number beside it, epochs, wall time) and writes it to `--out`.
+
+With the defaults it follows the paper's protocol (200 epochs, `flags/<dataset>.cfg`).
+`--settings=cpu` adds `flags/<dataset>_cpu.cfg` on top (the CPU-budget settings).
+Extra flags after `--` go to every run.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Test error (%) of the paper, mean (± std) over 5 seeds.
+PAPER = {
+    ("mnist", 100, False): "1.94 (± 0.49)",
+    ("fashion_mnist", 100, False): "26.88 (± 0.86)",
+    ("fashion_mnist", 1000, False): "15.85 (± 0.69)",
+    ("svhn", 1000, False): "14.78 (± 0.40)",
+    ("mnist", 100, True): "10.16",
+    ("fashion_mnist", 100, True): "29.98",
+    ("svhn", 1000, True): "58.77",
+}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "svhn"])
+    parser.add_argument("--num_labeled", type=int, default=None, help="default: the dataset's flagfile")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the flagfile's (200 in the paper)")
+    parser.add_argument("--ablation", action="store_true", help="w_M = 0: the paper's Table 2")
+    parser.add_argument("--settings", choices=["paper", "cpu"], default="paper")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--runs_dir", default="runs/reproduce")
+    parser.add_argument("--out", default=None, help="Markdown file (default: RUNS_DIR/<sweep>/results.md)")
+    parser.add_argument("extra", nargs="*", help="flags passed to every run, after --")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.settings == "cpu" and not (REPO / "flags" / f"{args.dataset}_cpu.cfg").exists():
+        parser.error(f"no CPU settings for {args.dataset}: flags/{args.dataset}_cpu.cfg is missing")
+    return args
+
+
+def default_num_labeled(dataset):
+    for line in (REPO / "flags" / f"{dataset}.cfg").read_text().splitlines():
+        if line.startswith("--num_labeled="):
+            return int(line.split("=", 1)[1])
+    raise SystemExit(f"flags/{dataset}.cfg has no --num_labeled")
+
+
+def sweep_name(args):
+    name = f"{args.dataset}-{args.num_labeled}-{args.settings}"
+    if args.ablation:
+        name += "-ablation"
+    if args.epochs is not None:
+        name += f"-e{args.epochs}"
+    return name
+
+
+def run_command(args, seed, model_dir):
+    command = [sys.executable, "-m", "gmvae_keras.main", f"--dataset={args.dataset}"]
+    if args.settings == "cpu":
+        command.append(f"--flagfile={REPO / 'flags' / (args.dataset + '_cpu.cfg')}")
+    command += [f"--num_labeled={args.num_labeled}", f"--seed={seed}", f"--model_dir={model_dir}", "--verbose=2"]
+    if args.epochs is not None:
+        command.append(f"--epochs={args.epochs}")
+    if args.ablation:
+        command.append("--metric_weight=0")
+    if args.data_dir:
+        command.append(f"--data_dir={args.data_dir}")
+    return command + list(args.extra)
+
+
+def table(args, results):
+    errors = [m["test_error_best"] for m in results]
+    mean = statistics.fmean(errors)
+    std = statistics.stdev(errors) if len(errors) > 1 else 0.0
+    epochs = sorted({m["epochs"] for m in results})
+    hours = sum(m["train_seconds"] for m in results) / len(results) / 3600
+    label = "w_M = 0 (ablation)" if args.ablation else "full model"
+    paper = PAPER.get((args.dataset, args.num_labeled, args.ablation), "n/a")
+    lines = [
+        "| Dataset | Labels | Model | Settings | Paper test error (%) | Ours test error (%) | Seeds | Epochs | Train time per run (h) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {args.dataset} | {args.num_labeled} | {label} | {args.settings} | {paper} | {mean:.2f} (± {std:.2f}) "
+        f"| {len(results)} | {', '.join(map(str, epochs))} | {hours:.2f} |",
+        "",
+        "Per seed (test error of the best-validation model, %): "
+        + ", ".join(f"seed {m['seed']}: {m['test_error_best']:.2f}" for m in results),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.num_labeled is None:
+        args.num_labeled = default_num_labeled(args.dataset)
+    if args.data_dir:
+        args.data_dir = str(Path(args.data_dir).resolve())
+    sweep = Path(args.runs_dir).resolve() / sweep_name(args)
+    results = []
+    for seed in range(args.seeds):
+        model_dir = sweep / f"seed-{seed}"
+        metrics_path = model_dir / "metrics.json"
+        if not metrics_path.exists():
+            command = run_command(args, seed, model_dir)
+            print(f"[reproduce] seed {seed}: {' '.join(command)}", flush=True)
+            code = subprocess.call(command, cwd=REPO, env=dict(os.environ))
+            if code != 0:
+                print(f"[reproduce] seed {seed} stopped with status {code}; rerun to resume", file=sys.stderr)
+                return code
+        else:
+            print(f"[reproduce] seed {seed}: finished earlier, reading {metrics_path}", flush=True)
+        results.append(json.loads(metrics_path.read_text()))
+    text = table(args, results)
+    out = Path(args.out) if args.out else sweep / "results.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
