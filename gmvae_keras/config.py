@@ -33,6 +33,10 @@ class Config:
     steps_per_epoch: int = _field(0, "Batches per epoch; 0 means one full pass over the unlabeled stream.")
     eval_batch_size: int = _field(1000, "Batch size of validation and test evaluation.")
     learning_rate: float = _field(1e-3, "Adam learning rate.")
+    lr_schedule: str = _field("constant", "Learning-rate schedule: constant (paper), cosine decay to 0 over the run, or step decay.", choices=["constant", "cosine", "step"])
+    lr_decay_epochs: int = _field(30, "With --lr_schedule=step: epochs between decays.")
+    lr_decay_rate: float = _field(0.5, "With --lr_schedule=step: factor of each decay.")
+    augment_shift: int = _field(0, "Translate training images randomly by up to N pixels per axis; 0 (paper) disables.")
     # Networks.
     feature_size: int = _field(100, "f_sz: length of the features x̂ = g(x).")
     latent_size: int = _field(100, "z_sz: length of the Gaussian latent z.")
@@ -69,21 +73,21 @@ class Config:
         for name in ("gaussian_weight", "categorical_weight", "assignment_weight", "metric_weight", "margin"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        positive = ("batch_size", "epochs", "eval_batch_size", "feature_size", "latent_size", "temperature_epochs")
+        positive = ("batch_size", "epochs", "eval_batch_size", "feature_size", "latent_size", "temperature_epochs", "lr_decay_epochs")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "temperature_start", "temperature_end"):
+        for name in ("learning_rate", "temperature_start", "temperature_end", "lr_decay_rate"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed"):
+        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
-        for name in ("reconstruction", "assignment_weighting", "verbose"):
+        for name in ("reconstruction", "assignment_weighting", "verbose", "lr_schedule"):
             choices = Config.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")

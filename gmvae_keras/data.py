@@ -803,7 +803,20 @@ def _scale(images_uint8):
     return tf.cast(images_uint8, tf.float32) * (1.0 / 255.0)
 
 
-def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0):
+def random_shift(images, max_shift, seed):
+    """Translates each image of a `[B, H, W, C]` batch by up to `max_shift`
+    pixels along each axis (independently drawn), filling with zeros."""
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]])
+    offsets = tf.random.stateless_uniform([batch, 2], seed, 0, 2 * max_shift + 1, dtype=tf.int32)
+    rows = offsets[:, 0:1] + tf.range(height)[None, :]
+    cols = offsets[:, 1:2] + tf.range(width)[None, :]
+    picked = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(picked, cols, axis=2, batch_dims=1)
+
+
+def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment_shift=0):
     """One epoch of semi-supervised training batches.
 
     Each element is a dict:
@@ -819,7 +832,13 @@ def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0):
     the remainder is dropped). The labeled rows cycle through seeded
     permutations of the fixed labeled set, independently of the unlabeled
     stream. All shapes are static.
+
+    `augment_shift > 0` translates every training image (labeled and
+    unlabeled) by a random offset of up to that many pixels per axis
+    (`random_shift`); the paper uses no augmentation (0).
     """
+    if augment_shift < 0:
+        raise DataError(f"augment_shift must be >= 0, got {augment_shift}")
     n_u, n_l = _batch_layout(data, batch_size, labeled_per_batch)
     seed_u, seed_l = _stream_seeds(seed)
     n_train = len(data.train_labels)
@@ -865,6 +884,17 @@ def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0):
     ds = ds.map(
         assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
+    if augment_shift:
+        shift_seeds = tf.data.Dataset.random(seed=seed_u + 1).batch(2)
+
+        def shift(element, step_seed):
+            element = dict(element)
+            element["images"] = random_shift(element["images"], augment_shift, step_seed)
+            return element
+
+        ds = tf.data.Dataset.zip((ds, shift_seeds)).map(
+            shift, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

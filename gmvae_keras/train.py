@@ -29,7 +29,21 @@ _RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy",
 _RUN_DIRS = ("checkpoints", "export", "logs")
 
 
-def build_model(config, num_classes, image_shape):
+def learning_rate(config, steps_per_epoch):
+    """The learning rate or schedule of `config`, in optimizer steps."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps_per_epoch)
+    if config.lr_schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            config.learning_rate,
+            decay_steps=config.lr_decay_epochs * steps_per_epoch,
+            decay_rate=config.lr_decay_rate,
+            staircase=True,
+        )
+    return config.learning_rate
+
+
+def build_model(config, num_classes, image_shape, steps_per_epoch):
     """A compiled GMVAE for `config`."""
     model = GMVAE(
         image_shape=image_shape,
@@ -49,7 +63,7 @@ def build_model(config, num_classes, image_shape):
         seed=config.seed,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
         jit_compile=config.jit_compile,
     )
     return model
@@ -113,7 +127,9 @@ def train_and_evaluate(config, model_dir):
     )
     config.validate(num_classes=data.num_classes)
     labeled_per_batch = config.resolved_labeled_per_batch()
-    train_dataset = data_lib.make_train_dataset(data, config.batch_size, labeled_per_batch, seed=config.seed)
+    train_dataset = data_lib.make_train_dataset(
+        data, config.batch_size, labeled_per_batch, seed=config.seed, augment_shift=config.augment_shift
+    )
     if config.steps_per_epoch:
         train_dataset = train_dataset.repeat()
     steps = config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
@@ -136,7 +152,7 @@ def train_and_evaluate(config, model_dir):
         model = keras.saving.load_model(last)
         print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
     else:
-        model = build_model(config, data.num_classes, data.image_shape)
+        model = build_model(config, data.num_classes, data.image_shape, steps)
 
     checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size)
     callbacks = [

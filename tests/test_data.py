@@ -475,3 +475,39 @@ def test_real_mnist():
     ]
     assert np.bincount(vy).sum() == 10000 and len(np.unique(vy)) == 10
     assert abs(tx.mean() / 255.0 - 0.1307) < 5e-4
+
+
+def test_random_shift_translates_each_image_within_the_bound():
+    import tensorflow as tf
+
+    from gmvae_keras.data import random_shift
+
+    rng = np.random.default_rng(0)
+    images = rng.random((16, 8, 8, 1)).astype("float32") + 0.5  # no zero pixel
+    out = random_shift(tf.constant(images), 2, tf.constant([3, 4], tf.int64)).numpy()
+    assert out.shape == images.shape
+    offsets = set()
+    for original, shifted in zip(images, out):
+        padded = np.pad(original, ((2, 2), (2, 2), (0, 0)))
+        matches = [
+            (dy, dx) for dy in range(5) for dx in range(5)
+            if np.array_equal(padded[dy:dy + 8, dx:dx + 8], shifted)
+        ]
+        assert len(matches) == 1
+        offsets.add(matches[0])
+    assert len(offsets) > 3  # offsets differ between images
+
+
+def test_augmented_pipeline_keeps_labels_and_layout(tmp_path):
+    from gmvae_keras import data as data_lib
+
+    write_idx_dataset(tmp_path, n_train=200, n_test=20, seed=2)
+    splits = data_lib.load_dataset("mnist", data_dir=tmp_path, num_labeled=20, seed=0)
+    plain = next(iter(data_lib.make_train_dataset(splits, 40, seed=5)))
+    shifted = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_shift=2)))
+    np.testing.assert_array_equal(plain["labels"].numpy(), shifted["labels"].numpy())
+    np.testing.assert_array_equal(plain["unlabeled_labels"].numpy(), shifted["unlabeled_labels"].numpy())
+    assert shifted["images"].shape == plain["images"].shape
+    assert not np.array_equal(plain["images"].numpy(), shifted["images"].numpy())
+    with pytest.raises(data_lib.DataError):
+        data_lib.make_train_dataset(splits, 40, augment_shift=-1)
