@@ -278,3 +278,29 @@ def test_short_real_mnist_run(tmp_path):
     metrics = train_and_evaluate(config, tmp_path / "run")
     # 20 steps are far from convergence, but clearly better than chance (90%).
     assert metrics["test_error_best"] < 80.0
+
+
+def test_interrupted_run_resumes_after_its_last_complete_epoch(mnist_files, tmp_path, monkeypatch, capsys):
+    from gmvae_keras import callbacks
+
+    original = callbacks.EpochSummary.on_epoch_end
+
+    def interrupt_in_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    config = tiny_config(mnist_files, epochs=3, image_summary_every=0, steps_per_epoch=2)
+    monkeypatch.setattr(callbacks.EpochSummary, "on_epoch_end", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 2 and not (tmp_path / "run" / "metrics.json").exists()
+
+    monkeypatch.setattr(callbacks.EpochSummary, "on_epoch_end", original)
+    capsys.readouterr()
+    metrics = train_and_evaluate(config, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "resuming" in out and "after epoch 2" in out
+    assert "epoch 3/3" in out and "epoch 1/3" not in out
+    assert metrics["epochs"] == 3
