@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from gmvae_keras import metrics
+
 
 class TemperatureAnnealing(keras.callbacks.Callback):
     """Anneals the Gumbel-Softmax temperature between epochs.
@@ -144,3 +146,42 @@ class ImageSummaries(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Scores the model on a held-out set after every epoch.
+
+    One pass of `model.predict_labels` gives `val_error` (classification
+    error, %), `val_cluster_accuracy` (ACC, %, best cluster-to-class
+    matching) and `val_nmi` (%), added to the epoch logs. Place it before
+    the callbacks that read them (checkpointing, summaries, TensorBoard).
+
+    Args:
+        images: `[n, H, W, C]` uint8 or float images in [0, 1].
+        labels: `[n]` int labels.
+        batch_size: inference batch size.
+        prefix: prefix of the log keys.
+    """
+
+    def __init__(self, images, labels, batch_size=1000, prefix="val_"):
+        super().__init__()
+        self.images = images
+        self.labels = np.asarray(labels)
+        self.batch_size = int(batch_size)
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or len(self.labels) == 0:
+            return
+        scores = evaluate_predictions(self.labels, self.model.predict_labels(self.images, self.batch_size))
+        logs.update({self.prefix + name: value for name, value in scores.items()})
+
+
+def evaluate_predictions(labels, predictions):
+    """Classification error, clustering accuracy and NMI (all %) of predictions."""
+    labels = np.asarray(labels)
+    return {
+        "error": float(100.0 * np.mean(np.asarray(predictions) != labels)),
+        "cluster_accuracy": float(metrics.clustering_accuracy(labels, predictions)),
+        "nmi": float(metrics.normalized_mutual_info(labels, predictions)),
+    }

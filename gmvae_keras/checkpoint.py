@@ -4,10 +4,10 @@ Layout of a run directory:
 
     config.json            resolved configuration
     labeled_indices.npy    the fixed labeled set (indices into the train split)
-    state.json             epochs done, best validation error, time and images so far
+    state.json             epochs done, best monitored value, time and images so far
     checkpoints/epoch-NNNN.keras
                            model + optimizer after the last complete epoch
-    best.keras             model with the best validation error
+    best.keras             model with the best monitored validation score
     metrics.json           final errors, written at the end
     logs/                  TensorBoard
     export/                SavedModel
@@ -63,7 +63,7 @@ def initial_state():
     return {
         "epoch": 0,
         "best_epoch": 0,
-        "best_val_error": None,
+        "best_value": None,
         "train_seconds": 0.0,
         "train_images": 0,
         "checkpoint": None,
@@ -88,13 +88,19 @@ class RunCheckpoint(keras.callbacks.Callback):
         state: the dict of `initial_state()` or of a resumed `state.json`;
             updated in place.
         batch_size: images per training step.
+        monitor: epoch-log key that selects the best model.
+        mode: "min" or "max": whether a lower or higher `monitor` is better.
     """
 
-    def __init__(self, model_dir, state, batch_size):
+    def __init__(self, model_dir, state, batch_size, monitor="val_error", mode="min"):
         super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.model_dir = Path(model_dir)
         self.state = state
         self.batch_size = int(batch_size)
+        self.monitor = monitor
+        self.mode = mode
         self._start = None
         self._end = None
         self._steps = 0
@@ -121,12 +127,14 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.state["train_seconds"] += seconds
         self.state["train_images"] += images
         self.state["epoch"] = epoch + 1
-        val_error = logs.get("val_error")
-        best = self.state["best_val_error"]
+        value = logs.get(self.monitor)
+        best = self.state["best_value"]
         checkpoints = self.model_dir / "checkpoints"
         checkpoints.mkdir(parents=True, exist_ok=True)
-        if val_error is not None and (best is None or val_error < best):
-            self.state["best_val_error"] = float(val_error)
+        improved = best is None or (value < best if self.mode == "min" else value > best)
+        if value is not None and improved:
+            self.state["best_value"] = float(value)
+            self.state["monitor"] = self.monitor
             self.state["best_epoch"] = epoch + 1
             atomic_save_model(self.model, self.best_path)
         name = f"epoch-{epoch + 1:04d}.keras"

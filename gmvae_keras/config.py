@@ -20,6 +20,7 @@ def _field(default, help, choices=None):
 
 @dataclasses.dataclass
 class Config:
+    mode: str = _field("semi_supervised", "semi_supervised, or clustering (no labels; loads flags/<dataset>_clustering.cfg).", choices=["semi_supervised", "clustering"])
     # Data.
     dataset: str = _field("mnist", "mnist, fashion_mnist, svhn, or a tensorflow-datasets image classification name.")
     data_dir: Optional[str] = _field(None, "Folder with the dataset's original files (IDX .gz or SVHN .mat) instead of tensorflow-datasets.")
@@ -87,10 +88,14 @@ class Config:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
-        for name in ("reconstruction", "assignment_weighting", "verbose", "lr_schedule"):
+        for name in ("mode", "reconstruction", "assignment_weighting", "verbose", "lr_schedule"):
             choices = Config.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.mode == "clustering" and self.num_labeled:
+            raise ConfigError(f"--mode=clustering uses no labeled data; got --num_labeled={self.num_labeled}")
+        if self.mode == "semi_supervised" and not self.num_labeled:
+            raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
         if self.k < 1:
             raise ConfigError(f"--k must be >= 1, got {self.k}")
         labeled = self.resolved_labeled_per_batch()

@@ -58,12 +58,16 @@ def _flag_value(argv, name):
 
 
 def with_dataset_flagfile(argv):
-    """Inserts `--flagfile=flags/<dataset>.cfg` first, so later flags override it."""
+    """Inserts `--flagfile=flags/<dataset>.cfg` first, so later flags override it.
+
+    With `--mode=clustering` the file is `flags/<dataset>_clustering.cfg`.
+    """
     dataset = _flag_value(argv[1:], "dataset")
     if not dataset:
         return argv
+    suffix = "_clustering" if _flag_value(argv[1:], "mode") == "clustering" else ""
     for folder in flagfile_dirs():
-        path = folder / f"{dataset}.cfg"
+        path = folder / f"{dataset}{suffix}.cfg"
         if path.exists():
             return argv[:1] + [f"--flagfile={path}"] + argv[1:]
     return argv

@@ -14,6 +14,8 @@ from gmvae_keras.callbacks import (
     ImageSummaries,
     LearningRateLogger,
     TemperatureAnnealing,
+    ValidationMetrics,
+    evaluate_predictions,
 )
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.export import export_saved_model
@@ -97,9 +99,9 @@ def _clear_run(model_dir):
         shutil.rmtree(model_dir / name, ignore_errors=True)
 
 
-def _evaluate(model, images, labels, batch_size):
-    dataset = data_lib.make_eval_dataset(images, labels, batch_size)
-    return float(model.evaluate(dataset, verbose=0, return_dict=True)["error"])
+def _scores(model, images, labels, batch_size, prefix):
+    scores = evaluate_predictions(labels, model.predict_labels(images, batch_size))
+    return {f"{prefix}_{name}": value for name, value in scores.items()}
 
 
 def train_and_evaluate(config, model_dir):
@@ -154,8 +156,14 @@ def train_and_evaluate(config, model_dir):
     else:
         model = build_model(config, data.num_classes, data.image_shape, steps)
 
-    checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size)
+    # Cluster ids are arbitrary without labels: clustering runs keep the best ACC.
+    if config.mode == "clustering":
+        monitor, monitor_mode = "val_cluster_accuracy", "max"
+    else:
+        monitor, monitor_mode = "val_error", "min"
+    checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, monitor, monitor_mode)
     callbacks = [
+        ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size),
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
         LearningRateLogger(),
         checkpointer,
@@ -176,7 +184,6 @@ def train_and_evaluate(config, model_dir):
             epochs=config.epochs,
             initial_epoch=state["epoch"],
             steps_per_epoch=steps,
-            validation_data=data_lib.make_eval_dataset(data.val_images, data.val_labels, config.eval_batch_size),
             callbacks=callbacks,
             verbose=config.verbose,
             shuffle=False,  # the pipeline shuffles
@@ -184,15 +191,19 @@ def train_and_evaluate(config, model_dir):
 
     # The test set is read once per finished run, for the last and best models.
     evaluate_start = time.perf_counter()
-    metrics = {
-        "val_error_last": _evaluate(model, data.val_images, data.val_labels, config.eval_batch_size),
-        "test_error_last": _evaluate(model, data.test_images, data.test_labels, config.eval_batch_size),
-    }
     best = keras.saving.load_model(checkpointer.best_path) if checkpointer.best_path.exists() else model
-    metrics["val_error_best"] = _evaluate(best, data.val_images, data.val_labels, config.eval_batch_size)
-    metrics["test_error_best"] = _evaluate(best, data.test_images, data.test_labels, config.eval_batch_size)
+    metrics = {}
+    for which, scored in (("last", model), ("best", best)):
+        for split, images, labels in (
+            ("val", data.val_images, data.val_labels),
+            ("test", data.test_images, data.test_labels),
+        ):
+            scores = _scores(scored, images, labels, config.eval_batch_size, split)
+            metrics.update({f"{key}_{which}": value for key, value in scores.items()})
     metrics.update(
         {
+            "mode": config.mode,
+            "monitor": monitor,
             "best_epoch": state["best_epoch"],
             "epochs": state["epoch"],
             "train_seconds": round(state["train_seconds"], 2),
@@ -206,9 +217,10 @@ def train_and_evaluate(config, model_dir):
     export_saved_model(best, model_dir / "export")
     ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
     print(
-        f"done: test error {metrics['test_error_best']:.2f}% (best model, epoch {metrics['best_epoch']}), "
-        f"{metrics['test_error_last']:.2f}% (last); {metrics['train_images_per_second']:.0f} train images/s; "
-        f"run in {model_dir}",
+        f"done: test error {metrics['test_error_best']:.2f}%, ACC {metrics['test_cluster_accuracy_best']:.2f}%, "
+        f"NMI {metrics['test_nmi_best']:.2f}% (best model, epoch {metrics['best_epoch']}); "
+        f"test error {metrics['test_error_last']:.2f}% (last); "
+        f"{metrics['train_images_per_second']:.0f} train images/s; run in {model_dir}",
         flush=True,
     )
     return metrics

@@ -63,8 +63,11 @@ def test_run_writes_every_artifact(finished_run):
     assert len(np.load(model_dir / "labeled_indices.npy")) == 20
     on_disk = json.loads((model_dir / "metrics.json").read_text())
     assert on_disk == metrics
-    for key in ("val_error_best", "test_error_best", "val_error_last", "test_error_last"):
-        assert 0.0 <= metrics[key] <= 100.0
+    for split in ("val", "test"):
+        for score in ("error", "cluster_accuracy", "nmi"):
+            for which in ("best", "last"):
+                assert 0.0 <= metrics[f"{split}_{score}_{which}"] <= 100.0
+    assert metrics["monitor"] == "val_error" and metrics["mode"] == "semi_supervised"
     assert metrics["epochs"] == 2 and metrics["train_images_per_second"] > 0 and metrics["train_seconds"] > 0
 
 
@@ -87,7 +90,9 @@ def test_tensorboard_logs_scalars_and_images(finished_run):
         assert tag in train, tag
     # The resumed run continues the curve: epochs 0 and 1, once each.
     assert sorted(train["epoch_loss"]) == [0, 1]
-    assert "epoch_error" in _event_tags(model_dir / "logs" / "validation")
+    validation = _event_tags(model_dir / "logs" / "validation")
+    for tag in ("epoch_error", "epoch_cluster_accuracy", "epoch_nmi"):
+        assert sorted(validation[tag]) == [0, 1], tag
     images = _event_tags(model_dir / "logs" / "images")
     assert sorted(images["reconstructions"]) == [0, 1]
     assert "generated_per_category" in images
@@ -237,6 +242,8 @@ def test_dataset_flagfile_goes_first_so_the_command_line_wins():
     assert argv[1] == f"--flagfile={REPO_ROOT / 'flags' / 'svhn.cfg'}"
     assert argv[2:] == ["--dataset=svhn", "--k=7"]
     assert with_dataset_flagfile(["prog", "--dataset=cifar10"]) == ["prog", "--dataset=cifar10"]
+    argv = with_dataset_flagfile(["prog", "--dataset", "mnist", "--mode=clustering"])
+    assert argv[1] == f"--flagfile={REPO_ROOT / 'flags' / 'mnist_clustering.cfg'}"
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn"])
@@ -304,3 +311,36 @@ def test_interrupted_run_resumes_after_its_last_complete_epoch(mnist_files, tmp_
     assert "resuming" in out and "after epoch 2" in out
     assert "epoch 3/3" in out and "epoch 1/3" not in out
     assert metrics["epochs"] == 3
+
+
+@pytest.mark.parametrize("name, feature_size, latent_size", [("mnist", "100", "150"), ("fashion_mnist", "200", "50")])
+def test_clustering_flagfiles_hold_the_papers_settings(name, feature_size, latent_size):
+    from absl import flags as absl_flags
+
+    import gmvae_keras.main  # noqa: F401  defines the flags
+
+    values = absl_flags.FLAGS.read_flags_from_files([f"--flagfile={REPO_ROOT / 'flags' / (name + '_clustering.cfg')}"])
+    parsed = dict(v[2:].split("=", 1) for v in values)
+    expected = dict(mode="clustering", num_labeled="0", batch_size="64", feature_size=feature_size,
+                    latent_size=latent_size, gaussian_weight="5", reconstruction="bce",
+                    assignment_weight="0", metric_weight="0")
+    for key, value in expected.items():
+        assert parsed[key] == value, key
+
+
+def test_clustering_run_reports_accuracy_and_nmi(mnist_files, tmp_path):
+    config = tiny_config(
+        mnist_files, mode="clustering", num_labeled=0, batch_size=32, assignment_weight=0.0,
+        metric_weight=0.0, gaussian_weight=5.0, reconstruction="bce", epochs=2, steps_per_epoch=3,
+        image_summary_every=0,
+    )
+    metrics = train_and_evaluate(config, tmp_path / "run")
+    assert metrics["monitor"] == "val_cluster_accuracy" and metrics["mode"] == "clustering"
+    for key in ("test_cluster_accuracy_best", "test_nmi_best", "val_cluster_accuracy_last", "val_nmi_last"):
+        assert 0.0 <= metrics[key] <= 100.0, key
+    # ACC is at least the share of the largest class under any clustering.
+    assert metrics["test_cluster_accuracy_best"] >= 10.0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["monitor"] == "val_cluster_accuracy"
+    with pytest.raises(ConfigError, match="--mode=clustering uses no labeled data"):
+        train_and_evaluate(Config(**{**config.to_dict(), "num_labeled": 20}), tmp_path / "other")

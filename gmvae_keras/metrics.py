@@ -1,0 +1,51 @@
+"""Clustering metrics: accuracy under the best cluster-to-class matching, and NMI."""
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import normalized_mutual_info_score
+
+
+def _check(labels_true, labels_pred):
+    labels_true = np.asarray(labels_true).reshape(-1).astype(np.int64)
+    labels_pred = np.asarray(labels_pred).reshape(-1).astype(np.int64)
+    if labels_true.shape != labels_pred.shape:
+        raise ValueError(f"{labels_true.size} true labels for {labels_pred.size} predictions")
+    if labels_true.size == 0:
+        raise ValueError("no labels to score")
+    if labels_true.min() < 0 or labels_pred.min() < 0:
+        raise ValueError("labels and cluster ids must be >= 0")
+    return labels_true, labels_pred
+
+
+def contingency(labels_true, labels_pred):
+    """`[clusters, classes]` counts of each (cluster, class) pair."""
+    labels_true, labels_pred = _check(labels_true, labels_pred)
+    table = np.zeros((labels_pred.max() + 1, labels_true.max() + 1), np.int64)
+    np.add.at(table, (labels_pred, labels_true), 1)
+    return table
+
+
+def cluster_to_class(labels_true, labels_pred):
+    """The one-to-one cluster → class matching that maximises the matches.
+
+    Returns a dict {cluster: class} found with the Hungarian method
+    (`scipy.optimize.linear_sum_assignment`); clusters left without a class
+    (more clusters than classes) are absent.
+    """
+    table = contingency(labels_true, labels_pred)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return dict(zip(rows.tolist(), cols.tolist()))
+
+
+def clustering_accuracy(labels_true, labels_pred):
+    """ACC (%): the share of samples whose cluster maps to their class under
+    the best one-to-one matching of clusters to classes."""
+    table = contingency(labels_true, labels_pred)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return 100.0 * table[rows, cols].sum() / table.sum()
+
+
+def normalized_mutual_info(labels_true, labels_pred):
+    """NMI (%), as `sklearn.metrics.normalized_mutual_info_score` (arithmetic mean)."""
+    labels_true, labels_pred = _check(labels_true, labels_pred)
+    return 100.0 * normalized_mutual_info_score(labels_true, labels_pred)
