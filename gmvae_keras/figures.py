@@ -1,0 +1,204 @@
+"""The paper's figures for a finished run: `python -m gmvae_keras.figures --model_dir=RUN`.
+
+Writes into `RUN/figures/` (and as images into TensorBoard, `RUN/logs/figures`):
+
+- `generated.png` (Figure 3): one row per category, images decoded from z ~ p(z|y);
+- `tsne.png` (Figure 4): t-SNE of the test features x̂, coloured by true class;
+- `reconstructions.png`: test images (odd rows) above their reconstructions (even rows);
+- `confusion_matrix.png`: test predictions against true classes (clusters mapped to
+  classes by the best one-to-one matching for clustering runs).
+"""
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # never open a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gmvae_keras.callbacks import image_grid  # noqa: E402
+from gmvae_keras.metrics import cluster_to_class  # noqa: E402
+
+DPI = 100
+
+
+def _show_grid(ax, grid):
+    if grid.shape[-1] == 1:
+        ax.imshow(grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        ax.imshow(np.clip(grid, 0.0, 1.0))
+    ax.set_axis_off()
+
+
+def generated_figure(model, samples=10, seed=0):
+    """Figure 3: `samples` generated images per category, one row each."""
+    images = np.concatenate([model.generate(c, samples, seed=seed + c) for c in range(model.num_classes)])
+    fig, ax = plt.subplots(figsize=(samples * 0.6, model.num_classes * 0.6 + 0.4), dpi=DPI)
+    _show_grid(ax, image_grid(images, samples))
+    ax.set_title("Generated images, one row per category")
+    return fig
+
+
+def tsne_figure(features, labels, class_names=None, seed=0):
+    """Figure 4: 2-D t-SNE of features, coloured by class, with a legend."""
+    from sklearn.manifold import TSNE
+
+    features = np.asarray(features, "float32")
+    labels = np.asarray(labels)
+    perplexity = min(30.0, max(2.0, (len(features) - 1) / 3.0))
+    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    fig, ax = plt.subplots(figsize=(8, 7), dpi=DPI)
+    classes = np.unique(labels)
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for i, c in enumerate(classes):
+        chosen = labels == c
+        name = class_names[c] if class_names is not None else str(c)
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=4, color=colours(i % colours.N), label=name)
+    ax.legend(markerscale=4, fontsize=8, loc="best", title="class")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"t-SNE of the features x̂ ({len(features)} test images)")
+    return fig
+
+
+def reconstruction_figure(images, reconstructions, columns=10):
+    """Originals (odd rows) above their reconstructions (even rows)."""
+    images = np.asarray(images, "float32")
+    reconstructions = np.asarray(reconstructions, "float32")
+    rows = []
+    for start in range(0, len(images), columns):
+        rows += [images[start : start + columns], reconstructions[start : start + columns]]
+    grid = image_grid(np.concatenate(rows), columns)
+    fig, ax = plt.subplots(figsize=(columns * 0.6, len(rows) * 0.6 + 0.4), dpi=DPI)
+    _show_grid(ax, grid)
+    ax.set_title("Test images (odd rows) and reconstructions (even rows)")
+    return fig
+
+
+def confusion_figure(labels, predictions, num_classes, title="Confusion matrix (test)"):
+    """Counts of (true class, predicted class), annotated."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=DPI)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        colour = "white" if count > matrix.max() / 2 else "black"
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=colour)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_xticks(range(num_classes))
+    ax.set_yticks(range(num_classes))
+    ax.set_title(title)
+    return fig
+
+
+def save_png(fig, path):
+    """Writes `fig` to `path` as PNG and returns its pixels (H, W, 4) uint8."""
+    fig.savefig(path, format="png", dpi=DPI)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    plt.close(fig)
+    buffer.seek(0)
+    return (plt.imread(buffer, format="png") * 255).astype(np.uint8)
+
+
+def write_figures(model, images, labels, out_dir, log_dir=None, mode="semi_supervised", tsne_points=3000, samples=10, seed=0):
+    """Renders every figure of a model on test `images` (uint8 or [0, 1] floats).
+
+    Returns:
+        {name: path} of the PNG files written.
+    """
+    import keras
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = np.asarray(images)
+    floats = images.astype("float32") / 255.0 if images.dtype == np.uint8 else images.astype("float32")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    subset = np.sort(rng.choice(len(images), size=min(tsne_points, len(images)), replace=False))
+
+    predictions = model.predict_labels(floats)
+    title = "Confusion matrix (test)"
+    if mode == "clustering":
+        mapping = cluster_to_class(labels, predictions)
+        predictions = np.array([mapping.get(int(p), -1) for p in predictions])
+        title += ", clusters matched to classes"
+    matched = predictions >= 0  # clusters beyond the number of classes match none
+    few = floats[:20]
+    reconstructions = keras.ops.convert_to_numpy(model(few, training=False)["reconstruction"])
+    figures = {
+        "generated": generated_figure(model, samples, seed),
+        "tsne": tsne_figure(model.extract_features(floats[subset]), labels[subset], seed=seed),
+        "reconstructions": reconstruction_figure(few, reconstructions),
+        "confusion_matrix": confusion_figure(labels[matched], predictions[matched], model.num_classes, title),
+    }
+    paths = {}
+    writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
+    for name, fig in figures.items():
+        path = out_dir / f"{name}.png"
+        pixels = save_png(fig, path)
+        paths[name] = path
+        if writer is not None:
+            with writer.as_default(step=0):
+                tf.summary.image(f"figures/{name}", pixels[None])
+    if writer is not None:
+        writer.close()
+    return paths
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m gmvae_keras.figures", description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", required=True, help="run directory of gmvae_keras.main")
+    parser.add_argument("--which", choices=["best", "last"], default="best")
+    parser.add_argument("--data_dir", default=None, help="override the run's --data_dir")
+    parser.add_argument("--tsne_points", type=int, default=3000, help="test images in the t-SNE plot")
+    parser.add_argument("--samples", type=int, default=10, help="generated images per category")
+    args = parser.parse_args(argv)
+    if args.tsne_points < 2 or args.samples < 1:
+        print("error: --tsne_points must be >= 2 and --samples >= 1", file=sys.stderr)
+        return 2
+
+    import keras
+
+    import gmvae_keras.model  # noqa: F401  registers the custom layers
+    from gmvae_keras import checkpoint as ckpt
+    from gmvae_keras import data as data_lib
+    from gmvae_keras.config import Config
+
+    model_dir = Path(args.model_dir)
+    values = ckpt.read_json(model_dir / "config.json")
+    if values is None:
+        print(f"error: {model_dir} holds no run (config.json is missing)", file=sys.stderr)
+        return 2
+    config = Config.from_dict(values)
+    if args.which == "best":
+        path = model_dir / "best.keras"
+    else:
+        path = ckpt.last_checkpoint(model_dir, ckpt.read_json(model_dir / "state.json", {}) or {})
+    if path is None or not path.exists():
+        print(f"error: no {args.which} model in {model_dir}", file=sys.stderr)
+        return 2
+    try:
+        raw = data_lib.load_raw(config.dataset, data_dir=args.data_dir or config.data_dir)
+    except data_lib.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    (_, _), (test_images, test_labels), _, _ = raw
+    model = keras.saving.load_model(path)
+    paths = write_figures(
+        model, test_images, test_labels, model_dir / "figures", model_dir / "logs" / "figures",
+        mode=config.mode, tsne_points=args.tsne_points, samples=args.samples, seed=config.seed,
+    )
+    for name, p in paths.items():
+        print(f"{name}: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
