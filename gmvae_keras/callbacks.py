@@ -185,3 +185,38 @@ def evaluate_predictions(labels, predictions):
         "cluster_accuracy": float(metrics.clustering_accuracy(labels, predictions)),
         "nmi": float(metrics.normalized_mutual_info(labels, predictions)),
     }
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or infinite; the message is one line."""
+
+
+class TerminateOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first step whose loss terms are not finite.
+
+    Raises `NonFiniteLoss` naming the epoch, the step and the terms. Raising
+    (rather than setting `stop_training`) skips the epoch-end callbacks, so
+    neither the checkpoint nor the best model is overwritten with the bad
+    weights.
+
+    Args:
+        names: log keys to check.
+    """
+
+    def __init__(self, names=("loss",)):
+        super().__init__()
+        self.names = tuple(names)
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        bad = {name: float(logs[name]) for name in self.names if name in logs and not np.isfinite(float(logs[name]))}
+        if bad:
+            listed = ", ".join(f"{name}={value}" for name, value in bad.items())
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {self._epoch + 1}, step {batch + 1} ({listed}); training stopped, "
+                f"the checkpoint of epoch {self._epoch} and the best model are unchanged"
+            )

@@ -20,6 +20,7 @@ only after that, so the state never points at a missing or newer file.
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def atomic_save_model(model, path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, ...); one-line message."""
+
+
+def remove_stale_temporaries(model_dir):
+    """Deletes the temporary files a killed run may have left behind."""
+    for folder in (Path(model_dir), Path(model_dir) / "checkpoints"):
+        if folder.is_dir():
+            for path in folder.glob(".*.tmp-*"):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 def read_json(path, default=None):
@@ -124,23 +140,31 @@ class RunCheckpoint(keras.callbacks.Callback):
         images = self._steps * self.batch_size
         logs["epoch_seconds"] = seconds
         logs["images_per_second"] = images / seconds if seconds > 0 else 0.0
+        previous = dict(self.state)
         self.state["train_seconds"] += seconds
         self.state["train_images"] += images
         self.state["epoch"] = epoch + 1
         value = logs.get(self.monitor)
         best = self.state["best_value"]
         checkpoints = self.model_dir / "checkpoints"
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        improved = best is None or (value < best if self.mode == "min" else value > best)
-        if value is not None and improved:
-            self.state["best_value"] = float(value)
-            self.state["monitor"] = self.monitor
-            self.state["best_epoch"] = epoch + 1
-            atomic_save_model(self.model, self.best_path)
         name = f"epoch-{epoch + 1:04d}.keras"
-        atomic_save_model(self.model, checkpoints / name)
-        self.state["checkpoint"] = name
-        atomic_write_json(self.model_dir / "state.json", self.state)
+        try:
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            if value is not None and (best is None or (value < best if self.mode == "min" else value > best)):
+                self.state["best_value"] = float(value)
+                self.state["monitor"] = self.monitor
+                self.state["best_epoch"] = epoch + 1
+                atomic_save_model(self.model, self.best_path)
+            atomic_save_model(self.model, checkpoints / name)
+            self.state["checkpoint"] = name
+            atomic_write_json(self.model_dir / "state.json", self.state)
+        except OSError as e:
+            self.state.clear()
+            self.state.update(previous)
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of epoch {epoch + 1} in {self.model_dir} "
+                f"({e.strerror or e}); the checkpoint of epoch {epoch} is kept, rerun to resume from it"
+            ) from None
         for old in checkpoints.glob("epoch-*.keras"):
             if old.name != name:
                 old.unlink()

@@ -58,11 +58,14 @@ class Config:
     # Run.
     image_summary_every: int = _field(5, "Write reconstruction and generation image grids to TensorBoard every N epochs; 0 disables.")
     jit_compile: bool = _field(False, "Compile the train step with XLA.")
+    deterministic: bool = _field(False, "Deterministic TensorFlow ops (same seed, same losses); slower.")
     overwrite: bool = _field(False, "Start afresh in a model_dir that holds a run made with other flags.")
     verbose: int = _field(1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.", choices=[0, 1, 2])
 
     # Fields that may differ when a run is resumed with the same model_dir.
-    RESUMABLE_CHANGES = ("epochs", "verbose", "overwrite", "data_dir", "eval_batch_size", "image_summary_every")
+    RESUMABLE_CHANGES = (
+        "epochs", "verbose", "overwrite", "data_dir", "eval_batch_size", "image_summary_every", "deterministic", "jit_compile"
+    )
 
     def resolved_labeled_per_batch(self):
         if self.num_labeled == 0:

@@ -9,7 +9,9 @@ The export needs only TensorFlow to serve:
 Both signatures take a batch in the dataset's image shape and return
 `probabilities` (q(y|x̂)), `label` (its argmax) and `features` (x̂),
 deterministically (inference mode: no sampling, BatchNorm moving averages).
-Float images outside [0, 1] fail with an InvalidArgumentError that says so.
+Images of another shape, and float images outside [0, 1], fail with an
+InvalidArgumentError that says so; another dtype fails when the signature
+binds its arguments.
 """
 
 import os
@@ -37,27 +39,38 @@ def export_saved_model(model, export_dir):
     an existing export is replaced only by a complete one.
     """
     export_dir = Path(export_dir)
-    shape = (None,) + tuple(model.image_shape)
+    image_shape = tuple(model.image_shape)
+    expected = f"[batch, {', '.join(map(str, image_shape))}]"
+
+    def checked(images):
+        # The signatures accept any shape, so that a wrong one fails here with
+        # this message instead of deep inside a convolution.
+        shape = tf.shape(images)
+        padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]
+        valid = tf.logical_and(
+            tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded, tf.constant(image_shape, tf.int32)))
+        )
+        check = tf.debugging.Assert(valid, [f"images must have shape {expected}, got", shape])
+        with tf.control_dependencies([check]):
+            return tf.ensure_shape(images, (None,) + image_shape)
 
     def serve_float(images):
+        images = checked(images)
+        message = "float32 images must be in [0, 1]; use serving_uint8 for 0-255 pixels"
         checks = [
-            tf.debugging.assert_greater_equal(
-                images, 0.0, message="float32 images must be in [0, 1]; use serving_uint8 for 0-255 pixels"
-            ),
-            tf.debugging.assert_less_equal(
-                images, 1.0, message="float32 images must be in [0, 1]; use serving_uint8 for 0-255 pixels"
-            ),
+            tf.debugging.assert_greater_equal(images, 0.0, message=message),
+            tf.debugging.assert_less_equal(images, 1.0, message=message),
         ]
         with tf.control_dependencies(checks):
             return _outputs(model, tf.identity(images))
 
     def serve_uint8(images):
-        return _outputs(model, tf.cast(images, tf.float32) / 255.0)
+        return _outputs(model, tf.cast(checked(images), tf.float32) / 255.0)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve_float, input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
-    archive.add_endpoint("serving_uint8", serve_uint8, input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")])
+    archive.add_endpoint("serving_default", serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")])
+    archive.add_endpoint("serving_uint8", serve_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
 
     tmp = export_dir.with_name(f".{export_dir.name}.tmp-{os.getpid()}")
     old = export_dir.with_name(f".{export_dir.name}.old-{os.getpid()}")

@@ -15,6 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging
 
+from gmvae_keras.callbacks import NonFiniteLoss
+from gmvae_keras.checkpoint import CheckpointWriteError
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.data import DataError
 from gmvae_keras.train import RunError, train_and_evaluate
@@ -85,7 +87,7 @@ def main(argv):
     model_dir = FLAGS.model_dir or f"runs/{config.dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     try:
         train_and_evaluate(config, model_dir)
-    except (ConfigError, DataError, RunError) as e:
+    except (ConfigError, DataError, RunError, NonFiniteLoss, CheckpointWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
@@ -14,12 +15,13 @@ from gmvae_keras.callbacks import (
     ImageSummaries,
     LearningRateLogger,
     TemperatureAnnealing,
+    TerminateOnNonFinite,
     ValidationMetrics,
     evaluate_predictions,
 )
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.export import export_saved_model
-from gmvae_keras.model import GMVAE
+from gmvae_keras.model import GMVAE, LOSS_TERMS
 
 
 class RunError(ValueError):
@@ -143,12 +145,15 @@ def train_and_evaluate(config, model_dir):
     labeled_path = model_dir / "labeled_indices.npy"
     if labeled_path.exists() and not np.array_equal(np.load(labeled_path), data.labeled_indices):
         raise RunError(f"{labeled_path} differs from the labeled set drawn now; the data changed since the run began")
+    ckpt.remove_stale_temporaries(model_dir)
     ckpt.atomic_write_text(model_dir / "config.json", config.to_json() + "\n")
     if not labeled_path.exists():
         np.save(labeled_path, data.labeled_indices)
 
     state = ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
     keras.utils.set_random_seed(config.seed + state["epoch"])
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     last = ckpt.last_checkpoint(model_dir, state)
     if last is not None:
         model = keras.saving.load_model(last)
@@ -163,6 +168,7 @@ def train_and_evaluate(config, model_dir):
         monitor, monitor_mode = "val_error", "min"
     checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, monitor, monitor_mode)
     callbacks = [
+        TerminateOnNonFinite(("loss",) + LOSS_TERMS),
         ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size),
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
         LearningRateLogger(),

@@ -1,0 +1,268 @@
+"""Survive a kill, refuse bad input, never lose a run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gmvae_keras.model  # noqa: F401  registers the custom layers
+from conftest import datasets_root, write_idx_dataset
+from gmvae_keras import checkpoint as ckpt
+from gmvae_keras import data as data_lib
+from gmvae_keras import losses
+from gmvae_keras.callbacks import NonFiniteLoss
+from gmvae_keras.checkpoint import CheckpointWriteError
+from gmvae_keras.config import Config
+from gmvae_keras.export import export_saved_model
+from gmvae_keras.train import build_model, train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def mnist_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mnist")
+    write_idx_dataset(folder, n_train=200, n_test=50, seed=4)
+    return folder
+
+
+def tiny_config(data_dir, **overrides):
+    values = dict(
+        dataset="mnist", data_dir=str(data_dir), num_labeled=20, batch_size=40, epochs=3, steps_per_epoch=3,
+        feature_size=8, latent_size=4, k=3, eval_batch_size=64, image_summary_every=0, verbose=0,
+    )
+    values.update(overrides)
+    return Config(**values)
+
+
+def test_sigkill_mid_epoch_then_resume(mnist_files, tmp_path):
+    model_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "gmvae_keras.main", "--dataset=mnist", f"--data_dir={mnist_files}",
+        "--num_labeled=20", "--batch_size=40", "--k=3", "--feature_size=8", "--latent_size=4",
+        "--epochs=3", "--steps_per_epoch=60", "--verbose=0", "--image_summary_every=0", f"--model_dir={model_dir}",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            state = ckpt.read_json(model_dir / "state.json") if (model_dir / "state.json").exists() else None
+            if state and state["epoch"] >= 1:
+                break
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        else:
+            pytest.fail("the first epoch did not finish in time")
+        time.sleep(1.0)  # into the second epoch
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    state = ckpt.read_json(model_dir / "state.json")
+    assert 1 <= state["epoch"] < 3, "the run was not killed mid-way"
+    killed_at = state["epoch"]
+    labeled = np.load(model_dir / "labeled_indices.npy")
+    model = keras.saving.load_model(ckpt.last_checkpoint(model_dir, state))
+    assert int(model.optimizer.iterations.numpy()) == 60 * killed_at
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming {model_dir} after epoch {killed_at}" in result.stdout
+    assert "epoch 1/3" not in result.stdout and "epoch 3/3" in result.stdout
+    state = ckpt.read_json(model_dir / "state.json")
+    assert state["epoch"] == 3
+    np.testing.assert_array_equal(np.load(model_dir / "labeled_indices.npy"), labeled)
+    model = keras.saving.load_model(ckpt.last_checkpoint(model_dir, state))
+    assert int(model.optimizer.iterations.numpy()) == 60 * 3  # optimizer state carried over
+    assert json.loads((model_dir / "metrics.json").read_text())["epochs"] == 3
+    assert not list(model_dir.rglob(".*.tmp-*"))
+
+
+def _weights(path):
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_deterministic_runs_are_identical(mnist_files, tmp_path):
+    """Two runs (two processes, as a user would start them) with one seed."""
+    command = [
+        sys.executable, "-m", "gmvae_keras.main", "--dataset=mnist", f"--data_dir={mnist_files}",
+        "--num_labeled=20", "--batch_size=40", "--k=3", "--feature_size=8", "--latent_size=4",
+        "--epochs=2", "--steps_per_epoch=3", "--verbose=0", "--image_summary_every=0", "--deterministic",
+    ]
+    outputs = []
+    for name in ("a", "b"):
+        result = subprocess.run(command + [f"--model_dir={tmp_path / name}"], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append([line for line in result.stdout.splitlines() if line.startswith("epoch ")])
+    # Every loss term and metric of every epoch (the summary lines, minus timings).
+    strip = lambda lines: [line.split(" time=")[0] for line in lines]
+    assert strip(outputs[0]) == strip(outputs[1]) and len(outputs[0]) == 2
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    for key in first:
+        if "seconds" not in key and "per_second" not in key:
+            assert first[key] == second[key], key
+    for a, b in zip(_weights(tmp_path / "a" / "checkpoints" / "epoch-0002.keras"),
+                    _weights(tmp_path / "b" / "checkpoints" / "epoch-0002.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(mnist_files, tmp_path, monkeypatch):
+    original = data_lib.make_train_dataset
+
+    def poisoned(*args, **kwargs):
+        def poison(index, element):
+            images = element["images"]
+            bad = tf.fill(tf.shape(images), float("nan"))
+            return {**element, "images": tf.where(index == 4, bad, images)}
+
+        return original(*args, **kwargs).repeat().enumerate().map(poison)
+
+    monkeypatch.setattr(data_lib, "make_train_dataset", poisoned)
+    model_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2, step 2 .*reconstruction_loss=nan.*checkpoint of epoch 1"):
+        train_and_evaluate(tiny_config(mnist_files), model_dir)
+    state = ckpt.read_json(model_dir / "state.json")
+    assert state["epoch"] == 1 and state["checkpoint"] == "epoch-0001.keras"
+    for path in (model_dir / "checkpoints" / "epoch-0001.keras", model_dir / "best.keras"):
+        assert all(np.all(np.isfinite(w)) for w in _weights(path))
+    assert not (model_dir / "metrics.json").exists()
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(mnist_files, tmp_path, monkeypatch):
+    model_dir = tmp_path / "run"
+    original_save = keras.Model.save
+    calls = []
+
+    def failing_save(self, filepath, *args, **kwargs):
+        calls.append(filepath)
+        if "epoch-0002" in str(filepath):
+            with open(filepath, "wb") as f:
+                f.write(b"PK\x03\x04 half a zip")
+            raise OSError(28, "No space left on device")
+        return original_save(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", failing_save)
+    with pytest.raises(CheckpointWriteError, match="No space left on device.*checkpoint of epoch 1 is kept"):
+        train_and_evaluate(tiny_config(mnist_files), model_dir)
+    monkeypatch.setattr(keras.Model, "save", original_save)
+    state = ckpt.read_json(model_dir / "state.json")
+    assert state["checkpoint"] == "epoch-0001.keras"
+    keras.saving.load_model(ckpt.last_checkpoint(model_dir, state))  # usable
+    assert not list(model_dir.rglob(".*.tmp-*"))
+    metrics = train_and_evaluate(tiny_config(mnist_files), model_dir)  # resumes after epoch 1
+    assert metrics["epochs"] == 3
+
+
+def test_export_rejects_wrong_shape_dtype_and_range(tmp_path):
+    model = build_model(Config(feature_size=8, latent_size=4), 10, (28, 28, 1), steps_per_epoch=1)
+    export_saved_model(model, tmp_path / "export")
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
+    serve, serve_uint8 = loaded.signatures["serving_default"], loaded.signatures["serving_uint8"]
+    shape_error = r"images must have shape \[batch, 28, 28, 1\]"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=shape_error):
+        serve(images=tf.zeros((2, 32, 32, 3)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=shape_error):
+        serve_uint8(images=tf.zeros((2, 28, 28), tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a float tensor but is a double tensor"):
+        serve(images=tf.zeros((2, 28, 28, 1), tf.float64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a uint8 tensor but is a int32 tensor"):
+        serve_uint8(images=tf.zeros((2, 28, 28, 1), tf.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be in \[0, 1\]"):
+        serve(images=tf.fill((2, 28, 28, 1), 255.0))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be in \[0, 1\]"):
+        serve(images=tf.fill((2, 28, 28, 1), -0.5))
+    assert serve(images=tf.zeros((3, 28, 28, 1)))["label"].shape == (3,)
+
+
+def test_round_trips_on_real_test_images(tmp_path):
+    root = datasets_root()
+    if root is None or not (root / "mnist").is_dir():
+        pytest.skip("real MNIST files not found (set GMVAE_DATASETS)")
+    (_, _), (test_images, _), _, _ = data_lib.load_raw("mnist", data_dir=root / "mnist")
+    images = test_images[:500]
+    model = build_model(Config(feature_size=16, latent_size=8, k=3), 10, (28, 28, 1), steps_per_epoch=1)
+    batch = {
+        "images": images[:40].astype("float32") / 255.0,
+        "labels": np.arange(20, dtype="int32") % 10,
+        "unlabeled_labels": np.zeros(20, "int32"),
+    }
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), epochs=1, verbose=0)
+    expected = model.predict_proba(images)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "m.keras").predict_proba(images), expected, atol=1e-5)
+    export_saved_model(model, tmp_path / "export")
+    served = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_uint8"](images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    num_labeled=st.integers(1, 12),
+    num_unlabeled=st.integers(1, 12),
+    num_classes=st.integers(2, 6),
+    dims=st.integers(1, 6),
+    duplicate=st.booleans(),
+)
+def test_fuzz_assign_labels(data, num_labeled, num_unlabeled, num_classes, dims, duplicate):
+    labels = np.array(data.draw(st.lists(st.integers(0, num_classes - 1), min_size=num_labeled, max_size=num_labeled)))
+    values = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+    labeled = np.array(data.draw(st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=num_labeled, max_size=num_labeled)), "float32")
+    unlabeled = np.array(data.draw(st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=num_unlabeled, max_size=num_unlabeled)), "float32")
+    if duplicate:
+        unlabeled[0] = labeled[0]  # a zero distance
+    k = data.draw(st.integers(1, num_labeled + 2))
+    if k > num_labeled:
+        with pytest.raises(ValueError, match="larger than the number of labeled samples"):
+            losses.assign_labels(unlabeled, labeled, labels, num_classes, k)
+        return
+    for weighting in ("distance", "majority"):
+        assigned = losses.assign_labels(unlabeled, labeled, labels, num_classes, k, weighting).numpy()
+        assert assigned.shape == (num_unlabeled,)
+        assert set(assigned.tolist()) <= set(labels.tolist())
+        if duplicate and k == 1:
+            assert assigned[0] == labels[0] or np.any(
+                np.all(labeled == labeled[0], axis=1) & (labels != labels[0])
+            )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    batch=st.integers(1, 14),
+    dims=st.integers(1, 6),
+    pattern=st.sampled_from(["random", "one_class", "missing_class", "all_distinct"]),
+    duplicates=st.booleans(),
+    margin=st.floats(0.0, 5.0),
+)
+def test_fuzz_lifted_structured_loss(data, batch, dims, pattern, duplicates, margin):
+    if pattern == "random":
+        labels = data.draw(st.lists(st.integers(0, 3), min_size=batch, max_size=batch))
+    elif pattern == "one_class":
+        labels = [2] * batch
+    elif pattern == "missing_class":
+        labels = data.draw(st.lists(st.sampled_from([0, 2, 3]), min_size=batch, max_size=batch))
+    else:
+        labels = list(range(batch))
+    values = st.floats(-100, 100, allow_nan=False, width=32)
+    embeddings = np.array(data.draw(st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=batch, max_size=batch)), "float32")
+    if duplicates and batch > 1:
+        embeddings[1] = embeddings[0]
+    x = tf.Variable(embeddings)
+    with tf.GradientTape() as tape:
+        loss = losses.lifted_structured_loss(np.array(labels), x, margin)
+    gradient = tape.gradient(loss, x)
+    assert np.isfinite(loss.numpy()) and loss.numpy() >= 0
+    assert gradient is None or np.all(np.isfinite(gradient.numpy()))
+    if pattern in ("one_class", "all_distinct"):
+        assert loss.numpy() == 0.0

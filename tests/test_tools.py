@@ -1,0 +1,50 @@
+"""Smoke test of tools/benchmark.py: it runs and its JSON has every field.
+
+Benchmarks are not tests: only the structure and the signs are checked.
+"""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+
+SETTING_FIELDS = (
+    "train_images_per_second",
+    "pipeline_images_per_second",
+    "inference_images_per_second",
+    "flops_per_train_image",
+    "achieved_gflops",
+    "matmul_peak_gflops",
+    "peak_rss_mb",
+)
+
+
+def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, str(REPO_ROOT / "tools" / "benchmark.py"),
+        "--quick", "--no-torch", "--settings", "mnist",
+        "--steps", "1", "--repeats", "1", "--matmul_size", "256", "--out", str(out),
+    ]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == printed
+
+    assert printed["quick"] is True
+    assert isinstance(printed["flops_convention"], str) and printed["flops_convention"]
+    environment = printed["environment"]
+    for key in ("tensorflow", "keras", "torch", "cpu_model", "cpu_count", "tf_intra_op_threads", "jit_compile"):
+        assert key in environment, key
+    assert environment["jit_compile"] is False
+    assert environment["torch"] is None
+    assert any("torch" in note for note in printed["notes"])
+
+    assert list(printed["settings"]) == ["mnist"]
+    mnist = printed["settings"]["mnist"]
+    for field in SETTING_FIELDS:
+        assert isinstance(mnist[field], (int, float)) and mnist[field] > 0, (field, mnist.get(field))
+    assert mnist["batch_size"] == 200
+    assert mnist["torch_train_images_per_second"] is None
+    assert mnist["speedup_vs_torch"] is None

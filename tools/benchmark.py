@@ -1,0 +1,543 @@
+"""Throughput of gmvae_keras on this machine: training, input pipeline, serving, FLOPs.
+
+    python tools/benchmark.py [--out FILE] [--quick] [--settings mnist svhn] [--no-torch] [--jit_compile]
+
+Prints one JSON object (and writes it to --out) with, for each setting
+(`SETTINGS`: the paper's MNIST and SVHN batch layouts and network sizes):
+
+* `train_images_per_second`: steady-state images/s of `GMVAE.train_step` with
+  all five losses on a synthetic batch (`tf.data.Dataset.from_tensors(batch)
+  .repeat()`), Adam 1e-3. A warm-up `model.fit` traces (and with
+  `--jit_compile` XLA-compiles) the step; then `model.train_function` — the
+  compiled function `fit` calls each step — is timed on the same iterator,
+  median of `--repeats` repeats.
+* `pipeline_images_per_second`: `data.make_train_dataset` alone, on a
+  `SplitData` of random uint8 images of the real data set's size.
+* `inference_images_per_second`: the `serving_default` signature of
+  `export.export_saved_model`, reloaded with `tf.saved_model.load`, on
+  float32 batches of 1000.
+* `flops_per_train_image` (see `FLOPS_CONVENTION`), `achieved_gflops` and
+  `matmul_peak_gflops` (a 2048x2048 fp32 matmul, best of a few, same process).
+* `peak_rss_mb` of the process that measured the setting.
+* `torch_train_images_per_second`: the same train step in plain eager
+  PyTorch (`tools/torch_port.py`), and `speedup_vs_torch`. Null, with a note,
+  when torch is not installed or `--no-torch` is given.
+
+Each setting is measured in its own subprocess (so peak RSS and thread pools
+are per setting), the PyTorch port in another one. Numbers taken while other
+work loads the CPU are not meaningful: the JSON records the load average.
+`--quick` takes very few steps, as a smoke test of the tool.
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parent
+
+# The paper's settings (flags/<name>.cfg) and the real data sets' sizes.
+SETTINGS = {
+    "mnist": dict(
+        image_shape=(28, 28, 1),
+        num_classes=10,
+        batch_size=200,  # 100 unlabeled + 100 labeled
+        feature_size=100,
+        latent_size=100,
+        k=5,
+        margin=2.0,
+        gaussian_weight=1.0,
+        categorical_weight=1.0,
+        assignment_weight=1.0,
+        metric_weight=1.0,
+        temperature=1.0,
+        num_train=60000,
+        num_test=10000,
+        num_labeled=100,
+    ),
+    "svhn": dict(
+        image_shape=(32, 32, 3),
+        num_classes=10,
+        batch_size=400,  # 200 unlabeled + 200 labeled
+        feature_size=100,
+        latent_size=150,
+        k=3,
+        margin=0.5,
+        gaussian_weight=1.0,
+        categorical_weight=1.0,
+        assignment_weight=5.0,
+        metric_weight=3.0,
+        temperature=1.0,
+        num_train=73257,
+        num_test=26032,
+        num_labeled=1000,
+    ),
+}
+
+FLOPS_CONVENTION = (
+    "FLOPs = 2 x multiply-accumulates (MACs) of the Conv2D, Conv2DTranspose and Dense layers only "
+    "(Conv2D: H_out*W_out*k_h*k_w*C_in*C_out; Conv2DTranspose: H_in*W_in*k_h*k_w*C_in*C_out; "
+    "Dense: in*out); biases, BatchNorm, activations, sampling, the pairwise-distance matrix, "
+    "the losses and the optimizer update are not counted. A training image costs 3 x its forward "
+    "FLOPs (forward, backward to the activations, backward to the weights); an inference image "
+    "costs the forward FLOPs of the encoder and q(y|x). achieved_gflops = flops_per_train_image "
+    "x train_images_per_second / 1e9; matmul_peak_gflops = 2*n^3 / best time of one n x n "
+    "float32 tf.linalg.matmul."
+)
+
+TIMING_METHOD = (
+    "train: after a warm-up model.fit(steps_per_epoch=warmup), model.train_function(iterator) "
+    "(the compiled step fit calls) is called directly on a from_tensors(batch).repeat() "
+    "iterator; unless --steps is given, one more untimed call sets the calls per repeat "
+    "(about --repeat_seconds each); images/s per repeat = calls x steps_per_execution x "
+    "batch_size / wall time; the median of the repeats is reported. torch: the same protocol "
+    "in tools/torch_port.py (the last warm-up step sets the steps per repeat)."
+)
+
+RESULT_MARK = "BENCHMARK_RESULT "
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--quick", action="store_true", help="very few steps: a smoke test of the tool")
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["mnist", "svhn"])
+    parser.add_argument("--no-torch", dest="no_torch", action="store_true", help="skip the PyTorch port")
+    parser.add_argument("--jit_compile", action="store_true", help="compile the train step with XLA")
+    parser.add_argument("--steps_per_execution", type=int, default=1, help="Keras steps_per_execution")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="warm-up train steps before timing (the first one traces the step)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train calls per timed repeat (default: about --repeat_seconds; quick 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, quick 2)")
+    parser.add_argument("--repeat_seconds", type=float, default=8.0, help="target length of a timed repeat")
+    parser.add_argument("--pipeline_batches", type=int, default=None, help="timed pipeline batches (default 60, quick 5)")
+    parser.add_argument("--inference_batches", type=int, default=None,
+                        help="timed serving calls of 1000 images per repeat (default 5, quick 1)")
+    parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument("--intra_op_threads", type=int, default=0, help="TensorFlow intra-op threads (0: its default)")
+    parser.add_argument("--inter_op_threads", type=int, default=0, help="TensorFlow inter-op threads (0: its default)")
+    parser.add_argument("--torch_threads", type=int, default=2)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    for name, full, small in (
+        ("repeats", 3, 2),
+        ("pipeline_batches", 60, 5),
+        ("inference_batches", 5, 1),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, small if quick else full)
+    if quick and args.steps is None:
+        args.steps = 1
+    for name in ("warmup", "repeats", "pipeline_batches", "inference_batches", "steps_per_execution", "matmul_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
+    return args
+
+
+def steps_for(step_seconds, repeat_seconds, max_steps=50):
+    """Calls per timed repeat so that one repeat lasts about `repeat_seconds`."""
+    return max(1, min(max_steps, math.ceil(repeat_seconds / max(step_seconds, 1e-9))))
+
+
+def _log(message):
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------- worker
+
+
+def count_macs(model):
+    """Multiply-accumulates per image of each part of a built gmvae_keras.GMVAE."""
+    import keras  # noqa: PLC0415
+
+    def prod(values):
+        return math.prod(int(v) for v in values)
+
+    encoder, shape = 0, (1,) + tuple(model.image_shape)
+    for layer in model.encoder.blocks:
+        out = layer.compute_output_shape(shape)
+        if isinstance(layer, keras.layers.Conv2D):
+            encoder += prod(out[1:3]) * prod(layer.kernel.shape)
+        shape = out
+    decoder, shape = 0, (1, 1, 1, model.latent_size)
+    for layer in model.decoder.blocks + [model.decoder.output_conv]:
+        out = layer.compute_output_shape(shape)
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            decoder += prod(shape[1:3]) * prod(layer.kernel.shape)
+        shape = out
+    dense = lambda *layers: sum(prod(l.kernel.shape) for l in layers)  # noqa: E731
+    categorical = dense(model.categorical_inference.hidden, model.categorical_inference.logits)
+    gaussian = dense(model.gaussian_inference.hidden, model.gaussian_inference.mean, model.gaussian_inference.variance)
+    prior = dense(model.gaussian_prior.mean, model.gaussian_prior.variance)
+    return {
+        "encoder": encoder,
+        "categorical_inference": categorical,
+        "gaussian_inference": gaussian,
+        "gaussian_prior": prior,
+        "decoder": decoder,
+    }
+
+
+def matmul_peak_gflops(tf, n, repeats):
+    a = tf.random.uniform((n, n), dtype=tf.float32)
+    b = tf.random.uniform((n, n), dtype=tf.float32)
+    tf.linalg.matmul(a, b).numpy()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        c = tf.linalg.matmul(a, b)
+        c[0, 0].numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
+
+
+def synthetic_batch(setting, seed=0):
+    import numpy as np  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+    batch, c = setting["batch_size"], setting["num_classes"]
+    n_l = batch // 2
+    return {
+        "images": rng.random((batch,) + tuple(setting["image_shape"]), dtype=np.float32),
+        "labels": (np.arange(n_l) % c).astype(np.int32),
+        "unlabeled_labels": rng.integers(0, c, batch - n_l).astype(np.int32),
+    }
+
+
+def measure_train(tf, model, setting, args):
+    steps_per_execution = args.steps_per_execution
+    ds = tf.data.Dataset.from_tensors(synthetic_batch(setting)).repeat()
+    start = time.perf_counter()
+    model.fit(ds, steps_per_epoch=args.warmup * steps_per_execution, epochs=1, verbose=0)
+    warmup_seconds = time.perf_counter() - start
+    iterator = iter(ds)
+    train_function = model.train_function
+    calls, extra_warmup = args.steps, 0
+    if calls is None:  # one more (untimed) call sets the calls per repeat
+        start = time.perf_counter()
+        float(train_function(iterator)["loss"])
+        calls, extra_warmup = steps_for(time.perf_counter() - start, args.repeat_seconds), 1
+    images_per_call = steps_per_execution * setting["batch_size"]
+    rates, cpu_seconds, wall_seconds = [], 0.0, 0.0
+    for _ in range(args.repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(calls):
+            logs = train_function(iterator)
+        loss = float(logs["loss"])  # waits for the last step
+        elapsed = time.perf_counter() - start
+        cpu_seconds += time.process_time() - cpu_start
+        wall_seconds += elapsed
+        rates.append(calls * images_per_call / elapsed)
+    if not math.isfinite(loss):
+        raise RuntimeError(f"non-finite training loss {loss}")
+    return {
+        "train_images_per_second": statistics.median(rates),
+        "train_repeats_images_per_second": rates,
+        "train_steps_per_repeat": calls * steps_per_execution,
+        "train_warmup_steps": (args.warmup + extra_warmup) * steps_per_execution,
+        "train_warmup_seconds": warmup_seconds,
+        # Process CPU seconds per wall second while timing: about the thread
+        # count on an idle machine, less when other work takes the cores.
+        "train_cpu_utilization": cpu_seconds / wall_seconds,
+    }
+
+
+def measure_pipeline(setting_name, setting, args):
+    import numpy as np  # noqa: PLC0415
+
+    from gmvae_keras import data as data_lib  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    shape, c = tuple(setting["image_shape"]), setting["num_classes"]
+    start = time.perf_counter()
+    train = (rng.integers(0, 256, (setting["num_train"],) + shape, dtype=np.uint8),
+             rng.integers(0, c, setting["num_train"]))
+    test = (rng.integers(0, 256, (setting["num_test"],) + shape, dtype=np.uint8),
+            rng.integers(0, c, setting["num_test"]))
+    split = data_lib.split_data(setting_name, train, test, c, setting["num_labeled"], seed=0)
+    del train, test
+    ds = data_lib.make_train_dataset(split, setting["batch_size"], seed=0)
+    available = data_lib.steps_per_epoch(split, setting["batch_size"])
+    iterator = iter(ds)
+    warmup = min(3, available - 1)
+    for _ in range(warmup):
+        next(iterator)
+    setup_seconds = time.perf_counter() - start
+    batches = max(1, min(args.pipeline_batches, available - warmup))
+    start = time.perf_counter()
+    for _ in range(batches):
+        element = next(iterator)
+    elapsed = time.perf_counter() - start
+    assert element["images"].shape[0] == setting["batch_size"]
+    return {
+        "pipeline_images_per_second": batches * setting["batch_size"] / elapsed,
+        "pipeline_batches": batches,
+        "pipeline_setup_seconds": setup_seconds,
+    }
+
+
+def measure_inference(tf, model, setting, args, batch_size=1000):
+    import numpy as np  # noqa: PLC0415
+
+    from gmvae_keras.export import export_saved_model  # noqa: PLC0415
+
+    images = tf.constant(np.random.default_rng(1).random((batch_size,) + tuple(setting["image_shape"]), dtype=np.float32))
+    with tempfile.TemporaryDirectory(prefix="gmvae-benchmark-") as tmp:
+        start = time.perf_counter()
+        export_dir = export_saved_model(model, Path(tmp) / "export")
+        serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+        export_seconds = time.perf_counter() - start
+        for _ in range(2):
+            serve(images=images)["label"].numpy()
+        rates = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for _ in range(args.inference_batches):
+                out = serve(images=images)
+                out["label"].numpy()
+            rates.append(args.inference_batches * batch_size / (time.perf_counter() - start))
+    assert out["probabilities"].shape == (batch_size, setting["num_classes"])
+    return {
+        "inference_images_per_second": statistics.median(rates),
+        "inference_repeats_images_per_second": rates,
+        "inference_batch_size": batch_size,
+        "export_seconds": export_seconds,
+    }
+
+
+def _cpu_info():
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or None
+    return model, {name: name in flags for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")}
+
+
+def run_setting(name, args):
+    """Every measurement of one setting, in this process; returns a dict."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    from gmvae_keras.model import GMVAE  # noqa: PLC0415
+
+    setting = SETTINGS[name]
+    result = {"batch_size": setting["batch_size"], "image_shape": list(setting["image_shape"]),
+              "config": {k: v for k, v in setting.items() if k not in ("image_shape", "batch_size")}}
+
+    _log(f"{name}: matmul peak")
+    result["matmul_peak_gflops"] = matmul_peak_gflops(tf, args.matmul_size, 2 if args.quick else 5)
+
+    keras.utils.set_random_seed(0)
+    model = GMVAE(
+        image_shape=setting["image_shape"],
+        num_classes=setting["num_classes"],
+        feature_size=setting["feature_size"],
+        latent_size=setting["latent_size"],
+        gaussian_weight=setting["gaussian_weight"],
+        categorical_weight=setting["categorical_weight"],
+        assignment_weight=setting["assignment_weight"],
+        metric_weight=setting["metric_weight"],
+        margin=setting["margin"],
+        k=setting["k"],
+        temperature=setting["temperature"],
+        seed=0,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        jit_compile=args.jit_compile,
+        steps_per_execution=args.steps_per_execution,
+    )
+    macs = count_macs(model)
+    forward = 2 * sum(macs.values())
+    result["flops_per_train_image"] = 3 * forward
+    result["flops_per_inference_image"] = 2 * (macs["encoder"] + macs["categorical_inference"])
+    result["macs_per_image"] = macs
+
+    _log(f"{name}: train step ({args.warmup} warm-up step(s), then {args.repeats} timed repeats)")
+    result.update(measure_train(tf, model, setting, args))
+    result["achieved_gflops"] = result["flops_per_train_image"] * result["train_images_per_second"] / 1e9
+    result["fraction_of_matmul_peak"] = result["achieved_gflops"] / result["matmul_peak_gflops"]
+
+    _log(f"{name}: SavedModel serving")
+    result.update(measure_inference(tf, model, setting, args))
+    _log(f"{name}: input pipeline")
+    result.update(measure_pipeline(name, setting, args))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    cpu_model, cpu_flags = _cpu_info()
+    result["environment"] = {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "keras_backend": keras.backend.backend(),
+        "cpu_model": cpu_model,
+        "cpu_flags": cpu_flags,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "jit_compile": bool(args.jit_compile),
+        "steps_per_execution": args.steps_per_execution,
+    }
+    return result
+
+
+# ----------------------------------------------------------- orchestrator
+
+
+def _worker_argv(args, name):
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", name]
+    if args.quick:
+        argv.append("--quick")
+    if args.jit_compile:
+        argv.append("--jit_compile")
+    for option in ("steps_per_execution", "warmup", "steps", "repeats", "repeat_seconds", "pipeline_batches",
+                   "inference_batches", "matmul_size", "intra_op_threads", "inter_op_threads"):
+        value = getattr(args, option)
+        if value is not None:
+            argv += [f"--{option}", str(value)]
+    return argv
+
+
+def _run_json(argv, what, mark=None):
+    """Runs `argv`; returns `(json result, None)` or `(None, error)`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    tail = []
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
+        for line in proc.stderr:  # pass the worker's progress lines on, keep the rest for errors
+            if line.startswith("[benchmark]"):
+                print(line, end="", file=sys.stderr, flush=True)
+            elif line.strip():
+                tail = (tail + [line.strip()])[-5:]
+        returncode = proc.wait()
+        stdout.seek(0)
+        lines = [l for l in stdout.read().splitlines() if l.strip()]
+    if mark:
+        lines = [l[len(mark):] for l in lines if l.startswith(mark)]
+    if returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1]), None
+        except json.JSONDecodeError:
+            pass
+    return None, f"{what} failed with status {returncode}: {' | '.join(tail)}"
+
+
+def _torch_status(args):
+    if args.no_torch:
+        return "skipped (--no-torch)"
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed (pip install torch==2.13.0 to compare)"
+    return None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        result = run_setting(args.worker, args)
+        print(RESULT_MARK + json.dumps(result), flush=True)
+        return 0
+
+    started = time.time()
+    load_start = os.getloadavg()
+    torch_skip = _torch_status(args)
+    notes, failed = [], False
+    if torch_skip:
+        notes.append(f"torch fields are null: {torch_skip}")
+    output = {
+        "tool": "tools/benchmark.py",
+        "quick": args.quick,
+        "flops_convention": FLOPS_CONVENTION,
+        "timing_method": TIMING_METHOD,
+        "environment": {},
+        "settings": {},
+        "notes": notes,
+    }
+    for name in args.settings:
+        _log(f"{name}: measuring in a subprocess")
+        result, error = _run_json(_worker_argv(args, name), f"{name} worker", RESULT_MARK)
+        if result is None:
+            failed = True
+            notes.append(error)
+            result = {"error": error}
+        output["environment"] = output["environment"] or result.pop("environment", {})
+        result.pop("environment", None)
+        torch_result = None
+        if not torch_skip:
+            _log(f"{name}: PyTorch port in a subprocess")
+            torch_argv = [sys.executable, str(TOOLS / "torch_port.py"), "--bench", json.dumps(SETTINGS[name]),
+                          "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+                          "--repeat_seconds", str(args.repeat_seconds), "--threads", str(args.torch_threads)]
+            if args.steps is not None:
+                torch_argv += ["--steps", str(args.steps)]
+            torch_result, error = _run_json(torch_argv, f"{name} torch port")
+            if torch_result is None:
+                notes.append(f"{name}: torch fields are null: {error}")
+        torch_rate = torch_result["torch_train_images_per_second"] if torch_result else None
+        ours = result.get("train_images_per_second")
+        flops = result.get("flops_per_train_image")
+        result["torch_train_images_per_second"] = torch_rate
+        result["torch_achieved_gflops"] = flops * torch_rate / 1e9 if torch_rate and flops else None
+        result["speedup_vs_torch"] = ours / torch_rate if torch_rate and ours else None
+        if torch_result:
+            result["torch_train_repeats_images_per_second"] = torch_result["torch_train_repeats_images_per_second"]
+            result["torch_train_steps_per_repeat"] = torch_result["torch_train_steps_per_repeat"]
+            result["torch_train_cpu_utilization"] = torch_result["torch_train_cpu_utilization"]
+            output["environment"]["torch"] = torch_result["torch_version"]
+            output["environment"]["torch_threads"] = torch_result["torch_threads"]
+        output["settings"][name] = result
+    output["environment"].setdefault("torch", None)
+    output["environment"].setdefault("torch_threads", None if torch_skip else args.torch_threads)
+    load_end = os.getloadavg()
+    output["load_average_1min"] = {"start": load_start[0], "end": load_end[0]}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if load_start[0] > 0.5:
+        notes.append(
+            f"the 1-minute load average was {load_start[0]:.2f} on {cores} cores before the benchmark started: "
+            "other work shared the CPU, so these numbers understate this code's speed (the load at the end "
+            "includes the benchmark's own)"
+        )
+    output["total_seconds"] = time.time() - started
+    text = json.dumps(output, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
