@@ -118,6 +118,8 @@ def train_and_evaluate(config, model_dir):
 
     Raises:
         ConfigError, data.DataError, RunError: bad input, one-line messages.
+        callbacks.NonFiniteLoss: a loss term became NaN or infinite.
+        checkpoint.CheckpointWriteError: a checkpoint could not be written.
     """
     model_dir = Path(model_dir)
     config.validate()
