@@ -58,13 +58,15 @@ class Config:
     # Run.
     image_summary_every: int = _field(5, "Write reconstruction and generation image grids to TensorBoard every N epochs; 0 disables.")
     jit_compile: bool = _field(False, "Compile the train step with XLA.")
+    strategy: str = _field("default", "tf.distribute strategy: default (one device), mirrored (the local devices), multi_worker (the machines of TF_CONFIG).", choices=["default", "mirrored", "multi_worker"])
     deterministic: bool = _field(False, "Deterministic TensorFlow ops (same seed, same losses); slower.")
     overwrite: bool = _field(False, "Start afresh in a model_dir that holds a run made with other flags.")
     verbose: int = _field(1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.", choices=[0, 1, 2])
 
     # Fields that may differ when a run is resumed with the same model_dir.
     RESUMABLE_CHANGES = (
-        "epochs", "verbose", "overwrite", "data_dir", "eval_batch_size", "image_summary_every", "deterministic", "jit_compile"
+        "epochs", "verbose", "overwrite", "data_dir", "eval_batch_size", "image_summary_every", "deterministic",
+        "jit_compile", "strategy",
     )
 
     def resolved_labeled_per_batch(self):
@@ -91,7 +93,7 @@ class Config:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
-        for name in ("mode", "reconstruction", "assignment_weighting", "verbose", "lr_schedule"):
+        for name in ("mode", "reconstruction", "assignment_weighting", "verbose", "lr_schedule", "strategy"):
             choices = Config.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")

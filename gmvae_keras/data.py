@@ -816,7 +816,7 @@ def random_shift(images, max_shift, seed):
     return tf.gather(picked, cols, axis=2, batch_dims=1)
 
 
-def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment_shift=0):
+def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment_shift=0, num_shards=1, shard_index=0):
     """One epoch of semi-supervised training batches.
 
     Each element is a dict:
@@ -836,7 +836,15 @@ def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment
     `augment_shift > 0` translates every training image (labeled and
     unlabeled) by a random offset of up to that many pixels per axis
     (`random_shift`); the paper uses no augmentation (0).
+
+    With `num_shards > 1` (one input pipeline per worker of a distributed
+    run) every shard walks the same seeded permutation and keeps every
+    `num_shards`-th unlabeled index starting at `shard_index`, so the shards
+    split each epoch between them; each shard draws its labeled images with
+    its own seed.
     """
+    if not 0 <= shard_index < num_shards:
+        raise DataError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
     if augment_shift < 0:
         raise DataError(f"augment_shift must be >= 0, got {augment_shift}")
     n_u, n_l = _batch_layout(data, batch_size, labeled_per_batch)
@@ -848,6 +856,7 @@ def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment
     unlabeled = (
         tf.data.Dataset.range(n_train)
         .shuffle(n_train, seed=seed_u, reshuffle_each_iteration=True)
+        .shard(num_shards, shard_index)
         .batch(n_u, drop_remainder=True)
     )
     if n_l:
@@ -855,7 +864,7 @@ def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment
         labeled_idx = tf.convert_to_tensor(data.labeled_indices, dtype=tf.int64)
         labeled = (
             tf.data.Dataset.range(n_lab)
-            .shuffle(n_lab, seed=seed_l, reshuffle_each_iteration=True)
+            .shuffle(n_lab, seed=seed_l + shard_index, reshuffle_each_iteration=True)
             .repeat()
             .batch(n_l, drop_remainder=True)
         )

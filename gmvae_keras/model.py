@@ -15,6 +15,13 @@ from gmvae_keras.networks import (
     GaussianPrior,
 )
 
+def _multi_worker(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return False
+    return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1
+
+
 LOSS_TERMS = (
     "reconstruction_loss",
     "gaussian_loss",
@@ -161,6 +168,19 @@ class GMVAE(keras.Model):
         self.decoder.build(z_shape)
         self.built = True
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds a model under a strategy by first reducing a data batch
+        # across replicas, which fails for dict batches under
+        # MultiWorkerMirroredStrategy. This model is built in __init__; only
+        # the optimizer may be left to build.
+        if self.built and (self.optimizer is None or self.optimizer.built):
+            return
+        if self.built and self.optimizer is not None:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     # ------------------------------------------------------------------- call
 
     def call(self, images, training=None):
@@ -267,19 +287,32 @@ class GMVAE(keras.Model):
 
     def train_step(self, data):
         images, labels, unlabeled_labels = self._unpack(data)
+        replica = tf.distribute.get_replica_context()
+        replicas = replica.num_replicas_in_sync if replica is not None else 1
         with tf.GradientTape() as tape:
             terms, total, assigned = self.compute_losses(images, labels, training=True)
-        gradients = tape.gradient(total, self.trainable_variables)
+            # Optimizers sum the replicas' gradients: scale each replica's mean
+            # loss so that the sum is the mean over the global batch.
+            scaled = total / replicas
+        gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
 
-        self.trackers["loss"].update_state(total)
-        for name in LOSS_TERMS:
-            self.trackers[name].update_state(terms[name])
+        values = {"loss": total, **terms}
         if assigned is not None and unlabeled_labels is not None:
             correct = ops.cast(ops.equal(assigned, ops.cast(unlabeled_labels, "int32")), "float32")
-            self.trackers["assignment_accuracy"].update_state(correct)
+            values["assignment_accuracy"] = ops.mean(correct)
+        if replicas > 1:
+            # Every replica holds the same slice layout, so the global mean of
+            # each term is the mean of the replicas' means.
+            values = replica.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         logs["temperature"] = ops.convert_to_tensor(self.gumbel_softmax.temperature)
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras averages multi-worker step outputs along axis 0, which
+            # scalars lack: give each value one (the replicas agree anyway).
+            logs = {name: ops.reshape(value, (1,)) for name, value in logs.items()}
         return logs
 
     def test_step(self, data):

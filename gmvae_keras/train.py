@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
+from gmvae_keras import distribute
 from gmvae_keras.callbacks import (
     EpochSummary,
     ImageSummaries,
@@ -123,6 +124,9 @@ def train_and_evaluate(config, model_dir):
     """
     model_dir = Path(model_dir)
     config.validate()
+    # Created before any other TensorFlow work: multi-worker collectives need it.
+    strategy = distribute.make_strategy(config.strategy)
+    chief = distribute.is_chief(strategy)
     start_afresh = _check_run_dir(config, model_dir)
     data = data_lib.load_dataset(
         config.dataset,
@@ -133,35 +137,43 @@ def train_and_evaluate(config, model_dir):
     )
     config.validate(num_classes=data.num_classes)
     labeled_per_batch = config.resolved_labeled_per_batch()
-    train_dataset = data_lib.make_train_dataset(
-        data, config.batch_size, labeled_per_batch, seed=config.seed, augment_shift=config.augment_shift
-    )
-    if config.steps_per_epoch:
-        train_dataset = train_dataset.repeat()
-    steps = config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
+    if strategy.num_replicas_in_sync > 1:
+        batch, labeled = distribute.per_replica_layout(config, strategy.num_replicas_in_sync, data.num_classes)
+        train_dataset, steps = distribute.distributed_train_dataset(strategy, data, config, batch, labeled)
+    else:
+        train_dataset = data_lib.make_train_dataset(
+            data, config.batch_size, labeled_per_batch, seed=config.seed, augment_shift=config.augment_shift
+        )
+        if config.steps_per_epoch:
+            train_dataset = train_dataset.repeat()
+        steps = config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
 
-    # Checks are over: from here on the run directory is written.
-    model_dir.mkdir(parents=True, exist_ok=True)
-    if start_afresh:
-        _clear_run(model_dir)
+    # Checks are over: from here on the run directory is written (by the chief only).
     labeled_path = model_dir / "labeled_indices.npy"
-    if labeled_path.exists() and not np.array_equal(np.load(labeled_path), data.labeled_indices):
-        raise RunError(f"{labeled_path} differs from the labeled set drawn now; the data changed since the run began")
-    ckpt.remove_stale_temporaries(model_dir)
-    ckpt.atomic_write_text(model_dir / "config.json", config.to_json() + "\n")
-    if not labeled_path.exists():
-        np.save(labeled_path, data.labeled_indices)
+    if chief:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if start_afresh:
+            _clear_run(model_dir)
+        if labeled_path.exists() and not np.array_equal(np.load(labeled_path), data.labeled_indices):
+            raise RunError(
+                f"{labeled_path} differs from the labeled set drawn now; the data changed since the run began"
+            )
+        ckpt.remove_stale_temporaries(model_dir)
+        ckpt.atomic_write_text(model_dir / "config.json", config.to_json() + "\n")
+        if not labeled_path.exists():
+            np.save(labeled_path, data.labeled_indices)
 
     state = ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
     keras.utils.set_random_seed(config.seed + state["epoch"])
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     last = ckpt.last_checkpoint(model_dir, state)
-    if last is not None:
-        model = keras.saving.load_model(last)
-        print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
-    else:
-        model = build_model(config, data.num_classes, data.image_shape, steps)
+    with strategy.scope():
+        if last is not None:
+            model = keras.saving.load_model(last)
+            print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
+        else:
+            model = build_model(config, data.num_classes, data.image_shape, steps)
 
     # Cluster ids are arbitrary without labels: clustering runs keep the best ACC.
     if config.mode == "clustering":
@@ -171,21 +183,24 @@ def train_and_evaluate(config, model_dir):
     checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, monitor, monitor_mode)
     callbacks = [
         TerminateOnNonFinite(("loss",) + LOSS_TERMS),
-        ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size),
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
-        LearningRateLogger(),
-        checkpointer,
-        # An explicit progress bar runs here, so that it ends its line before the summary.
-        keras.callbacks.ProgbarLogger(),
-        EpochSummary(config.epochs),
-        keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"), write_graph=False),
-        ImageSummaries(
-            model_dir / "logs" / "images",
-            data.val_images[:10].astype("float32") / 255.0,
-            every=config.image_summary_every,
-            seed=config.seed,
-        ),
     ]
+    if chief:
+        callbacks += [
+            ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size),
+            LearningRateLogger(),
+            checkpointer,
+            # An explicit progress bar runs here, so that it ends its line before the summary.
+            keras.callbacks.ProgbarLogger(),
+            EpochSummary(config.epochs),
+            keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"), write_graph=False),
+            ImageSummaries(
+                model_dir / "logs" / "images",
+                data.val_images[:10].astype("float32") / 255.0,
+                every=config.image_summary_every,
+                seed=config.seed,
+            ),
+        ]
     if state["epoch"] < config.epochs:
         model.fit(
             train_dataset,
@@ -193,9 +208,11 @@ def train_and_evaluate(config, model_dir):
             initial_epoch=state["epoch"],
             steps_per_epoch=steps,
             callbacks=callbacks,
-            verbose=config.verbose,
+            verbose=config.verbose if chief else 0,
             shuffle=False,  # the pipeline shuffles
         )
+    if not chief:
+        return {}
 
     # The test set is read once per finished run, for the last and best models.
     evaluate_start = time.perf_counter()
