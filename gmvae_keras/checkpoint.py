@@ -52,6 +52,16 @@ def atomic_save_model(model, path):
             tmp.unlink()
 
 
+def saved_model_path(model_dir, which="best"):
+    """`best.keras`, or the last epoch's checkpoint for `which="last"`; None if absent."""
+    model_dir = Path(model_dir)
+    if which == "best":
+        path = model_dir / "best.keras"
+    else:
+        path = last_checkpoint(model_dir, read_json(model_dir / "state.json", {}) or {})
+    return path if path is not None and path.exists() else None
+
+
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, ...); one-line message."""
 

@@ -95,12 +95,9 @@ def main(argv=None):
     parser.add_argument("--export_dir", default=None, help="where to write (default MODEL_DIR/export)")
     args = parser.parse_args(argv)
     model_dir = Path(args.model_dir)
-    if args.which == "best":
-        path = model_dir / "best.keras"
-    else:
-        path = ckpt.last_checkpoint(model_dir, ckpt.read_json(model_dir / "state.json", {}) or {})
-    if path is None or not path.exists():
-        print(f"error: no {args.which} model in {model_dir} (expected {path or 'a checkpoint in state.json'})", file=sys.stderr)
+    path = ckpt.saved_model_path(model_dir, args.which)
+    if path is None:
+        print(f"error: no {args.which} model in {model_dir}", file=sys.stderr)
         return 2
     import gmvae_keras.model  # noqa: F401  registers the custom layers
 

@@ -177,11 +177,8 @@ def main(argv=None):
         print(f"error: {model_dir} holds no run (config.json is missing)", file=sys.stderr)
         return 2
     config = Config.from_dict(values)
-    if args.which == "best":
-        path = model_dir / "best.keras"
-    else:
-        path = ckpt.last_checkpoint(model_dir, ckpt.read_json(model_dir / "state.json", {}) or {})
-    if path is None or not path.exists():
+    path = ckpt.saved_model_path(model_dir, args.which)
+    if path is None:
         print(f"error: no {args.which} model in {model_dir}", file=sys.stderr)
         return 2
     try:
