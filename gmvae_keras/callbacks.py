@@ -80,8 +80,9 @@ class EpochSummary(keras.callbacks.Callback):
         logs = logs or {}
         parts = [f"epoch {epoch + 1}/{self.epochs}"]
         parts += [f"{short}={logs[name]:.4f}" for name, short in self.TERMS if name in logs]
-        if "val_error" in logs:
-            parts.append(f"val_error={logs['val_error']:.2f}%")
+        for name, short in (("val_error", "val_error"), ("val_cluster_accuracy", "val_ACC"), ("val_nmi", "val_NMI")):
+            if name in logs:
+                parts.append(f"{short}={logs[name]:.2f}%")
         if "temperature" in logs:
             parts.append(f"temperature={logs['temperature']:.3f}")
         if "epoch_seconds" in logs:
