@@ -108,16 +108,12 @@ class Config:
             raise ConfigError(f"--labeled_per_batch={labeled} leaves no unlabeled image in a batch of {self.batch_size}")
         if self.num_labeled > 0 and self.k > labeled:
             raise ConfigError(f"--k={self.k} is larger than the labeled part of a batch ({labeled})")
-        if num_classes is not None and self.num_labeled > 0:
-            if labeled < num_classes:
-                raise ConfigError(
-                    f"the labeled part of a batch ({labeled}) cannot hold one example of each of the "
-                    f"{num_classes} classes; raise --batch_size or --labeled_per_batch"
-                )
-            if self.num_labeled % num_classes:
-                raise ConfigError(
-                    f"--num_labeled={self.num_labeled} is not divisible by the {num_classes} classes"
-                )
+        # A labeled count not divisible by the classes is refused by the data loader.
+        if num_classes is not None and self.num_labeled > 0 and labeled < num_classes:
+            raise ConfigError(
+                f"the labeled part of a batch ({labeled}) cannot hold one example of each of the "
+                f"{num_classes} classes; raise --batch_size or --labeled_per_batch"
+            )
 
     def to_dict(self):
         return dataclasses.asdict(self)

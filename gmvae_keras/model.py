@@ -308,8 +308,8 @@ class GMVAE(keras.Model):
         for name, value in values.items():
             self.trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
-        if not self._uses_auxiliary_losses(labels.shape[0] if labels is not None else 0):
-            del logs["assignment_accuracy"]  # nothing is assigned without labeled data
+        if assigned is None:
+            del logs["assignment_accuracy"]  # the auxiliary losses are off: nothing was assigned
         logs["temperature"] = ops.convert_to_tensor(self.gumbel_softmax.temperature)
         if _multi_worker(tf.distribute.get_strategy()):
             # Keras averages multi-worker step outputs along axis 0, which
