@@ -44,7 +44,7 @@ def _build_chain(layers, input_shape):
 class Encoder(keras.layers.Layer):
     """Deterministic feature extractor x̂ = g(x) (paper, Table 4).
 
-    A stack of `Conv2D` ("valid" padding) + `BatchNormalization` +
+    A stack of `Conv2D` ("valid" padding, no bias) + `BatchNormalization` +
     `LeakyReLU` blocks that maps a 28×28×C or 32×32×C image to a 1×1 map of
     `feature_size` channels, returned flattened as a `[batch, feature_size]`
     vector.
@@ -69,7 +69,11 @@ class Encoder(keras.layers.Layer):
         self.blocks = []
         for filters, kernel, stride in _ENCODER_SPECS[self.image_shape[:2]]:
             self.blocks += [
-                keras.layers.Conv2D(filters or self.feature_size, kernel, strides=stride, padding="valid"),
+                # No bias: the BatchNormalization that follows cancels it and its beta
+                # takes its place.
+                keras.layers.Conv2D(
+                    filters or self.feature_size, kernel, strides=stride, padding="valid", use_bias=False
+                ),
                 keras.layers.BatchNormalization(),
                 keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE),
             ]
@@ -97,8 +101,8 @@ class Encoder(keras.layers.Layer):
 class Decoder(keras.layers.Layer):
     """Generative network p(x|z) (paper, Table 5).
 
-    Reshapes z to a 1×1 map and applies `Conv2DTranspose` ("valid" padding)
-    + `BatchNormalization` + `ReLU` blocks, then a last `Conv2DTranspose` to
+    Reshapes z to a 1×1 map and applies `Conv2DTranspose` ("valid" padding,
+    no bias) + `BatchNormalization` + `ReLU` blocks, then a last `Conv2DTranspose` to
     the image's channels with a sigmoid, giving pixel means in [0, 1].
 
     Deviation from the paper: as for `Encoder`, the filter counts of Table 5
@@ -124,7 +128,7 @@ class Decoder(keras.layers.Layer):
         self.blocks = []
         for filters, kernel, stride in specs[:-1]:
             self.blocks += [
-                keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding="valid"),
+                keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding="valid", use_bias=False),
                 keras.layers.BatchNormalization(),
                 keras.layers.ReLU(),
             ]
