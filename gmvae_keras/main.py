@@ -1,7 +1,9 @@
 """Command line: `python -m gmvae_keras.main --dataset=mnist [--flag=value ...]`.
 
-`--dataset=X` first loads the paper's settings from `flags/X.cfg`; flags on
-the command line override the file. `--helpfull` lists every flag.
+`--dataset=X` first loads the paper's settings from `flags/X.cfg`;
+`--settings=cpu` adds `flags/X_cpu.cfg` on top (the CPU-budget settings of
+docs/RESULTS.md). Flags on the command line override both files.
+`--helpfull` lists every flag.
 """
 
 import dataclasses
@@ -24,6 +26,12 @@ from gmvae_keras.train import RunError, train_and_evaluate
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("model_dir", None, "Run directory (default runs/<dataset>-<timestamp>); an existing run there is resumed.")
+flags.DEFINE_enum(
+    "settings",
+    "paper",
+    ["paper", "cpu"],
+    "paper: flags/<dataset>.cfg alone; cpu: flags/<dataset>_cpu.cfg on top of it (the CPU-budget settings).",
+)
 
 
 def _define_config_flags():
@@ -59,20 +67,37 @@ def _flag_value(argv, name):
     return value
 
 
+def _find_flagfile(name):
+    for folder in flagfile_dirs():
+        path = folder / f"{name}.cfg"
+        if path.exists():
+            return path
+    return None
+
+
 def with_dataset_flagfile(argv):
     """Inserts `--flagfile=flags/<dataset>.cfg` first, so later flags override it.
 
-    With `--mode=clustering` the file is `flags/<dataset>_clustering.cfg`.
+    With `--mode=clustering` the file is `flags/<dataset>_clustering.cfg`;
+    with `--settings=cpu`, `flags/<dataset>_cpu.cfg` follows it.
+
+    Raises:
+        ConfigError: `--settings=cpu` for a dataset (or mode) without a CPU file.
     """
     dataset = _flag_value(argv[1:], "dataset")
     if not dataset:
         return argv
-    suffix = "_clustering" if _flag_value(argv[1:], "mode") == "clustering" else ""
-    for folder in flagfile_dirs():
-        path = folder / f"{dataset}{suffix}.cfg"
-        if path.exists():
-            return argv[:1] + [f"--flagfile={path}"] + argv[1:]
-    return argv
+    name = dataset + ("_clustering" if _flag_value(argv[1:], "mode") == "clustering" else "")
+    files = []
+    base = _find_flagfile(name)
+    if base is not None:
+        files.append(base)
+        if _flag_value(argv[1:], "settings") == "cpu":
+            cpu = _find_flagfile(f"{name}_cpu")
+            if cpu is None:
+                raise ConfigError(f"--settings=cpu: there are no CPU settings for {name} (flags/{name}_cpu.cfg)")
+            files.append(cpu)
+    return argv[:1] + [f"--flagfile={path}" for path in files] + argv[1:]
 
 
 def config_from_flags():
@@ -97,7 +122,12 @@ def main(argv):
 
 
 def run():
-    app.run(main, argv=with_dataset_flagfile(sys.argv))
+    try:
+        argv = with_dataset_flagfile(sys.argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":

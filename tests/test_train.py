@@ -246,6 +246,39 @@ def test_dataset_flagfile_goes_first_so_the_command_line_wins():
     assert argv[1] == f"--flagfile={REPO_ROOT / 'flags' / 'mnist_clustering.cfg'}"
 
 
+def test_cpu_settings_flagfile_follows_the_papers():
+    argv = with_dataset_flagfile(["prog", "--dataset=mnist", "--settings=cpu", "--seed=3"])
+    assert argv[1:3] == [
+        f"--flagfile={REPO_ROOT / 'flags' / 'mnist.cfg'}",
+        f"--flagfile={REPO_ROOT / 'flags' / 'mnist_cpu.cfg'}",
+    ]
+    assert argv[3:] == ["--dataset=mnist", "--settings=cpu", "--seed=3"]
+    with pytest.raises(ConfigError, match="no CPU settings for svhn"):
+        with_dataset_flagfile(["prog", "--dataset=svhn", "--settings=cpu"])
+
+
+def test_cli_refuses_cpu_settings_that_do_not_exist(tmp_path):
+    result = _cli("--dataset=svhn", "--settings=cpu", f"--model_dir={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --settings=cpu: there are no CPU settings for svhn (flags/svhn_cpu.cfg)"]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_cpu_flagfiles_parse_and_keep_the_papers_batch(name):
+    from absl import flags as absl_flags
+
+    import gmvae_keras.main  # noqa: F401  defines the flags
+
+    values = absl_flags.FLAGS.read_flags_from_files([f"--flagfile={REPO_ROOT / 'flags' / (name + '_cpu.cfg')}"])
+    parsed = dict(v[2:].split("=", 1) for v in values)
+    assert parsed["epochs"] == "10"
+    # The budget changes the optimisation, not the data each step sees.
+    assert "batch_size" not in parsed and "num_labeled" not in parsed and "dataset" not in parsed
+
+
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn"])
 def test_flagfiles_hold_the_papers_settings(name):
     from absl import flags as absl_flags

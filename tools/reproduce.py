@@ -78,7 +78,7 @@ def sweep_name(args):
 def run_command(args, seed, model_dir):
     command = [sys.executable, "-m", "gmvae_keras.main", f"--dataset={args.dataset}"]
     if args.settings == "cpu":
-        command.append(f"--flagfile={REPO / 'flags' / (args.dataset + '_cpu.cfg')}")
+        command.append("--settings=cpu")
     command += [f"--num_labeled={args.num_labeled}", f"--seed={seed}", f"--model_dir={model_dir}", "--verbose=2"]
     if args.epochs is not None:
         command.append(f"--epochs={args.epochs}")
