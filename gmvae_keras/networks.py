@@ -8,6 +8,8 @@ its weights are restored.
 import keras
 from keras import ops
 
+from gmvae_keras.conv import Conv2D, Conv2DTranspose
+
 # Slope of every LeakyReLU. The paper does not give it.
 NEGATIVE_SLOPE = 0.2
 
@@ -71,7 +73,7 @@ class Encoder(keras.layers.Layer):
             self.blocks += [
                 # No bias: the BatchNormalization that follows cancels it and its beta
                 # takes its place.
-                keras.layers.Conv2D(
+                Conv2D(
                     filters or self.feature_size, kernel, strides=stride, padding="valid", use_bias=False
                 ),
                 keras.layers.BatchNormalization(),
@@ -128,12 +130,12 @@ class Decoder(keras.layers.Layer):
         self.blocks = []
         for filters, kernel, stride in specs[:-1]:
             self.blocks += [
-                keras.layers.Conv2DTranspose(filters, kernel, strides=stride, padding="valid", use_bias=False),
+                Conv2DTranspose(filters, kernel, strides=stride, padding="valid", use_bias=False),
                 keras.layers.BatchNormalization(),
                 keras.layers.ReLU(),
             ]
         _, kernel, stride = specs[-1]
-        self.output_conv = keras.layers.Conv2DTranspose(
+        self.output_conv = Conv2DTranspose(
             self.image_shape[-1], kernel, strides=stride, padding="valid", activation="sigmoid"
         )
 
