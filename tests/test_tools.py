@@ -48,3 +48,20 @@ def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
     assert mnist["batch_size"] == 200
     assert mnist["torch_train_images_per_second"] is None
     assert mnist["speedup_vs_torch"] is None
+
+
+def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
+    out = tmp_path / "kernels.json"
+    command = [sys.executable, str(REPO_ROOT / "tools" / "conv_kernels.py"), "--settings", "mnist", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["settings"]["mnist"]
+    # 28x28 encoder: kernels 5-5-4-5-3 with strides 1-1-2-2-1.
+    assert [row["shape"] for row in rows] == [
+        "200x28x28x1 -> 16, kernel 5",
+        "200x24x24x16 -> 32, kernel 5",
+        "200x3x3x128 -> 100, kernel 3",
+    ]
+    for row in rows:
+        assert row["relative_difference"] < 1e-5
+        assert all(row[key] > 0 for key in ("forward", "input_gradient_tf", "input_gradient_forward_conv", "filter_gradient"))
