@@ -65,3 +65,22 @@ def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
     for row in rows:
         assert row["relative_difference"] < 1e-5
         assert all(row[key] > 0 for key in ("forward", "input_gradient_tf", "input_gradient_forward_conv", "filter_gradient"))
+
+
+def test_ab_benchmark_alternates_two_trees_and_reports_paired_ratios(tmp_path):
+    out = tmp_path / "ab.json"
+    command = [sys.executable, str(REPO_ROOT / "tools" / "ab_benchmark.py"), "--a", str(REPO_ROOT), "--b", str(REPO_ROOT),
+               "--rounds", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    mnist = result["settings"]["mnist"]
+    assert len(mnist["a_images_per_second"]) == len(mnist["b_images_per_second"]) == 2
+    assert len(mnist["paired_ratios_b_over_a"]) == 2 and mnist["median_paired_ratio_b_over_a"] > 0
+
+
+def test_ab_benchmark_refuses_a_directory_without_the_package(tmp_path):
+    command = [sys.executable, str(REPO_ROOT / "tools" / "ab_benchmark.py"), "--a", str(tmp_path), "--b", str(REPO_ROOT)]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "holds no gmvae_keras package" in proc.stderr and "Traceback" not in proc.stderr

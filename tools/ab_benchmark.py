@@ -1,0 +1,156 @@
+"""Train-step throughput of two source trees, measured in alternation.
+
+    python tools/ab_benchmark.py --a ../before --b . [--settings mnist svhn] [--rounds 6] [--out FILE]
+
+On a machine whose speed drifts by more than the effect being measured (this
+project's VM: docs/PERFORMANCE.md), two benchmark runs taken minutes apart
+cannot rank two versions. This tool alternates them instead: each round
+times tree A then tree B (B then A in every other round), each in a fresh
+subprocess that imports `gmvae_keras` from that tree, builds the paper's
+model for the setting (`tools/benchmark.py`'s `SETTINGS`), warms up and
+times `--steps` train steps on a synthetic batch. It prints one JSON object:
+every sample, each tree's median images/s, and the median over rounds of the
+paired ratio B/A (the drift between two neighbouring samples is small, so
+the paired ratio is the figure to read).
+
+`--a` and `--b` are directories holding a `gmvae_keras` package, for example
+a `git worktree add ../before <commit>` checkout and this tree.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+RESULT_MARK = "AB_RESULT "
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--a", help="the reference tree (a directory holding gmvae_keras/)")
+    parser.add_argument("--b", help="the tree compared with it")
+    parser.add_argument("--settings", nargs="+", choices=["mnist", "svhn"], default=["mnist"])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per sample (default: mnist 15, svhn 3)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is None:
+        for name in ("a", "b"):
+            tree = getattr(args, name)
+            if tree is None:
+                parser.error(f"--{name} is required")
+            if not (Path(tree) / "gmvae_keras" / "__init__.py").is_file():
+                parser.error(f"--{name}={tree} holds no gmvae_keras package")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    return args
+
+
+def worker(setting_name, steps, warmup):
+    """Runs inside the tree under test; prints one RESULT_MARK line."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, str(TOOLS))
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    from benchmark import SETTINGS, synthetic_batch  # noqa: PLC0415
+    import gmvae_keras  # noqa: PLC0415
+    from gmvae_keras.model import GMVAE  # noqa: PLC0415
+
+    setting = SETTINGS[setting_name]
+    keras.utils.set_random_seed(0)
+    model_args = {
+        key: setting[key]
+        for key in ("feature_size", "latent_size", "k", "margin", "gaussian_weight", "categorical_weight",
+                    "assignment_weight", "metric_weight", "temperature")
+    }
+    model = GMVAE(tuple(setting["image_shape"]), setting["num_classes"], seed=0, **model_args)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    dataset = tf.data.Dataset.from_tensors(synthetic_batch(setting)).repeat()
+    model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
+    iterator, train_function = iter(dataset), model.train_function
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        logs = train_function(iterator)
+    float(logs["loss"])  # waits for the last step
+    wall = time.perf_counter() - start
+    result = {
+        "images_per_second": steps * setting["batch_size"] / wall,
+        "cpu_utilization": (time.process_time() - cpu_start) / wall,
+        "package": str(Path(gmvae_keras.__file__).resolve().parent),
+    }
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def sample(tree, setting, steps, warmup):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", setting, "--steps", str(steps),
+               "--warmup", str(warmup)]
+    proc = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_MARK):
+            result = json.loads(line[len(RESULT_MARK):])
+            if Path(result["package"]) != (Path(tree) / "gmvae_keras").resolve():
+                raise SystemExit(f"error: the worker for {tree} imported {result['package']}")
+            return result
+    raise SystemExit(f"error: the worker for {tree} failed:\n{proc.stderr[-2000:]}")
+
+
+def compare(args, setting):
+    steps = args.steps or {"mnist": 15, "svhn": 3}[setting]
+    trees = {"a": Path(args.a).resolve(), "b": Path(args.b).resolve()}
+    samples = {"a": [], "b": []}
+    ratios = []
+    for round_index in range(args.rounds):
+        order = ("a", "b") if round_index % 2 == 0 else ("b", "a")
+        rates = {}
+        for name in order:
+            result = sample(trees[name], setting, steps, args.warmup)
+            samples[name].append(result)
+            rates[name] = result["images_per_second"]
+        ratios.append(rates["b"] / rates["a"])
+        print(f"[ab] {setting} round {round_index + 1}/{args.rounds}: a {rates['a']:.1f}, b {rates['b']:.1f} img/s",
+              file=sys.stderr, flush=True)
+    return {
+        "steps_per_sample": steps,
+        "a_images_per_second": [s["images_per_second"] for s in samples["a"]],
+        "b_images_per_second": [s["images_per_second"] for s in samples["b"]],
+        "a_median": statistics.median(s["images_per_second"] for s in samples["a"]),
+        "b_median": statistics.median(s["images_per_second"] for s in samples["b"]),
+        "paired_ratios_b_over_a": ratios,
+        "median_paired_ratio_b_over_a": statistics.median(ratios),
+        "rounds_b_faster": sum(r > 1 for r in ratios),
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker is not None:
+        worker(args.worker, args.steps or 1, args.warmup)
+        return 0
+    result = {
+        "a": str(Path(args.a).resolve()),
+        "b": str(Path(args.b).resolve()),
+        "rounds": args.rounds,
+        "load_average_1min_start": os.getloadavg()[0],
+        "settings": {setting: compare(args, setting) for setting in args.settings},
+        "load_average_1min_end": os.getloadavg()[0],
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
