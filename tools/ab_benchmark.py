@@ -23,7 +23,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
@@ -59,33 +58,17 @@ def worker(setting_name, steps, warmup):
     """Runs inside the tree under test; prints one RESULT_MARK line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(TOOLS))
-    import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    from benchmark import SETTINGS, synthetic_batch  # noqa: PLC0415
+    from benchmark import SETTINGS, build_model, measure_train  # noqa: PLC0415
     import gmvae_keras  # noqa: PLC0415
-    from gmvae_keras.model import GMVAE  # noqa: PLC0415
 
     setting = SETTINGS[setting_name]
-    keras.utils.set_random_seed(0)
-    model_args = {
-        key: setting[key]
-        for key in ("feature_size", "latent_size", "k", "margin", "gaussian_weight", "categorical_weight",
-                    "assignment_weight", "metric_weight", "temperature")
-    }
-    model = GMVAE(tuple(setting["image_shape"]), setting["num_classes"], seed=0, **model_args)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
-    dataset = tf.data.Dataset.from_tensors(synthetic_batch(setting)).repeat()
-    model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
-    iterator, train_function = iter(dataset), model.train_function
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        logs = train_function(iterator)
-    float(logs["loss"])  # waits for the last step
-    wall = time.perf_counter() - start
+    timing = argparse.Namespace(steps_per_execution=1, warmup=warmup, steps=steps, repeats=1, repeat_seconds=None)
+    measured = measure_train(tf, build_model(setting), setting, timing)
     result = {
-        "images_per_second": steps * setting["batch_size"] / wall,
-        "cpu_utilization": (time.process_time() - cpu_start) / wall,
+        "images_per_second": measured["train_images_per_second"],
+        "cpu_utilization": measured["train_cpu_utilization"],
         "package": str(Path(gmvae_keras.__file__).resolve().parent),
     }
     print(RESULT_MARK + json.dumps(result), flush=True)

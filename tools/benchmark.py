@@ -218,6 +218,35 @@ def synthetic_batch(setting, seed=0):
     }
 
 
+def build_model(setting, jit_compile=False, steps_per_execution=1):
+    """The compiled `GMVAE` of a `SETTINGS` entry (seeded), Adam 1e-3."""
+    import keras  # noqa: PLC0415
+
+    from gmvae_keras.model import GMVAE  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    model = GMVAE(
+        image_shape=setting["image_shape"],
+        num_classes=setting["num_classes"],
+        feature_size=setting["feature_size"],
+        latent_size=setting["latent_size"],
+        gaussian_weight=setting["gaussian_weight"],
+        categorical_weight=setting["categorical_weight"],
+        assignment_weight=setting["assignment_weight"],
+        metric_weight=setting["metric_weight"],
+        margin=setting["margin"],
+        k=setting["k"],
+        temperature=setting["temperature"],
+        seed=0,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
+    return model
+
+
 def measure_train(tf, model, setting, args):
     steps_per_execution = args.steps_per_execution
     ds = tf.data.Dataset.from_tensors(synthetic_batch(setting)).repeat()
@@ -347,7 +376,6 @@ def run_setting(name, args):
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
-    from gmvae_keras.model import GMVAE  # noqa: PLC0415
 
     setting = SETTINGS[name]
     result = {"batch_size": setting["batch_size"], "image_shape": list(setting["image_shape"]),
@@ -356,26 +384,7 @@ def run_setting(name, args):
     _log(f"{name}: matmul peak")
     result["matmul_peak_gflops"] = matmul_peak_gflops(tf, args.matmul_size, 2 if args.quick else 5)
 
-    keras.utils.set_random_seed(0)
-    model = GMVAE(
-        image_shape=setting["image_shape"],
-        num_classes=setting["num_classes"],
-        feature_size=setting["feature_size"],
-        latent_size=setting["latent_size"],
-        gaussian_weight=setting["gaussian_weight"],
-        categorical_weight=setting["categorical_weight"],
-        assignment_weight=setting["assignment_weight"],
-        metric_weight=setting["metric_weight"],
-        margin=setting["margin"],
-        k=setting["k"],
-        temperature=setting["temperature"],
-        seed=0,
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        jit_compile=args.jit_compile,
-        steps_per_execution=args.steps_per_execution,
-    )
+    model = build_model(setting, jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
     macs = count_macs(model)
     forward = 2 * sum(macs.values())
     result["flops_per_train_image"] = 3 * forward
