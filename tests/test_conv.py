@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import keras
 
-from gmvae_keras.conv import Conv2D, Conv2DTranspose
+from gmvae_keras.conv import Conv2D, Conv2DTranspose, filter_gradient
 
 
 def _outputs_and_gradients(layer, x):
@@ -25,9 +25,15 @@ def _outputs_and_gradients(layer, x):
         (Conv2D, keras.layers.Conv2D, dict(filters=7, kernel_size=5), (3, 12, 12, 4)),
         (Conv2D, keras.layers.Conv2D, dict(filters=5, kernel_size=3, use_bias=False), (2, 9, 9, 6)),
         (Conv2D, keras.layers.Conv2D, dict(filters=6, kernel_size=4, strides=2), (2, 11, 11, 3)),
+        (Conv2D, keras.layers.Conv2D, dict(filters=3, kernel_size=(2, 4)), (1, 7, 9, 2)),
+        # The kernel covers the input: a matrix product.
+        (Conv2D, keras.layers.Conv2D, dict(filters=5, kernel_size=(3, 4)), (2, 3, 4, 6)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=7, kernel_size=5), (3, 6, 6, 4)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=1, kernel_size=3, activation="sigmoid"), (2, 5, 5, 6)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=6, kernel_size=5, strides=2), (2, 3, 3, 4)),
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=2, kernel_size=(4, 2)), (1, 5, 3, 3)),
+        # A 1×1 input: a matrix product.
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=3, kernel_size=(4, 3)), (2, 1, 1, 5)),
     ],
 )
 def test_same_outputs_and_gradients_as_keras(ours, theirs, kwargs, shape):
@@ -58,11 +64,7 @@ def test_config_and_saved_layer_round_trip(cls, tmp_path):
     np.testing.assert_array_equal(reloaded(x).numpy(), model(x).numpy())
 
 
-@pytest.mark.parametrize("cls", [Conv2D, Conv2DTranspose])
-def test_stride_one_graph_has_no_input_gradient_kernel(cls):
-    layer = cls(filters=4, kernel_size=3)
-    layer.build((2, 6, 6, 3))
-
+def _gradient_graph_op_types(layer, input_shape):
     @tf.function
     def step(x):
         with tf.GradientTape() as tape:
@@ -70,11 +72,41 @@ def test_stride_one_graph_has_no_input_gradient_kernel(cls):
             loss = tf.reduce_sum(layer(x))
         return tape.gradient(loss, [x] + layer.trainable_variables)
 
-    graph = step.get_concrete_function(tf.TensorSpec((2, 6, 6, 3))).graph
+    graph = step.get_concrete_function(tf.TensorSpec(input_shape)).graph
     op_types = set()
     for op in graph.get_operations():
         op_types.add(op.type)
         for function in graph._functions.values():  # custom gradients live in nested functions
             op_types.update(node.op for node in function.definition.node_def)
-    assert "Conv2D" in op_types and "Conv2DBackpropFilter" in op_types
-    assert "Conv2DBackpropInput" not in op_types
+    return op_types
+
+
+@pytest.mark.parametrize("cls", [Conv2D, Conv2DTranspose])
+def test_stride_one_graph_has_only_forward_convolutions(cls):
+    layer = cls(filters=4, kernel_size=3)
+    layer.build((2, 6, 6, 3))
+    op_types = _gradient_graph_op_types(layer, (2, 6, 6, 3))
+    assert "Conv2D" in op_types
+    assert "Conv2DBackpropInput" not in op_types and "Conv2DBackpropFilter" not in op_types
+
+
+@pytest.mark.parametrize("cls, input_shape", [(Conv2D, (2, 3, 3, 5)), (Conv2DTranspose, (2, 1, 1, 5))])
+def test_one_by_one_maps_are_matrix_products(cls, input_shape):
+    layer = cls(filters=4, kernel_size=3)
+    layer.build(input_shape)
+    op_types = _gradient_graph_op_types(layer, input_shape)
+    assert "MatMul" in op_types
+    assert not {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"} & op_types
+
+
+@pytest.mark.parametrize("batch, height, width, k_h, k_w, c_in, c_out", [(1, 5, 5, 3, 3, 1, 1), (4, 9, 7, 2, 5, 3, 6), (200, 28, 28, 5, 5, 1, 16)])
+def test_filter_gradient_equals_tensorflow_kernel(batch, height, width, k_h, k_w, c_in, c_out):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(batch, height, width, c_in)).astype("float32")
+    dy = rng.normal(size=(batch, height - k_h + 1, width - k_w + 1, c_out)).astype("float32")
+    expected = tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=[k_h, k_w, c_in, c_out], out_backprop=dy, strides=[1, 1, 1, 1], padding="VALID"
+    ).numpy()
+    got = filter_gradient(tf.constant(x), tf.constant(dy)).numpy()
+    assert got.shape == (k_h, k_w, c_in, c_out)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

@@ -64,7 +64,7 @@ def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
     ]
     for row in rows:
         assert row["relative_difference"] < 1e-5
-        assert all(row[key] > 0 for key in ("forward", "input_gradient_tf", "input_gradient_forward_conv", "filter_gradient"))
+        assert all(row[key] > 0 for key in ("forward", "input_gradient_tf", "input_gradient_forward_conv", "filter_gradient", "filter_gradient_forward_conv"))
 
 
 def test_ab_benchmark_alternates_two_trees_and_reports_paired_ratios(tmp_path):

@@ -12,7 +12,9 @@ milliseconds of:
   (also the forward pass of `keras.layers.Conv2DTranspose`);
 * `input_gradient_forward_conv`: the same gradient as a forward convolution
   of the zero-padded output gradient (what `gmvae_keras.conv` does);
-* `filter_gradient`: `Conv2DBackpropFilter`.
+* `filter_gradient`: `Conv2DBackpropFilter`, TensorFlow's kernel gradient;
+* `filter_gradient_forward_conv`: the same gradient as a forward convolution
+  with batch and channels swapped (`gmvae_keras.conv.filter_gradient`).
 
 This is the evidence behind `gmvae_keras.conv` (docs/PERFORMANCE.md). Run it
 on a quiet machine: the numbers are wall-clock medians.
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-from gmvae_keras import networks  # noqa: E402
+from gmvae_keras import conv, networks  # noqa: E402
 
 BATCH = {"mnist": 200, "svhn": 400}
 IMAGE = {"mnist": (28, 28, 1), "svhn": (32, 32, 3)}
@@ -88,6 +90,7 @@ def measure(setting, repeats):
                 strides=[1, 1, 1, 1], padding="VALID",
             )
         )
+        filter_gradient_as_forward = tf.function(conv.filter_gradient)
         difference = float(tf.reduce_max(tf.abs(input_gradient(dy, w) - as_forward(dy, w))))
         scale = float(tf.reduce_max(tf.abs(input_gradient(dy, w))))
         rows.append(
@@ -97,6 +100,7 @@ def measure(setting, repeats):
                 "input_gradient_tf": _milliseconds(input_gradient, dy, w, repeats=repeats),
                 "input_gradient_forward_conv": _milliseconds(as_forward, dy, w, repeats=repeats),
                 "filter_gradient": _milliseconds(filter_gradient, x, dy, repeats=repeats),
+                "filter_gradient_forward_conv": _milliseconds(filter_gradient_as_forward, x, dy, repeats=repeats),
                 "relative_difference": difference / max(scale, 1e-30),
             }
         )
