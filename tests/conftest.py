@@ -12,6 +12,7 @@ import pathlib
 import struct
 
 import numpy as np
+import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -126,3 +127,20 @@ def write_svhn_dataset(dir, n_train, n_test, seed=0):
         )
         out[part] = (images, digits)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished one-epoch run on tiny synthetic MNIST files (shared by the tests that read runs)."""
+    from gmvae_keras.config import Config
+    from gmvae_keras.train import train_and_evaluate
+
+    folder = tmp_path_factory.mktemp("data")
+    write_idx_dataset(folder, n_train=200, n_test=60, seed=3)
+    config = Config(
+        dataset="mnist", data_dir=str(folder), num_labeled=20, batch_size=40, epochs=1, steps_per_epoch=2,
+        feature_size=8, latent_size=4, k=3, eval_batch_size=64, image_summary_every=0, verbose=0,
+    )
+    model_dir = tmp_path_factory.mktemp("run") / "run"
+    train_and_evaluate(config, model_dir)
+    return model_dir

@@ -3,10 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import write_idx_dataset
-from gmvae_keras.config import Config
 from gmvae_keras.figures import DPI, main as figures_main
-from gmvae_keras.train import train_and_evaluate
 
 
 def png_size(path):
@@ -15,18 +12,6 @@ def png_size(path):
     assert data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])
 
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    write_idx_dataset(folder, n_train=200, n_test=60, seed=3)
-    config = Config(
-        dataset="mnist", data_dir=str(folder), num_labeled=20, batch_size=40, epochs=1, steps_per_epoch=2,
-        feature_size=8, latent_size=4, k=3, eval_batch_size=64, image_summary_every=0, verbose=0,
-    )
-    model_dir = tmp_path_factory.mktemp("run") / "run"
-    train_and_evaluate(config, model_dir)
-    return model_dir
 
 
 def test_figures_are_pngs_of_the_expected_size(tiny_run, capsys):

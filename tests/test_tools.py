@@ -1,11 +1,15 @@
-"""Smoke test of tools/benchmark.py: it runs and its JSON has every field.
+"""Smoke tests of the tools: they run, and their JSON has every field (or agrees with an independent computation).
 
 Benchmarks are not tests: only the structure and the signs are checked.
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -84,3 +88,43 @@ def test_ab_benchmark_refuses_a_directory_without_the_package(tmp_path):
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "holds no gmvae_keras package" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_knn_probe_agrees_with_an_independent_nearest_neighbour(tiny_run, capsys):
+    import keras
+
+    from gmvae_keras import data as data_lib
+    from gmvae_keras.config import Config
+
+    assert _load_tool("knn_probe").main(["--model_dir", str(tiny_run), "--k", "1", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["knn_error"]) == {"1", "3"} and result["agreement_k"] == 1
+
+    config = Config.from_dict(json.loads((tiny_run / "config.json").read_text()))
+    data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, num_labeled=config.num_labeled, seed=config.seed)
+    model = keras.saving.load_model(tiny_run / "best.keras")
+    labeled = np.load(tiny_run / "labeled_indices.npy")
+    labeled_features = model.extract_features(data.train_images[labeled])
+    features = model.extract_features(data.val_images)
+    distances = ((features[:, None, :] - labeled_features[None]) ** 2).sum(-1)
+    nearest = data.train_labels[labeled][np.argmin(distances, axis=1)]
+    predictions = model.predict_labels(data.val_images)
+    assert result["images"] == len(data.val_labels)
+    assert result["knn_error"]["1"] == pytest.approx(100 * np.mean(nearest != data.val_labels))
+    assert result["classifier_error"] == pytest.approx(100 * np.mean(predictions != data.val_labels))
+    assert result["agreement"] == pytest.approx(100 * np.mean(nearest == predictions))
+
+
+def test_knn_probe_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _load_tool("knn_probe").main(["--model_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
