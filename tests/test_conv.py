@@ -32,6 +32,15 @@ def _outputs_and_gradients(layer, x):
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=1, kernel_size=3, activation="sigmoid"), (2, 5, 5, 6)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=6, kernel_size=5, strides=2), (2, 3, 3, 4)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=2, kernel_size=(4, 2)), (1, 5, 3, 3)),
+        # Strided: the phase decomposition, with kernels longer, shorter and
+        # not multiples of the strides, and inputs that leave a tail.
+        (Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=5, strides=2), (2, 9, 9, 3)),
+        (Conv2D, keras.layers.Conv2D, dict(filters=3, kernel_size=(4, 3), strides=(2, 3)), (2, 12, 13, 2)),
+        (Conv2D, keras.layers.Conv2D, dict(filters=3, kernel_size=2, strides=3), (1, 10, 8, 2)),
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=4, kernel_size=4, strides=2), (2, 9, 9, 3)),
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=2, kernel_size=(3, 5), strides=(3, 2)), (1, 4, 3, 3)),
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=2, kernel_size=2, strides=3), (2, 3, 4, 2)),
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=3, kernel_size=2, strides=3), (2, 1, 1, 2)),
         # A 1×1 input: a matrix product.
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=3, kernel_size=(4, 3)), (2, 1, 1, 5)),
     ],
@@ -88,6 +97,14 @@ def test_stride_one_graph_has_only_forward_convolutions(cls):
     op_types = _gradient_graph_op_types(layer, (2, 6, 6, 3))
     assert "Conv2D" in op_types
     assert "Conv2DBackpropInput" not in op_types and "Conv2DBackpropFilter" not in op_types
+
+
+@pytest.mark.parametrize("cls", [Conv2D, Conv2DTranspose])
+def test_strided_graph_has_no_input_gradient_kernel(cls):
+    layer = cls(filters=4, kernel_size=4, strides=2)
+    layer.build((2, 9, 9, 3))
+    op_types = _gradient_graph_op_types(layer, (2, 9, 9, 3))
+    assert "Conv2D" in op_types and "Conv2DBackpropInput" not in op_types
 
 
 @pytest.mark.parametrize("cls, input_shape", [(Conv2D, (2, 3, 3, 5)), (Conv2DTranspose, (2, 1, 1, 5))])
