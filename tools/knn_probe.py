@@ -9,7 +9,8 @@ finished run you are not tuning), and prints one JSON object with the error (%) 
 * `classifier_error`: argmax q(y|x̂), the model's prediction;
 * `knn_error[k]`: the assignment rule of L_A (`losses.assign_labels`: the run's `--k` and
   weighting) applied to every image of the split, against the whole labeled set;
-* `agreement`: the share of images where the classifier and the run's k-NN vote agree.
+* `agreement`: the share of images where the classifier and the vote with the first `--k`
+  (by default the run's own k) agree.
 
 When the k-NN vote beats the classifier, the classifier lags behind the features; when both
 err alike, the features are what limits the accuracy (docs/RESULTS.md).
@@ -62,7 +63,7 @@ def main(argv=None):
     parser.add_argument("--model_dir", required=True, help="run directory of gmvae_keras.main")
     parser.add_argument("--which", choices=["best", "last"], default="best")
     parser.add_argument("--split", choices=["val", "test"], default="val")
-    parser.add_argument("--k", type=int, nargs="+", default=None, help="default: the run's --k, then 1 and 10")
+    parser.add_argument("--k", type=int, nargs="+", default=None, help="default: the run's --k, then 1 and 10; the first is used for `agreement`")
     parser.add_argument("--data_dir", default=None, help="override the run's --data_dir")
     args = parser.parse_args(argv)
 
@@ -85,7 +86,7 @@ def main(argv=None):
     labeled_path = model_dir / "labeled_indices.npy"
     if path is None or not labeled_path.exists():
         parser.exit(2, f"error: no {args.which} model or labeled set in {model_dir}\n")
-    ks = args.k or sorted({config.k, 1, 10})
+    ks = args.k or [config.k] + [k for k in (1, 10) if k != config.k]
     if min(ks) < 1 or max(ks) > config.num_labeled:
         parser.exit(2, f"error: --k must be between 1 and the run's {config.num_labeled} labeled images\n")
     try:
