@@ -50,6 +50,7 @@ class Config:
     margin: float = _field(1.0, "Margin of the lifted structured loss.")
     k: int = _field(5, "Neighbours in the k-NN label assignment.")
     assignment_weighting: str = _field("distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=["distance", "majority"])
+    auxiliary_warmup_epochs: float = _field(0.0, "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count fully from the start); 0 (paper) disables.")
     # Gumbel-Softmax.
     temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
     temperature_end: float = _field(0.5, "Gumbel-Softmax temperature after the annealing.")
@@ -86,8 +87,8 @@ class Config:
         for name in ("learning_rate", "temperature_start", "temperature_end", "lr_decay_rate"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift"):
-            if getattr(self, name) < 0:
+        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift", "auxiliary_warmup_epochs"):
+            if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")

@@ -53,6 +53,13 @@ class GMVAE(keras.Model):
     computed (unsupervised clustering); `w_M = 0` alone is the paper's
     ablation.
 
+    With `warmup_steps > 0` (not in the paper) the assigned labels are
+    trusted gradually: at optimizer step t, L_A and L_M are
+    `(1 - r)·(the term on the labeled part alone) + r·(the term on the whole
+    batch)` with `r = min(1, (t + 1) / warmup_steps)`. The first assignments
+    come from nearly random features; at full weight from the first step the
+    lifted loss can merge a class into another for good (docs/RESULTS.md).
+
     `test_step` takes `(images, labels)` (or the same dict) and reports
     `error`, the classification error (%) of argmax q(y|x̂).
 
@@ -69,6 +76,8 @@ class GMVAE(keras.Model):
         assignment_weighting: "distance" (paper) or "majority".
         temperature: initial Gumbel-Softmax temperature.
         hard_gumbel: straight-through one-hot Gumbel-Softmax samples.
+        warmup_steps: optimizer steps over which the unlabeled samples'
+            share of L_A and L_M ramps from 0 to 1; 0 (paper) disables.
         seed: seed of the sampling layers.
         **kwargs: passed to `keras.Model`.
     """
@@ -89,6 +98,7 @@ class GMVAE(keras.Model):
         assignment_weighting="distance",
         temperature=1.0,
         hard_gumbel=False,
+        warmup_steps=0,
         seed=None,
         **kwargs,
     ):
@@ -110,6 +120,8 @@ class GMVAE(keras.Model):
             )
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if int(warmup_steps) < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.image_shape = tuple(int(d) for d in image_shape)
@@ -126,6 +138,7 @@ class GMVAE(keras.Model):
         self.assignment_weighting = assignment_weighting
         self.temperature = float(temperature)
         self.hard_gumbel = bool(hard_gumbel)
+        self.warmup_steps = int(warmup_steps)
         self.seed = seed
 
         self.encoder = Encoder(self.image_shape, self.feature_size, name="encoder")
@@ -219,8 +232,11 @@ class GMVAE(keras.Model):
     def _uses_auxiliary_losses(self, num_labeled):
         return num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0)
 
-    def compute_losses(self, images, labels=None, unlabeled_labels=None, training=True):
+    def compute_losses(self, images, labels=None, unlabeled_labels=None, training=True, trust=None):
         """Every loss term of the batch, the weighted total and the assignments.
+
+        `trust` is the warm-up's r (see the class docstring); None counts
+        the assigned labels fully, as in the paper.
 
         Returns:
             `(terms, total, assigned)`: a dict of the five unweighted terms,
@@ -259,13 +275,22 @@ class GMVAE(keras.Model):
                 self.k,
                 self.assignment_weighting,
             )
-            all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
+            labels = ops.cast(labels, "int32")
+            all_labels = ops.concatenate([assigned, labels], axis=0)
             if self.assignment_weight > 0:
                 terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
+                if trust is not None:
+                    labeled_only = losses.assignment_loss(labels, outputs["logits"][num_unlabeled:])
+                    terms["assignment_loss"] = trust * terms["assignment_loss"] + (1.0 - trust) * labeled_only
             if self.metric_weight > 0:
                 terms["metric_loss"] = losses.lifted_structured_loss_from_distances(
                     all_labels, distances, self.margin
                 )
+                if trust is not None:
+                    labeled_only = losses.lifted_structured_loss_from_distances(
+                        labels, distances[num_unlabeled:, num_unlabeled:], self.margin
+                    )
+                    terms["metric_loss"] = trust * terms["metric_loss"] + (1.0 - trust) * labeled_only
         total = (
             terms["reconstruction_loss"]
             + self.gaussian_weight * terms["gaussian_loss"]
@@ -289,8 +314,12 @@ class GMVAE(keras.Model):
         images, labels, unlabeled_labels = self._unpack(data)
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
+        trust = None
+        if self.warmup_steps:
+            step = ops.cast(self.optimizer.iterations + 1, "float32")
+            trust = ops.minimum(step / float(self.warmup_steps), 1.0)
         with tf.GradientTape() as tape:
-            terms, total, assigned = self.compute_losses(images, labels, training=True)
+            terms, total, assigned = self.compute_losses(images, labels, training=True, trust=trust)
             # Optimizers sum the replicas' gradients: scale each replica's mean
             # loss so that the sum is the mean over the global batch.
             scaled = total / replicas
@@ -389,6 +418,7 @@ class GMVAE(keras.Model):
                 "assignment_weighting": self.assignment_weighting,
                 "temperature": self.temperature,
                 "hard_gumbel": self.hard_gumbel,
+                "warmup_steps": self.warmup_steps,
                 "seed": self.seed,
             }
         )

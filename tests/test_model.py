@@ -75,7 +75,7 @@ def test_k_larger_than_labeled_part_is_a_clear_error():
 
 
 def test_invalid_constructor_arguments():
-    for bad in ({"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"}):
+    for bad in ({"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"}, {"warmup_steps": -1}):
         with pytest.raises(ValueError):
             tiny_model(**bad)
 
@@ -104,7 +104,7 @@ def _outputs(model, images):
 
 
 def test_model_config_and_keras_file_round_trip(tmp_path):
-    model = tiny_model(hard_gumbel=True, reconstruction="bce", assignment_weighting="majority")
+    model = tiny_model(hard_gumbel=True, reconstruction="bce", assignment_weighting="majority", warmup_steps=7)
     ds, images, _ = batches()
     model.fit(ds, epochs=1, verbose=0)  # moves BatchNorm statistics off their init
     model.gumbel_softmax.temperature.assign(0.7)
@@ -137,3 +137,45 @@ def test_temperature_annealing_schedule_and_logs():
     np.testing.assert_allclose(history["temperature"], [1.0, 0.875, 0.75, 0.625, 0.5, 0.5])
     with pytest.raises(ValueError):
         TemperatureAnnealing(epochs=0)
+
+
+def test_warmup_blends_labeled_only_and_whole_batch_auxiliary_terms():
+    from gmvae_keras import losses
+
+    model = tiny_model()
+    _, images, labels = batches()
+    images, true = tf.constant(images), tf.constant(labels[6:], "int32")
+    full, _, _ = model.compute_losses(images, true, training=False)
+    features, logits = model.classify(images, training=False)
+    distances = losses.pairwise_distance(features)
+    labeled_only = {
+        "assignment_loss": losses.assignment_loss(true, logits[6:]),
+        "metric_loss": losses.lifted_structured_loss_from_distances(true, distances[6:, 6:], 1.0),
+    }
+    for trust in (0.0, 0.25, 1.0):
+        terms, total, _ = model.compute_losses(images, true, training=False, trust=tf.constant(trust))
+        for name, alone in labeled_only.items():
+            expected = trust * full[name] + (1.0 - trust) * alone
+            np.testing.assert_allclose(terms[name], expected, rtol=1e-5, err_msg=f"{name} at r={trust}")
+    assert abs(float(labeled_only["metric_loss"]) - float(full["metric_loss"])) > 1e-3  # the blend is visible
+
+
+def test_warmup_ramps_with_the_optimizer_step():
+    # Same initial weights and batch: at its first step a model in a 1000-step
+    # warm-up (r = 0.001) logs nearly the labeled-only L_M, a model without
+    # warm-up the whole-batch L_M.
+    from gmvae_keras import losses
+
+    _, images, labels = batches()
+    batch = {"images": images, "labels": labels[6:].astype("int32")}
+    logs = {}
+    for steps in (0, 1000):
+        keras.utils.set_random_seed(0)
+        history = tiny_model(warmup_steps=steps).fit(tf.data.Dataset.from_tensors(batch), verbose=0).history
+        logs[steps] = {name: values[0] for name, values in history.items()}
+    keras.utils.set_random_seed(0)
+    features, _ = tiny_model().classify(tf.constant(images), training=True)
+    distances = losses.pairwise_distance(features)
+    alone = float(losses.lifted_structured_loss_from_distances(tf.constant(labels[6:]), distances[6:, 6:], 1.0))
+    assert logs[1000]["metric_loss"] == pytest.approx(alone, rel=0.02)
+    assert logs[0]["metric_loss"] != pytest.approx(alone, rel=0.02)
