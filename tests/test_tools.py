@@ -150,7 +150,8 @@ def test_assignment_probe_reports_each_block(tiny_run, tmp_path, capsys):
         assert sum(row["class_share"]) == pytest.approx(1.0)
         assert row["worst_class_accuracy"] == min(a for a in row["class_accuracy"] if a is not None)
         assert 0.0 <= row["assignment_accuracy"] <= 1.0 and 0.0 <= row["val_error"] <= 100.0
-        assert np.isfinite(row["metric_loss"]) and row["metric_loss"] > 0
+        assert np.isfinite(row["train_metric_loss"]) and row["train_metric_loss"] > 0
+        assert 0.0 <= row["train_assignment_accuracy"] <= 1.0
 
 
 def test_assignment_report_matches_an_independent_nearest_neighbour(tiny_run):

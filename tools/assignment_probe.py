@@ -13,7 +13,8 @@ each block prints one JSON line:
   (`losses.assign_labels`, the run's k and weighting) applied to `--images` training images
   against the whole labeled set: how often it is right, per true class, and the share of the
   images it gives each class; `worst_class` is the class it gets most wrong;
-* the loss terms of the block's last step.
+* `train_*`: the training logs' means over the block (loss terms, the assignment accuracy on
+  the batches' unlabeled halves).
 
 Nothing is written but `--out` (the same lines). Whether a class is merging into another shows in
 the first hundred steps, and it decides a 10-epoch run (docs/RESULTS.md): this is the quick way to
@@ -131,7 +132,8 @@ def main(argv=None):
         def on_epoch_end(self, block, logs=None):
             row = {"step": (block + 1) * args.every}
             row.update(assignment_report(self.model, data, train_subset, val_subset, config.k, config.assignment_weighting))
-            row.update({name: float(value) for name, value in (logs or {}).items()})
+            # The training logs' running means over the block, apart from the report's own fields.
+            row.update({f"train_{name}": float(value) for name, value in (logs or {}).items()})
             line = json.dumps(row)
             print(line, flush=True)
             if out is not None:
