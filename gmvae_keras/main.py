@@ -104,6 +104,27 @@ def config_from_flags():
     return Config(**{field.name: FLAGS[field.name].value for field in dataclasses.fields(Config)})
 
 
+def config_from_args(args):
+    """The `Config` that `python -m gmvae_keras.main ARGS` trains with, flagfiles included.
+
+    For tools that work from the same command line; the global flags are
+    left unparsed afterwards.
+
+    Raises:
+        ConfigError: `--settings=cpu` without a CPU file.
+        absl.flags.Error: an unknown flag, a bad value or a stray argument.
+    """
+    argv = with_dataset_flagfile(["gmvae_keras.main"] + list(args))
+    FLAGS.unparse_flags()
+    try:
+        leftover = FLAGS(argv)
+        if len(leftover) > 1:
+            raise flags.Error(f"unexpected arguments: {' '.join(leftover[1:])}")
+        return config_from_flags()
+    finally:
+        FLAGS.unparse_flags()
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")

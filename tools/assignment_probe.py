@@ -67,19 +67,6 @@ def assignment_report(model, data, train_subset, val_subset, k, weighting, batch
     }
 
 
-def _config_from_main_flags(flag_args):
-    from absl import flags
-
-    from gmvae_keras import main as cli
-
-    argv = cli.with_dataset_flagfile(["assignment_probe"] + list(flag_args))
-    flags.FLAGS.unparse_flags()
-    leftover = flags.FLAGS(argv)
-    if len(leftover) > 1:
-        raise flags.Error(f"unexpected arguments after --: {' '.join(leftover[1:])}")
-    return cli.config_from_flags()
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--every", type=int, default=60, help="training steps between reports")
@@ -97,9 +84,10 @@ def main(argv=None):
     from gmvae_keras import data as data_lib
     from gmvae_keras import train
     from gmvae_keras.config import ConfigError
+    from gmvae_keras.main import config_from_args
 
     try:
-        config = _config_from_main_flags(args.flags)
+        config = config_from_args(args.flags)
         config.validate()
         if config.mode != "semi_supervised":
             raise ConfigError("the probe scores the k-NN assignment, which needs --mode=semi_supervised")

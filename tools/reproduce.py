@@ -6,7 +6,9 @@
 Each seed trains with `python -m gmvae_keras.main` into its own run directory
 under `--runs_dir`; seeds whose `metrics.json` exists are not rerun, and an
 interrupted seed resumes from its last checkpoint, so rerunning the command
-continues a sweep. At the end the tool prints a Markdown table in the paper's
+continues a sweep. A finished seed is read only if its `config.json` matches the
+flags the command would train it with now (a changed `flags/*.cfg` or other
+extra flags need another `--runs_dir`). At the end the tool prints a Markdown table in the paper's
 layout (mean ± std of the test error of the best-validation model, the
 paper's number beside it, epochs, wall time) and writes it to `--out`.
 
@@ -24,6 +26,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 # Test error (%) of the paper, mean (± std) over 5 seeds.
 PAPER = {
@@ -89,6 +92,16 @@ def run_command(args, seed, model_dir):
     return command + list(args.extra)
 
 
+def stale_flags(command, model_dir):
+    """The flags in which a finished run differs from `command` ([] when it matches)."""
+    from gmvae_keras.config import Config
+    from gmvae_keras.main import config_from_args
+
+    wanted = config_from_args(command[3:])
+    previous = Config.from_dict(json.loads((model_dir / "config.json").read_text()))
+    return [f"--{name}={getattr(previous, name)!r} there, {getattr(wanted, name)!r} now" for name in wanted.differences(previous)]
+
+
 def table(args, results):
     errors = [m["test_error_best"] for m in results]
     mean = statistics.fmean(errors)
@@ -120,8 +133,23 @@ def main(argv=None):
     for seed in range(args.seeds):
         model_dir = sweep / f"seed-{seed}"
         metrics_path = model_dir / "metrics.json"
+        command = run_command(args, seed, model_dir)
+        if metrics_path.exists():
+            from absl import flags
+
+            try:
+                stale = stale_flags(command, model_dir)
+            except (flags.Error, OSError, ValueError, TypeError) as e:  # bad extra flags, an unreadable config.json
+                print(f"error: cannot compare {model_dir} with this command: {str(e).splitlines()[0]}", file=sys.stderr)
+                return 2
+            if stale:
+                print(
+                    f"error: {model_dir} was trained with other flags ({'; '.join(stale)}); "
+                    "use another --runs_dir for these settings",
+                    file=sys.stderr,
+                )
+                return 2
         if not metrics_path.exists():
-            command = run_command(args, seed, model_dir)
             print(f"[reproduce] seed {seed}: {' '.join(command)}", flush=True)
             code = subprocess.call(command, cwd=REPO, env=dict(os.environ))
             if code != 0:
