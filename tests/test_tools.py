@@ -220,10 +220,10 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
 
     # Other flags than the finished runs had: refused in one line, nothing trained or written.
     (sweep / "results.md").unlink()
-    assert tool.main(argv[:-1] + ["--auxiliary_warmup_epochs=0.5"]) == 2
+    assert tool.main(argv[:-1] + ["--k=3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
-    assert "--auxiliary_warmup_epochs=0.0 there, 0.5 now" in err
+    assert "--k=5 there, 3 now" in err
     assert not (sweep / "results.md").exists()
     assert tool.main(argv[:-1] + ["--no_such_flag=1"]) == 2
     assert "no_such_flag" in capsys.readouterr().err
