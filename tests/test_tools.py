@@ -182,6 +182,7 @@ def test_assignment_report_matches_an_independent_nearest_neighbour(tiny_run):
     "args, message",
     [
         (["--every", "0"], "--every must be >= 1"),
+        (["--out", "/no/such/folder/probe.jsonl"], "does not exist"),
         (["--", "--dataset=no_such_dataset"], "unknown dataset"),
         (["--", "--dataset=mnist", "--no_such_flag=1"], "no_such_flag"),
         (["--", "--dataset=mnist", "--mode=clustering", "--num_labeled=0"], "semi_supervised"),

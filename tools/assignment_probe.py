@@ -78,6 +78,8 @@ def main(argv=None):
     for name in ("every", "reports", "images"):
         if getattr(args, name) < 1:
             parser.exit(2, f"error: --{name} must be >= 1, got {getattr(args, name)}\n")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        parser.exit(2, f"error: --out: the folder of {args.out} does not exist\n")
 
     from absl import flags
 
