@@ -130,6 +130,13 @@ class Config:
             raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**values)
 
+    def describe_differences(self, previous):
+        """`--name=<previous> there, <self> now` for each of `differences(previous)`."""
+        return [
+            f"--{name}={getattr(previous, name)!r} there, {getattr(self, name)!r} now"
+            for name in self.differences(previous)
+        ]
+
     def differences(self, other):
         """Names of the fields, other than the resumable ones, that differ."""
         return [

@@ -84,13 +84,10 @@ def _check_run_dir(config, model_dir):
         previous = Config.from_dict(previous)
     except (ConfigError, TypeError) as e:
         raise RunError(f"{model_dir}/config.json is not a gmvae_keras configuration ({e})") from None
-    differences = config.differences(previous)
+    differences = config.describe_differences(previous)
     if differences and not config.overwrite:
-        listed = ", ".join(
-            f"--{name}={getattr(previous, name)!r} there, {getattr(config, name)!r} now" for name in differences
-        )
         raise RunError(
-            f"{model_dir} holds a run made with different flags ({listed}); "
+            f"{model_dir} holds a run made with different flags ({', '.join(differences)}); "
             "pass --overwrite to start afresh or choose another --model_dir"
         )
     return bool(differences)
@@ -101,6 +98,30 @@ def _clear_run(model_dir):
         (model_dir / name).unlink(missing_ok=True)
     for name in _RUN_DIRS:
         shutil.rmtree(model_dir / name, ignore_errors=True)
+
+
+def load_data(config):
+    """The data set of `config`, checked against it (ConfigError, data.DataError)."""
+    data = data_lib.load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        num_labeled=config.num_labeled,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+    )
+    config.validate(num_classes=data.num_classes)
+    return data
+
+
+def train_stream(data, config):
+    """`(dataset, steps per epoch)` of one device; the dataset repeats when `--steps_per_epoch` is set."""
+    labeled_per_batch = config.resolved_labeled_per_batch()
+    dataset = data_lib.make_train_dataset(
+        data, config.batch_size, labeled_per_batch, seed=config.seed, augment_shift=config.augment_shift
+    )
+    if config.steps_per_epoch:
+        dataset = dataset.repeat()
+    return dataset, config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
 
 
 def _scores(model, images, labels, batch_size, prefix):
@@ -129,25 +150,12 @@ def train_and_evaluate(config, model_dir):
     strategy = distribute.make_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
     start_afresh = _check_run_dir(config, model_dir)
-    data = data_lib.load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        num_labeled=config.num_labeled,
-        seed=config.seed,
-        validation_fraction=config.validation_fraction,
-    )
-    config.validate(num_classes=data.num_classes)
-    labeled_per_batch = config.resolved_labeled_per_batch()
+    data = load_data(config)
     if strategy.num_replicas_in_sync > 1:
         batch, labeled = distribute.per_replica_layout(config, strategy.num_replicas_in_sync, data.num_classes)
         train_dataset, steps = distribute.distributed_train_dataset(strategy, data, config, batch, labeled)
     else:
-        train_dataset = data_lib.make_train_dataset(
-            data, config.batch_size, labeled_per_batch, seed=config.seed, augment_shift=config.augment_shift
-        )
-        if config.steps_per_epoch:
-            train_dataset = train_dataset.repeat()
-        steps = config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
+        train_dataset, steps = train_stream(data, config)
 
     # Checks are over: from here on the run directory is written (by the chief only).
     labeled_path = model_dir / "labeled_indices.npy"

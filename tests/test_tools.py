@@ -196,12 +196,12 @@ def test_assignment_probe_errors_are_one_line(args, message, capsys):
     assert err.startswith("error:") and err.count("\n") == 1 and message in err
 
 
-def _finished_seed(sweep, seed, command, test_error):
+def _finished_seed(sweep, seed, flags, test_error):
     model_dir = sweep / f"seed-{seed}"
     model_dir.mkdir(parents=True)
     from gmvae_keras.main import config_from_args
 
-    (model_dir / "config.json").write_text(config_from_args(command[3:]).to_json())
+    (model_dir / "config.json").write_text(config_from_args(flags).to_json())
     metrics = {"test_error_best": test_error, "epochs": 10, "train_seconds": 1800.0, "seed": seed}
     (model_dir / "metrics.json").write_text(json.dumps(metrics))
 
@@ -213,7 +213,7 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
     args.num_labeled = 100
     sweep = tmp_path / "mnist-100-cpu"
     for seed, error in ((0, 2.0), (1, 3.0)):
-        _finished_seed(sweep, seed, tool.run_command(args, seed, sweep / f"seed-{seed}"), error)
+        _finished_seed(sweep, seed, tool.run_flags(args, seed, sweep / f"seed-{seed}"), error)
     assert tool.main(argv) == 0
     out = capsys.readouterr().out
     assert "| mnist | 100 | full model | cpu | 1.94 (± 0.49) | 2.50 (± 0.71) | 2 | 10 | 0.50 |" in out

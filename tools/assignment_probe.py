@@ -40,15 +40,8 @@ def assignment_report(model, data, train_subset, val_subset, k, weighting, batch
     labeled_features = model.extract_features(data.train_images[data.labeled_indices], batch_size)
     labeled_labels = data.train_labels[data.labeled_indices]
     features = model.extract_features(data.train_images[train_subset], batch_size)
-    assigned = np.concatenate(
-        [
-            np.asarray(
-                losses.assign_labels(
-                    features[start : start + batch_size], labeled_features, labeled_labels, data.num_classes, k, weighting
-                )
-            )
-            for start in range(0, len(features), batch_size)
-        ]
+    assigned = losses.assign_labels_in_batches(
+        features, labeled_features, labeled_labels, data.num_classes, k, weighting, batch_size
     )
     truth = data.train_labels[train_subset]
     class_accuracy = [
@@ -93,25 +86,15 @@ def main(argv=None):
         config.validate()
         if config.mode != "semi_supervised":
             raise ConfigError("the probe scores the k-NN assignment, which needs --mode=semi_supervised")
-        data = data_lib.load_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            num_labeled=config.num_labeled,
-            seed=config.seed,
-            validation_fraction=config.validation_fraction,
-        )
-        config.validate(num_classes=data.num_classes)
+        data = train.load_data(config)
     except (ConfigError, data_lib.DataError, flags.Error) as e:
         parser.exit(2, f"error: {str(e).splitlines()[0]}\n")
 
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    labeled_per_batch = config.resolved_labeled_per_batch()
-    stream = data_lib.make_train_dataset(
-        data, config.batch_size, labeled_per_batch, seed=config.seed, augment_shift=config.augment_shift
-    ).repeat()
-    steps = config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
+    stream, steps = train.train_stream(data, config)
+    stream = stream.repeat()  # blocks of --every steps, not epochs
     model = train.build_model(config, data.num_classes, data.image_shape, steps)
     rng = np.random.default_rng(0)
     train_subset = rng.choice(len(data.train_labels), min(args.images, len(data.train_labels)), replace=False)

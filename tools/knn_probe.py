@@ -41,15 +41,8 @@ def probe(model, labeled_images, labeled_labels, images, labels, ks, num_classes
         "knn_error": {},
     }
     for k in ks:
-        assigned = np.concatenate(
-            [
-                np.asarray(
-                    losses.assign_labels(
-                        features[start : start + batch_size], labeled_features, labeled_labels, num_classes, k, weighting
-                    )
-                )
-                for start in range(0, len(features), batch_size)
-            ]
+        assigned = losses.assign_labels_in_batches(
+            features, labeled_features, labeled_labels, num_classes, k, weighting, batch_size
         )
         result["knn_error"][str(k)] = float(100.0 * np.mean(assigned != labels))
         if k == ks[0]:

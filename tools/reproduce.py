@@ -79,7 +79,11 @@ def sweep_name(args):
 
 
 def run_command(args, seed, model_dir):
-    command = [sys.executable, "-m", "gmvae_keras.main", f"--dataset={args.dataset}"]
+    return [sys.executable, "-m", "gmvae_keras.main"] + run_flags(args, seed, model_dir)
+
+
+def run_flags(args, seed, model_dir):
+    command = [f"--dataset={args.dataset}"]
     if args.settings == "cpu":
         command.append("--settings=cpu")
     command += [f"--num_labeled={args.num_labeled}", f"--seed={seed}", f"--model_dir={model_dir}", "--verbose=2"]
@@ -92,14 +96,13 @@ def run_command(args, seed, model_dir):
     return command + list(args.extra)
 
 
-def stale_flags(command, model_dir):
-    """The flags in which a finished run differs from `command` ([] when it matches)."""
+def stale_flags(run_flags, model_dir):
+    """The flags in which a finished run differs from `run_flags` ([] when it matches)."""
     from gmvae_keras.config import Config
     from gmvae_keras.main import config_from_args
 
-    wanted = config_from_args(command[3:])
     previous = Config.from_dict(json.loads((model_dir / "config.json").read_text()))
-    return [f"--{name}={getattr(previous, name)!r} there, {getattr(wanted, name)!r} now" for name in wanted.differences(previous)]
+    return config_from_args(run_flags).describe_differences(previous)
 
 
 def table(args, results):
@@ -133,12 +136,11 @@ def main(argv=None):
     for seed in range(args.seeds):
         model_dir = sweep / f"seed-{seed}"
         metrics_path = model_dir / "metrics.json"
-        command = run_command(args, seed, model_dir)
         if metrics_path.exists():
             from absl import flags
 
             try:
-                stale = stale_flags(command, model_dir)
+                stale = stale_flags(run_flags(args, seed, model_dir), model_dir)
             except (flags.Error, OSError, ValueError, TypeError) as e:  # bad extra flags, an unreadable config.json
                 print(f"error: cannot compare {model_dir} with this command: {str(e).splitlines()[0]}", file=sys.stderr)
                 return 2
@@ -149,14 +151,14 @@ def main(argv=None):
                     file=sys.stderr,
                 )
                 return 2
-        if not metrics_path.exists():
+            print(f"[reproduce] seed {seed}: finished earlier, reading {metrics_path}", flush=True)
+        else:
+            command = run_command(args, seed, model_dir)
             print(f"[reproduce] seed {seed}: {' '.join(command)}", flush=True)
             code = subprocess.call(command, cwd=REPO, env=dict(os.environ))
             if code != 0:
                 print(f"[reproduce] seed {seed} stopped with status {code}; rerun to resume", file=sys.stderr)
                 return code
-        else:
-            print(f"[reproduce] seed {seed}: finished earlier, reading {metrics_path}", flush=True)
         results.append(json.loads(metrics_path.read_text()))
     text = table(args, results)
     out = Path(args.out) if args.out else sweep / "results.md"
