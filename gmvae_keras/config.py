@@ -50,6 +50,7 @@ class Config:
     margin: float = _field(1.0, "Margin of the lifted structured loss.")
     k: int = _field(5, "Neighbours in the k-NN label assignment.")
     assignment_weighting: str = _field("distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=["distance", "majority"])
+    assignment_balance: str = _field("none", "Rebalance the k-NN assignment of each batch so every class gets about an equal share (Sinkhorn over the classes): none (paper), vote (over the k-NN votes) or distance (over the distances to each class's nearest labeled sample).", choices=["none", "vote", "distance"])
     auxiliary_warmup_epochs: float = _field(0.0, "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count fully from the start); 0 (paper) disables.")
     # Gumbel-Softmax.
     temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
@@ -94,7 +95,7 @@ class Config:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
-        for name in ("mode", "reconstruction", "assignment_weighting", "verbose", "lr_schedule", "strategy"):
+        for name in ("mode", "reconstruction", "assignment_weighting", "assignment_balance", "verbose", "lr_schedule", "strategy"):
             choices = Config.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")

@@ -15,6 +15,7 @@ from keras import ops
 _EPSILON = 1e-7
 # Stands for log(0) in masked log-sum-exps; finite so that no NaN appears.
 _LOG_ZERO = -1e9
+BALANCE_CHOICES = ("none", "vote", "distance")
 
 
 def reconstruction_loss(images, reconstructions, kind="mse"):
@@ -120,28 +121,67 @@ def pairwise_distance(a, b=None):
     return ops.where(is_zero, 0.0, ops.sqrt(ops.where(is_zero, 1.0, squared)))
 
 
-def assign_labels_from_distances(distances, labeled_labels, num_classes, k, weighting="distance"):
+def assign_labels_from_distances(
+    distances, labeled_labels, num_classes, k, weighting="distance", balance="none", balance_temperature=0.1
+):
     """`assign_labels` on a precomputed `[n_unlabeled, n_labeled]` distance matrix."""
     if weighting not in ("distance", "majority"):
         raise ValueError(f"weighting must be 'distance' or 'majority', got {weighting!r}")
+    if balance not in BALANCE_CHOICES:
+        raise ValueError(f"balance must be one of {BALANCE_CHOICES}, got {balance!r}")
     k = int(k)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     num_labeled = distances.shape[-1]
     if num_labeled is not None and k > num_labeled:
         raise ValueError(f"k={k} is larger than the number of labeled samples ({num_labeled})")
+    if balance == "distance":
+        nearest = nearest_class_distances(distances, labeled_labels, num_classes)
+        return balance_assignment(-nearest / (balance_temperature * ops.mean(nearest) + _EPSILON))
+    votes = class_votes_from_distances(distances, labeled_labels, num_classes, k, weighting)
+    if balance == "vote":
+        shares = votes / ops.sum(votes, axis=-1, keepdims=True)
+        return balance_assignment(ops.log(shares + 1e-4))
+    return ops.cast(ops.argmax(votes, axis=-1), "int32")
+
+
+def balance_assignment(log_scores, iterations=3):
+    """Labels from `[n, c]` class scores, rebalanced so each class gets about n/c of them.
+
+    Sinkhorn-Knopp in log space: alternately rescales the classes (columns)
+    to equal totals and the samples (rows) to sum to 1, then takes each row's
+    argmax. A class that the scores would give too large a share of the batch
+    loses its least certain samples to their next best class. Assumes roughly
+    balanced classes.
+    """
+    log_scores = ops.stop_gradient(log_scores)
+    n = ops.cast(ops.shape(log_scores)[0], log_scores.dtype)
+    c = ops.cast(ops.shape(log_scores)[1], log_scores.dtype)
+    log_target = ops.log(n / c)
+    for _ in range(int(iterations)):
+        log_scores = log_scores - ops.logsumexp(log_scores, axis=0, keepdims=True) + log_target
+        log_scores = log_scores - ops.logsumexp(log_scores, axis=1, keepdims=True)
+    return ops.cast(ops.argmax(log_scores, axis=-1), "int32")
+
+
+def class_votes_from_distances(distances, labeled_labels, num_classes, k, weighting="distance"):
+    """`[n_unlabeled, c]` k-NN votes (the weights that `assign_labels` takes the argmax of)."""
     distances = ops.stop_gradient(distances)
-    neg_distances, neighbours = ops.top_k(-distances, k=k)
+    neg_distances, neighbours = ops.top_k(-distances, k=int(k))
     if weighting == "distance":
         weights = 1.0 / (-neg_distances + _EPSILON)
     else:
         weights = ops.ones_like(neg_distances)
     neighbour_labels = ops.take(ops.cast(labeled_labels, "int32"), neighbours)
-    votes = ops.sum(
-        ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None],
-        axis=1,
-    )
-    return ops.cast(ops.argmax(votes, axis=-1), "int32")
+    return ops.sum(ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None], axis=1)
+
+
+def nearest_class_distances(distances, labeled_labels, num_classes):
+    """`[n_unlabeled, c]` distance from each unlabeled sample to the nearest labeled one of each class."""
+    distances = ops.stop_gradient(distances)
+    member = ops.transpose(ops.one_hot(ops.cast(labeled_labels, "int32"), num_classes, dtype="bool"))
+    masked = ops.where(member[None, :, :], distances[:, None, :], 1e9)
+    return ops.min(masked, axis=-1)
 
 
 def assign_labels(

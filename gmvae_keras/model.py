@@ -99,6 +99,7 @@ class GMVAE(keras.Model):
         temperature=1.0,
         hard_gumbel=False,
         warmup_steps=0,
+        assignment_balance="none",
         seed=None,
         **kwargs,
     ):
@@ -120,6 +121,10 @@ class GMVAE(keras.Model):
             )
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if assignment_balance not in losses.BALANCE_CHOICES:
+            raise ValueError(
+                f"assignment_balance must be one of {losses.BALANCE_CHOICES}, got {assignment_balance!r}"
+            )
         if int(warmup_steps) < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if int(num_classes) < 2:
@@ -139,6 +144,7 @@ class GMVAE(keras.Model):
         self.temperature = float(temperature)
         self.hard_gumbel = bool(hard_gumbel)
         self.warmup_steps = int(warmup_steps)
+        self.assignment_balance = assignment_balance
         self.seed = seed
 
         self.encoder = Encoder(self.image_shape, self.feature_size, name="encoder")
@@ -274,6 +280,7 @@ class GMVAE(keras.Model):
                 self.num_classes,
                 self.k,
                 self.assignment_weighting,
+                self.assignment_balance,
             )
             labels = ops.cast(labels, "int32")
             all_labels = ops.concatenate([assigned, labels], axis=0)
@@ -419,6 +426,7 @@ class GMVAE(keras.Model):
                 "temperature": self.temperature,
                 "hard_gumbel": self.hard_gumbel,
                 "warmup_steps": self.warmup_steps,
+                "assignment_balance": self.assignment_balance,
                 "seed": self.seed,
             }
         )

@@ -66,6 +66,7 @@ def build_model(config, num_classes, image_shape, steps_per_epoch):
         temperature=config.temperature_start,
         hard_gumbel=config.hard_gumbel,
         warmup_steps=round(config.auxiliary_warmup_epochs * steps_per_epoch),
+        assignment_balance=config.assignment_balance,
         seed=config.seed,
     )
     model.compile(

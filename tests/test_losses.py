@@ -127,6 +127,47 @@ def test_assign_labels_has_no_gradient():
     assert tape.gradient(out, x) is None
 
 
+def test_balance_assignment_moves_the_least_certain_samples():
+    # Every sample prefers class 0; balanced, the two least certain go to class 1.
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]], "float32")
+    got = losses.balance_assignment(np.log(probabilities)).numpy()
+    assert got.tolist() == [0, 0, 1, 1]
+    # Confident, already balanced scores are left alone.
+    confident = np.log(np.array([[0.99, 0.01], [0.02, 0.98], [0.97, 0.03], [0.01, 0.99]], "float32"))
+    assert losses.balance_assignment(confident).numpy().tolist() == [0, 1, 0, 1]
+
+
+def _stolen_class_case():
+    # 4 classes of 25 unlabeled samples each, 5 labeled per class; the
+    # labeled samples of class 1 sit close to the unlabeled 0s as well.
+    rng = np.random.default_rng(0)
+    distances = rng.uniform(1, 2, (100, 20)).astype("float32")
+    labeled_labels = np.repeat(np.arange(4), 5)
+    truth = np.repeat(np.arange(4), 25)
+    distances[labeled_labels[None, :] == truth[:, None]] -= 0.5
+    distances[:25, labeled_labels == 1] -= 0.6
+    return distances, labeled_labels, truth
+
+
+@pytest.mark.parametrize("balance", ["vote", "distance"])
+def test_balanced_assignment_gives_back_a_stolen_class(balance):
+    distances, labeled_labels, truth = _stolen_class_case()
+    plain = losses.assign_labels_from_distances(distances, labeled_labels, 4, k=3).numpy()
+    balanced = losses.assign_labels_from_distances(distances, labeled_labels, 4, k=3, balance=balance).numpy()
+    assert np.bincount(plain, minlength=4).max() >= 35  # class 1 takes many 0s
+    assert np.bincount(balanced, minlength=4).max() < np.bincount(plain, minlength=4).max()
+    assert np.mean(balanced == truth) > np.mean(plain == truth)
+    assert np.bincount(balanced, minlength=4)[0] > np.bincount(plain, minlength=4)[0]
+
+
+def test_nearest_class_distances_and_bad_balance():
+    distances = np.array([[3.0, 1.0, 2.0, 5.0]], "float32")
+    labeled_labels = np.array([0, 1, 0, 1])
+    np.testing.assert_allclose(losses.nearest_class_distances(distances, labeled_labels, 3), [[2.0, 1.0, 1e9]])
+    with pytest.raises(ValueError, match="balance must be one of"):
+        losses.assign_labels_from_distances(distances, labeled_labels, 2, k=1, balance="sinkhorn")
+
+
 def test_gaussian_loss_matches_closed_form():
     rng = np.random.default_rng(3)
     z, mean, prior_mean = rng.normal(size=(3, 4, 6))

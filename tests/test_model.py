@@ -38,6 +38,7 @@ def batches(num_labeled=6, num_unlabeled=6, steps=4, seed=0):
     [
         ("semi_supervised", {}, 6),
         ("ablation", {"metric_weight": 0.0}, 6),
+        ("semi_supervised", {"assignment_balance": "distance"}, 6),
         ("clustering", {"assignment_weight": 0.0, "metric_weight": 0.0, "reconstruction": "bce"}, 0),
     ],
 )
@@ -104,7 +105,9 @@ def _outputs(model, images):
 
 
 def test_model_config_and_keras_file_round_trip(tmp_path):
-    model = tiny_model(hard_gumbel=True, reconstruction="bce", assignment_weighting="majority", warmup_steps=7)
+    model = tiny_model(
+        hard_gumbel=True, reconstruction="bce", assignment_weighting="majority", warmup_steps=7, assignment_balance="vote"
+    )
     ds, images, _ = batches()
     model.fit(ds, epochs=1, verbose=0)  # moves BatchNorm statistics off their init
     model.gumbel_softmax.temperature.assign(0.7)

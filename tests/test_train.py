@@ -180,6 +180,7 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"margin": -0.5}, ConfigError, "--margin must be >= 0"),
         ({"learning_rate": 0.0}, ConfigError, "--learning_rate must be > 0"),
         ({"auxiliary_warmup_epochs": -0.5}, ConfigError, "--auxiliary_warmup_epochs must be >= 0"),
+        ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
     ],
 )
 def test_bad_input_fails_before_writing(mnist_files, tmp_path, overrides, error, message):
