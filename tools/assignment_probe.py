@@ -12,7 +12,9 @@ each block prints one JSON line:
 * `assignment_accuracy`, `class_accuracy[c]`, `class_share[c]`: the assignment rule of L_A
   (`losses.assign_labels`, the run's k and weighting) applied to `--images` training images
   against the whole labeled set: how often it is right, per true class, and the share of the
-  images it gives each class; `worst_class` is the class it gets most wrong;
+  images it gives each class; `worst_class` is the class it gets most wrong (always the plain
+  vote: with `--assignment_balance` the run rebalances each batch's votes, which shows in
+  `train_assignment_accuracy`);
 * `train_*`: the training logs' means over the block (loss terms, the assignment accuracy on
   the batches' unlabeled halves).
 
