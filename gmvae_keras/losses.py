@@ -154,7 +154,6 @@ def balance_assignment(log_scores, iterations=3):
     loses its least certain samples to their next best class. Assumes roughly
     balanced classes.
     """
-    log_scores = ops.stop_gradient(log_scores)
     n = ops.cast(ops.shape(log_scores)[0], log_scores.dtype)
     c = ops.cast(ops.shape(log_scores)[1], log_scores.dtype)
     log_target = ops.log(n / c)

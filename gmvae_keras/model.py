@@ -60,6 +60,12 @@ class GMVAE(keras.Model):
     come from nearly random features; at full weight from the first step the
     lifted loss can merge a class into another for good (docs/RESULTS.md).
 
+    With `assignment_balance` "vote" or "distance" (not in the paper) each
+    batch's assignment is rebalanced so every class gets about an equal share
+    of the unlabeled part (`losses.balance_assignment`): a class the k-NN
+    votes would over-fill gives its least certain samples to their next best
+    class. It assumes roughly balanced classes.
+
     `test_step` takes `(images, labels)` (or the same dict) and reports
     `error`, the classification error (%) of argmax q(y|x̂).
 
@@ -78,6 +84,9 @@ class GMVAE(keras.Model):
         hard_gumbel: straight-through one-hot Gumbel-Softmax samples.
         warmup_steps: optimizer steps over which the unlabeled samples'
             share of L_A and L_M ramps from 0 to 1; 0 (paper) disables.
+        assignment_balance: "none" (paper), "vote" (rebalance the k-NN
+            votes) or "distance" (rebalance a softmax over the distances to
+            each class's nearest labeled sample).
         seed: seed of the sampling layers.
         **kwargs: passed to `keras.Model`.
     """
