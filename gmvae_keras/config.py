@@ -51,6 +51,7 @@ class Config:
     k: int = _field(5, "Neighbours in the k-NN label assignment.")
     assignment_weighting: str = _field("distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=["distance", "majority"])
     assignment_balance: str = _field("none", "Rebalance the k-NN assignment of each batch so every class gets about an equal share (Sinkhorn over the classes): none (paper), vote (over the k-NN votes) or distance (over the distances to each class's nearest labeled sample).", choices=["none", "vote", "distance"])
+    prediction: str = _field("classifier", "Predicted class: argmax q(y|x̂) (paper), or knn: the k-NN vote of L_A's assignment rule (--k, --assignment_weighting) among the labeled training images' features. Also picks the best-validation model.", choices=["classifier", "knn"])
     auxiliary_warmup_epochs: float = _field(0.0, "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count fully from the start); 0 (paper) disables.")
     # Gumbel-Softmax.
     temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
@@ -95,7 +96,7 @@ class Config:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
-        for name in ("mode", "reconstruction", "assignment_weighting", "assignment_balance", "verbose", "lr_schedule", "strategy"):
+        for name in ("mode", "reconstruction", "assignment_weighting", "assignment_balance", "prediction", "verbose", "lr_schedule", "strategy"):
             choices = Config.__dataclass_fields__[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
@@ -105,6 +106,8 @@ class Config:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
         if self.k < 1:
             raise ConfigError(f"--k must be >= 1, got {self.k}")
+        if self.prediction == "knn" and self.mode == "clustering":
+            raise ConfigError("--prediction=knn votes among labeled images; --mode=clustering has none")
         labeled = self.resolved_labeled_per_batch()
         if labeled >= self.batch_size:
             raise ConfigError(f"--labeled_per_batch={labeled} leaves no unlabeled image in a batch of {self.batch_size}")

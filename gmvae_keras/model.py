@@ -22,6 +22,8 @@ def _multi_worker(strategy):
     return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1
 
 
+PREDICTION_CHOICES = ("classifier", "knn")
+
 LOSS_TERMS = (
     "reconstruction_loss",
     "gaussian_loss",
@@ -66,8 +68,14 @@ class GMVAE(keras.Model):
     votes would over-fill gives its least certain samples to their next best
     class. It assumes roughly balanced classes.
 
+    With `prediction="knn"` (not in the paper) the model predicts by the
+    assignment rule of L_A instead of argmax q(y|x̂): a k-NN vote (same `k`
+    and `assignment_weighting`) among the features of the labeled training
+    images, which it stores (`set_labeled_set`, saved with the model) and
+    encodes afresh at each prediction. `predict_proba` stays q(y|x̂).
+
     `test_step` takes `(images, labels)` (or the same dict) and reports
-    `error`, the classification error (%) of argmax q(y|x̂).
+    `error`, the classification error (%) of the model's prediction.
 
     Args:
         image_shape: `(H, W, C)`, 28×28×C or 32×32×C.
@@ -87,6 +95,9 @@ class GMVAE(keras.Model):
         assignment_balance: "none" (paper), "vote" (rebalance the k-NN
             votes) or "distance" (rebalance a softmax over the distances to
             each class's nearest labeled sample).
+        prediction: "classifier" (paper: argmax q(y|x̂)) or "knn".
+        labeled_set_size: number of labeled images stored for
+            `prediction="knn"` (0 otherwise).
         seed: seed of the sampling layers.
         **kwargs: passed to `keras.Model`.
     """
@@ -109,6 +120,8 @@ class GMVAE(keras.Model):
         hard_gumbel=False,
         warmup_steps=0,
         assignment_balance="none",
+        prediction="classifier",
+        labeled_set_size=0,
         seed=None,
         **kwargs,
     ):
@@ -134,6 +147,14 @@ class GMVAE(keras.Model):
             raise ValueError(
                 f"assignment_balance must be one of {losses.BALANCE_CHOICES}, got {assignment_balance!r}"
             )
+        if prediction not in PREDICTION_CHOICES:
+            raise ValueError(f"prediction must be one of {PREDICTION_CHOICES}, got {prediction!r}")
+        if prediction == "knn" and not int(k) <= int(labeled_set_size):
+            raise ValueError(
+                f"prediction='knn' needs labeled_set_size >= k={k} stored labeled images, got {labeled_set_size}"
+            )
+        if prediction == "classifier" and int(labeled_set_size) != 0:
+            raise ValueError(f"labeled_set_size is for prediction='knn'; got {labeled_set_size} with 'classifier'")
         if int(warmup_steps) < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if int(num_classes) < 2:
@@ -154,6 +175,8 @@ class GMVAE(keras.Model):
         self.hard_gumbel = bool(hard_gumbel)
         self.warmup_steps = int(warmup_steps)
         self.assignment_balance = assignment_balance
+        self.prediction = prediction
+        self.labeled_set_size = int(labeled_set_size)
         self.seed = seed
 
         self.encoder = Encoder(self.image_shape, self.feature_size, name="encoder")
@@ -176,6 +199,21 @@ class GMVAE(keras.Model):
         }
         self.error_tracker = keras.metrics.Mean(name="error")
         self._inference_function = None
+        if self.prediction == "knn":
+            # Images rather than features: features change with every step.
+            self.labeled_images = self.add_weight(
+                name="labeled_images",
+                shape=(self.labeled_set_size,) + self.image_shape,
+                initializer="zeros",
+                trainable=False,
+            )
+            self.labeled_image_labels = self.add_weight(
+                name="labeled_image_labels",
+                shape=(self.labeled_set_size,),
+                initializer="zeros",
+                dtype="int32",
+                trainable=False,
+            )
         self.build((None,) + self.image_shape)
 
     # ------------------------------------------------------------------ build
@@ -237,6 +275,42 @@ class GMVAE(keras.Model):
         """Features x̂ and logits of q(y|x̂), without the generative half."""
         features = self.encoder(images, training=training)
         return features, self.categorical_inference(features)
+
+    def set_labeled_set(self, images, labels):
+        """Stores the labeled training images that `prediction="knn"` votes among.
+
+        Args:
+            images: `[labeled_set_size, H, W, C]`, uint8 0–255 or float in [0, 1].
+            labels: `[labeled_set_size]` int labels in `[0, num_classes)`.
+        """
+        if self.prediction != "knn":
+            raise ValueError("set_labeled_set is for prediction='knn'")
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.shape != (self.labeled_set_size,) + self.image_shape or labels.shape != (self.labeled_set_size,):
+            raise ValueError(
+                f"expected {self.labeled_set_size} images of shape {self.image_shape} and as many labels, "
+                f"got images {images.shape} and labels {labels.shape}"
+            )
+        if labels.size and not (0 <= labels.min() and labels.max() < self.num_classes):
+            raise ValueError(f"labels must be in [0, {self.num_classes})")
+        if images.dtype == np.uint8:
+            images = images.astype("float32") / 255.0
+        self.labeled_images.assign(images.astype("float32"))
+        self.labeled_image_labels.assign(labels.astype("int32"))
+
+    def predicted_labels(self, features, logits):
+        """`[n]` int32 predictions from `classify`'s outputs (see `prediction`)."""
+        if self.prediction == "classifier":
+            return ops.cast(ops.argmax(logits, axis=-1), "int32")
+        labeled_features = self.encoder(self.labeled_images, training=False)
+        votes = losses.class_votes_from_distances(
+            losses.pairwise_distance(features, labeled_features),
+            self.labeled_image_labels,
+            self.num_classes,
+            self.k,
+            self.assignment_weighting,
+        )
+        return ops.cast(ops.argmax(votes, axis=-1), "int32")
 
     # ------------------------------------------------------------ training
 
@@ -364,47 +438,49 @@ class GMVAE(keras.Model):
 
     def test_step(self, data):
         images, labels, _ = self._unpack(data)
-        _, logits = self.classify(images, training=False)
-        wrong = ops.not_equal(ops.argmax(logits, axis=-1), ops.cast(labels, "int64"))
+        predicted = self.predicted_labels(*self.classify(images, training=False))
+        wrong = ops.not_equal(predicted, ops.cast(labels, "int32"))
         self.error_tracker.update_state(100.0 * ops.cast(wrong, "float32"))
         return {"error": self.error_tracker.result()}
 
     # ----------------------------------------------------------- inference
 
+    def _infer(self, images):
+        features, logits = self.classify(images, training=False)
+        return features, logits, self.predicted_labels(features, logits)
+
     def _infer_batches(self, images, batch_size):
         if self._inference_function is None:
-            self._inference_function = tf.function(
-                lambda x: self.classify(x, training=False), reduce_retracing=True
-            )
+            self._inference_function = tf.function(self._infer, reduce_retracing=True)
         images = np.asarray(images)
         if images.dtype == np.uint8:
             images = images.astype("float32") / 255.0
-        features, logits = [], []
+        features, logits, labels = [], [], []
         for start in range(0, len(images), batch_size):
-            f, l = self._inference_function(tf.constant(images[start : start + batch_size], "float32"))
+            f, l, y = self._inference_function(tf.constant(images[start : start + batch_size], "float32"))
             features.append(f.numpy())
             logits.append(l.numpy())
+            labels.append(y.numpy())
         if not features:
             return (
                 np.zeros((0, self.feature_size), "float32"),
                 np.zeros((0, self.num_classes), "float32"),
+                np.zeros((0,), "int32"),
             )
-        return np.concatenate(features), np.concatenate(logits)
+        return np.concatenate(features), np.concatenate(logits), np.concatenate(labels)
 
     def predict_proba(self, images, batch_size=1000):
         """q(y|x̂) for images (uint8 0–255 or float in [0, 1]), deterministic."""
-        _, logits = self._infer_batches(images, batch_size)
+        _, logits, _ = self._infer_batches(images, batch_size)
         return keras.ops.convert_to_numpy(ops.softmax(logits, axis=-1))
 
     def predict_labels(self, images, batch_size=1000):
-        """argmax q(y|x̂): the predicted classes."""
-        _, logits = self._infer_batches(images, batch_size)
-        return np.argmax(logits, axis=-1)
+        """The predicted classes: argmax q(y|x̂), or the k-NN vote with `prediction="knn"`."""
+        return self._infer_batches(images, batch_size)[2]
 
     def extract_features(self, images, batch_size=1000):
         """The deterministic features x̂ = g(x)."""
-        features, _ = self._infer_batches(images, batch_size)
-        return features
+        return self._infer_batches(images, batch_size)[0]
 
     def generate(self, category, n, seed=None):
         """Sample `n` images of `category`: z ~ p(z|y), then the decoder's means."""
@@ -436,6 +512,8 @@ class GMVAE(keras.Model):
                 "hard_gumbel": self.hard_gumbel,
                 "warmup_steps": self.warmup_steps,
                 "assignment_balance": self.assignment_balance,
+                "prediction": self.prediction,
+                "labeled_set_size": self.labeled_set_size,
                 "seed": self.seed,
             }
         )

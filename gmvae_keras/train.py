@@ -48,8 +48,8 @@ def learning_rate(config, steps_per_epoch):
     return config.learning_rate
 
 
-def build_model(config, num_classes, image_shape, steps_per_epoch):
-    """A compiled GMVAE for `config`."""
+def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set_size=0):
+    """A compiled GMVAE for `config` (`labeled_set_size` for `--prediction=knn`)."""
     model = GMVAE(
         image_shape=image_shape,
         num_classes=num_classes,
@@ -67,6 +67,8 @@ def build_model(config, num_classes, image_shape, steps_per_epoch):
         hard_gumbel=config.hard_gumbel,
         warmup_steps=round(config.auxiliary_warmup_epochs * steps_per_epoch),
         assignment_balance=config.assignment_balance,
+        prediction=config.prediction,
+        labeled_set_size=labeled_set_size if config.prediction == "knn" else 0,
         seed=config.seed,
     )
     model.compile(
@@ -183,7 +185,9 @@ def train_and_evaluate(config, model_dir):
             model = keras.saving.load_model(last)
             print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
         else:
-            model = build_model(config, data.num_classes, data.image_shape, steps)
+            model = build_model(config, data.num_classes, data.image_shape, steps, data.num_labeled)
+            if config.prediction == "knn":
+                model.set_labeled_set(data.labeled_images, data.labeled_labels)
 
     # Cluster ids are arbitrary without labels: clustering runs keep the best ACC.
     if config.mode == "clustering":

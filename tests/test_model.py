@@ -76,9 +76,65 @@ def test_k_larger_than_labeled_part_is_a_clear_error():
 
 
 def test_invalid_constructor_arguments():
-    for bad in ({"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"}, {"warmup_steps": -1}):
+    for bad in (
+        {"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"},
+        {"warmup_steps": -1}, {"prediction": "vote"}, {"prediction": "knn", "labeled_set_size": 1},
+        {"prediction": "classifier", "labeled_set_size": 6},
+    ):
         with pytest.raises(ValueError):
             tiny_model(**bad)
+
+
+def _numpy_knn(features, labeled_features, labeled_labels, k):
+    distances = np.sqrt(((features[:, None] - labeled_features[None]) ** 2).sum(-1))
+    neighbours = np.argsort(distances, axis=1)[:, :k]
+    votes = np.zeros((len(features), 3))
+    for i, row in enumerate(neighbours):
+        for j in row:
+            votes[i, labeled_labels[j]] += 1.0 / (distances[i, j] + 1e-8)
+    return votes.argmax(1)
+
+
+def test_knn_prediction_votes_among_the_stored_labeled_images():
+    model = tiny_model(prediction="knn", labeled_set_size=6)
+    ds, images, labels = batches()
+    with pytest.raises(ValueError, match="expected 6 images"):
+        model.set_labeled_set(images[:5], labels[:5])
+    with pytest.raises(ValueError, match="labels must be in"):
+        model.set_labeled_set(images[6:], labels[6:] + 3)
+    model.set_labeled_set(images[6:], labels[6:])
+    model.fit(ds, epochs=1, verbose=0)
+    expected = _numpy_knn(model.extract_features(images), model.extract_features(images[6:]), labels[6:], k=2)
+    predicted = model.predict_labels(images, batch_size=5)
+    np.testing.assert_array_equal(predicted, expected)
+    result = model.evaluate(images, labels, batch_size=5, verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["error"], 100.0 * np.mean(predicted != labels), rtol=1e-5)
+    # The vote follows the stored labels, not the classifier.
+    model.set_labeled_set((images[6:] * 255).astype("uint8"), (labels[6:] + 1) % 3)
+    shifted = _numpy_knn(model.extract_features(images), model.extract_features(images[6:]), (labels[6:] + 1) % 3, k=2)
+    np.testing.assert_array_equal(model.predict_labels(images), shifted)
+    assert not np.array_equal(shifted, expected)
+    with pytest.raises(ValueError, match="for prediction='knn'"):
+        tiny_model().set_labeled_set(images[6:], labels[6:])
+
+
+def test_knn_model_config_and_keras_file_round_trip(tmp_path):
+    model = tiny_model(prediction="knn", labeled_set_size=6, assignment_weighting="majority")
+    ds, images, labels = batches()
+    model.set_labeled_set(images[6:], labels[6:])
+    model.fit(ds, epochs=1, verbose=0)
+    expected = model.predict_labels(images)
+
+    clone = GMVAE.from_config(model.get_config())
+    assert clone.get_config() == model.get_config()
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone.predict_labels(images), expected)
+
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(loaded.labeled_images.numpy(), images[6:])
+    np.testing.assert_array_equal(loaded.labeled_image_labels.numpy(), labels[6:])
+    np.testing.assert_array_equal(loaded.predict_labels(images), expected)
 
 
 def test_inference_methods_are_deterministic():

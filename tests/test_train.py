@@ -181,6 +181,8 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"learning_rate": 0.0}, ConfigError, "--learning_rate must be > 0"),
         ({"auxiliary_warmup_epochs": -0.5}, ConfigError, "--auxiliary_warmup_epochs must be >= 0"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
+        ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
+        ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
     ],
 )
 def test_bad_input_fails_before_writing(mnist_files, tmp_path, overrides, error, message):
@@ -307,6 +309,26 @@ def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
     )
     metrics = train_and_evaluate(config, tmp_path / "run")
     assert metrics["dataset"] == "svhn" and 0 <= metrics["test_error_best"] <= 100
+
+
+def test_knn_prediction_run_scores_and_exports_the_vote(mnist_files, tmp_path):
+    import keras
+
+    from gmvae_keras.train import load_data
+
+    config = tiny_config(mnist_files, epochs=1, prediction="knn", image_summary_every=0)
+    model_dir = tmp_path / "run"
+    metrics = train_and_evaluate(config, model_dir)
+    data = load_data(config)
+    best = keras.saving.load_model(model_dir / "best.keras")
+    np.testing.assert_array_equal(best.labeled_images.numpy(), data.labeled_images.astype("float32") / 255.0)
+    np.testing.assert_array_equal(best.labeled_image_labels.numpy(), data.labeled_labels)
+    predicted = best.predict_labels(data.test_images)
+    assert metrics["test_error_best"] == pytest.approx(100.0 * np.mean(predicted != data.test_labels))
+    served = tf.saved_model.load(str(model_dir / "export")).signatures["serving_uint8"](
+        images=tf.constant(data.test_images)
+    )
+    np.testing.assert_array_equal(served["label"].numpy(), predicted)
 
 
 def test_short_real_mnist_run(tmp_path):

@@ -6,7 +6,8 @@ Loads a run's saved model and its labeled set (`labeled_indices.npy`), embeds th
 and the images of one split (default: the validation split; use `--split test` only for a
 finished run you are not tuning), and prints one JSON object with the error (%) of:
 
-* `classifier_error`: argmax q(y|x̂), the model's prediction;
+* `classifier_error`: argmax q(y|x̂) (the model's prediction unless it was trained with
+  `--prediction=knn`, which predicts by the vote below with the run's `--k`);
 * `knn_error[k]`: the assignment rule of L_A (`losses.assign_labels`: the run's `--k` and
   weighting) applied to every image of the split, against the whole labeled set;
 * `agreement`: the share of images where the classifier and the vote with the first `--k`
