@@ -48,8 +48,15 @@ def learning_rate(config, steps_per_epoch):
     return config.learning_rate
 
 
-def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set_size=0):
-    """A compiled GMVAE for `config` (`labeled_set_size` for `--prediction=knn`)."""
+def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=None):
+    """A compiled GMVAE for `config`.
+
+    `labeled_set`, `(images, labels)` of the labeled training images, is
+    stored in the model for `--prediction=knn` (and required by it).
+    """
+    knn = config.prediction == "knn"
+    if knn and labeled_set is None:
+        raise ValueError("--prediction=knn needs the labeled set to vote among")
     model = GMVAE(
         image_shape=image_shape,
         num_classes=num_classes,
@@ -68,9 +75,11 @@ def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set_s
         warmup_steps=round(config.auxiliary_warmup_epochs * steps_per_epoch),
         assignment_balance=config.assignment_balance,
         prediction=config.prediction,
-        labeled_set_size=labeled_set_size if config.prediction == "knn" else 0,
+        labeled_set_size=len(labeled_set[1]) if knn else 0,
         seed=config.seed,
     )
+    if knn:
+        model.set_labeled_set(*labeled_set)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
         jit_compile=config.jit_compile,
@@ -185,9 +194,9 @@ def train_and_evaluate(config, model_dir):
             model = keras.saving.load_model(last)
             print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
         else:
-            model = build_model(config, data.num_classes, data.image_shape, steps, data.num_labeled)
-            if config.prediction == "knn":
-                model.set_labeled_set(data.labeled_images, data.labeled_labels)
+            model = build_model(
+                config, data.num_classes, data.image_shape, steps, (data.labeled_images, data.labeled_labels)
+            )
 
     # Cluster ids are arbitrary without labels: clustering runs keep the best ACC.
     if config.mode == "clustering":

@@ -138,10 +138,12 @@ def _tiny_flags(tiny_run):
     ]
 
 
-def test_assignment_probe_reports_each_block(tiny_run, tmp_path, capsys):
+@pytest.mark.parametrize("extra", [[], ["--prediction=knn"]])
+def test_assignment_probe_reports_each_block(tiny_run, tmp_path, capsys, extra):
     out = tmp_path / "probe.jsonl"
     tool = _load_tool("assignment_probe")
-    assert tool.main(["--every", "1", "--reports", "2", "--images", "50", "--out", str(out), "--"] + _tiny_flags(tiny_run)) == 0
+    flags = _tiny_flags(tiny_run) + extra
+    assert tool.main(["--every", "1", "--reports", "2", "--images", "50", "--out", str(out), "--"] + flags) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == out.read_text().strip().splitlines()
     rows = [json.loads(line) for line in lines]

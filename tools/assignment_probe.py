@@ -97,7 +97,9 @@ def main(argv=None):
     keras.utils.set_random_seed(config.seed)
     stream, steps = train.train_stream(data, config)
     stream = stream.repeat()  # blocks of --every steps, not epochs
-    model = train.build_model(config, data.num_classes, data.image_shape, steps)
+    model = train.build_model(
+        config, data.num_classes, data.image_shape, steps, (data.labeled_images, data.labeled_labels)
+    )
     rng = np.random.default_rng(0)
     train_subset = rng.choice(len(data.train_labels), min(args.images, len(data.train_labels)), replace=False)
     val_subset = rng.choice(len(data.val_labels), min(args.images, len(data.val_labels)), replace=False)
