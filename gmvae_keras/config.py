@@ -51,7 +51,7 @@ class Config:
     k: int = _field(5, "Neighbours in the k-NN label assignment.")
     assignment_weighting: str = _field("distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=["distance", "majority"])
     assignment_balance: str = _field("none", "Rebalance the k-NN assignment of each batch so every class gets about an equal share (Sinkhorn over the classes): none (paper), vote (over the k-NN votes) or distance (over the distances to each class's nearest labeled sample).", choices=["none", "vote", "distance"])
-    prediction: str = _field("classifier", "Predicted class: argmax q(y|x̂) (paper), or knn: the k-NN vote of L_A's assignment rule (--k, --assignment_weighting) among the labeled training images' features. Also picks the best-validation model.", choices=["classifier", "knn"])
+    prediction: str = _field("classifier", "Predicted class: argmax q(y|x̂) (paper), or knn: the plain k-NN vote of L_A's assignment rule (--k, --assignment_weighting; no --assignment_balance) among the labeled training images' features. Also picks the best-validation model.", choices=["classifier", "knn"])
     auxiliary_warmup_epochs: float = _field(0.0, "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count fully from the start); 0 (paper) disables.")
     # Gumbel-Softmax.
     temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
@@ -108,6 +108,8 @@ class Config:
             raise ConfigError(f"--k must be >= 1, got {self.k}")
         if self.prediction == "knn" and self.mode == "clustering":
             raise ConfigError("--prediction=knn votes among labeled images; --mode=clustering has none")
+        if self.prediction == "knn" and self.k > self.num_labeled:
+            raise ConfigError(f"--prediction=knn: --k={self.k} is larger than --num_labeled={self.num_labeled}")
         labeled = self.resolved_labeled_per_batch()
         if labeled >= self.batch_size:
             raise ConfigError(f"--labeled_per_batch={labeled} leaves no unlabeled image in a batch of {self.batch_size}")

@@ -8,7 +8,8 @@ The export needs only TensorFlow to serve:
 
 Both signatures take a batch in the dataset's image shape and return
 `probabilities` (q(y|x̂)), `label` (the model's prediction: argmax q(y|x̂),
-or the k-NN vote of a model trained with `--prediction=knn`) and `features` (x̂),
+or the k-NN vote of a model trained with `--prediction=knn`, whose export then
+holds the labeled training images) and `features` (x̂),
 deterministically (inference mode: no sampling, BatchNorm moving averages).
 Images of another shape, and float images outside [0, 1], fail with an
 InvalidArgumentError that says so; another dtype fails when the signature
@@ -28,7 +29,7 @@ def _outputs(model, images):
     features, logits = model.classify(images, training=False)
     return {
         "probabilities": tf.nn.softmax(logits, axis=-1),
-        "label": tf.cast(model.predicted_labels(features, logits), tf.int64),
+        "label": tf.cast(model.labels_from_outputs(features, logits), tf.int64),
         "features": features,
     }
 

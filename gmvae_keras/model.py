@@ -69,10 +69,11 @@ class GMVAE(keras.Model):
     class. It assumes roughly balanced classes.
 
     With `prediction="knn"` (not in the paper) the model predicts by the
-    assignment rule of L_A instead of argmax q(y|x̂): a k-NN vote (same `k`
-    and `assignment_weighting`) among the features of the labeled training
-    images, which it stores (`set_labeled_set`, saved with the model) and
-    encodes afresh at each prediction. `predict_proba` stays q(y|x̂).
+    assignment rule of L_A instead of argmax q(y|x̂): the plain k-NN vote
+    (same `k` and `assignment_weighting`, no `assignment_balance`) among the
+    features of the labeled training images, which it stores
+    (`set_labeled_set`, saved with the model) and encodes afresh at each
+    prediction. `predict_proba` stays q(y|x̂).
 
     `test_step` takes `(images, labels)` (or the same dict) and reports
     `error`, the classification error (%) of the model's prediction.
@@ -298,7 +299,7 @@ class GMVAE(keras.Model):
         self.labeled_images.assign(images.astype("float32"))
         self.labeled_image_labels.assign(labels.astype("int32"))
 
-    def predicted_labels(self, features, logits):
+    def labels_from_outputs(self, features, logits):
         """`[n]` int32 predictions from `classify`'s outputs (see `prediction`)."""
         if self.prediction == "classifier":
             return ops.cast(ops.argmax(logits, axis=-1), "int32")
@@ -438,7 +439,7 @@ class GMVAE(keras.Model):
 
     def test_step(self, data):
         images, labels, _ = self._unpack(data)
-        predicted = self.predicted_labels(*self.classify(images, training=False))
+        predicted = self.labels_from_outputs(*self.classify(images, training=False))
         wrong = ops.not_equal(predicted, ops.cast(labels, "int32"))
         self.error_tracker.update_state(100.0 * ops.cast(wrong, "float32"))
         return {"error": self.error_tracker.result()}
@@ -447,7 +448,7 @@ class GMVAE(keras.Model):
 
     def _infer(self, images):
         features, logits = self.classify(images, training=False)
-        return features, logits, self.predicted_labels(features, logits)
+        return features, logits, self.labels_from_outputs(features, logits)
 
     def _infer_batches(self, images, batch_size):
         if self._inference_function is None:

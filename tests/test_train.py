@@ -183,6 +183,7 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
+        ({"prediction": "knn", "num_labeled": 10, "batch_size": 60, "k": 15}, ConfigError, "larger than --num_labeled=10"),
     ],
 )
 def test_bad_input_fails_before_writing(mnist_files, tmp_path, overrides, error, message):

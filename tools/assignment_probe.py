@@ -8,7 +8,8 @@ training stream as a run with those flags would (the learning-rate schedule span
 epochs; the temperature stays at its first-epoch value), trains `--every` steps at a time and after
 each block prints one JSON line:
 
-* `val_error`: error (%) of argmax q(y|x̂) on `--images` validation images;
+* `val_error`: error (%) of the model's prediction (argmax q(y|x̂), or the vote with
+  `--prediction=knn`) on `--images` validation images;
 * `assignment_accuracy`, `class_accuracy[c]`, `class_share[c]`: the assignment rule of L_A
   (`losses.assign_labels`, the run's k and weighting) applied to `--images` training images
   against the whole labeled set: how often it is right, per true class, and the share of the
