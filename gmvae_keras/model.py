@@ -292,18 +292,24 @@ class GMVAE(keras.Model):
                 f"expected {self.labeled_set_size} images of shape {self.image_shape} and as many labels, "
                 f"got images {images.shape} and labels {labels.shape}"
             )
-        if labels.size and not (0 <= labels.min() and labels.max() < self.num_classes):
+        if not (0 <= labels.min() and labels.max() < self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes})")
         if images.dtype == np.uint8:
             images = images.astype("float32") / 255.0
         self.labeled_images.assign(images.astype("float32"))
         self.labeled_image_labels.assign(labels.astype("int32"))
 
-    def labels_from_outputs(self, features, logits):
-        """`[n]` int32 predictions from `classify`'s outputs (see `prediction`)."""
+    def labels_from_outputs(self, features, logits, labeled_features=None):
+        """`[n]` int32 predictions from `classify`'s outputs (see `prediction`).
+
+        `labeled_features` are the stored labeled images' features; pass
+        them when predicting many batches so the labeled set is encoded
+        once rather than per batch (None encodes it here).
+        """
         if self.prediction == "classifier":
             return ops.cast(ops.argmax(logits, axis=-1), "int32")
-        labeled_features = self.encoder(self.labeled_images, training=False)
+        if labeled_features is None:
+            labeled_features = self.encoder(self.labeled_images, training=False)
         votes = losses.class_votes_from_distances(
             losses.pairwise_distance(features, labeled_features),
             self.labeled_image_labels,
@@ -447,8 +453,7 @@ class GMVAE(keras.Model):
     # ----------------------------------------------------------- inference
 
     def _infer(self, images):
-        features, logits = self.classify(images, training=False)
-        return features, logits, self.labels_from_outputs(features, logits)
+        return self.classify(images, training=False)
 
     def _infer_batches(self, images, batch_size):
         if self._inference_function is None:
@@ -456,28 +461,36 @@ class GMVAE(keras.Model):
         images = np.asarray(images)
         if images.dtype == np.uint8:
             images = images.astype("float32") / 255.0
-        features, logits, labels = [], [], []
+        features, logits = [], []
         for start in range(0, len(images), batch_size):
-            f, l, y = self._inference_function(tf.constant(images[start : start + batch_size], "float32"))
+            f, l = self._inference_function(tf.constant(images[start : start + batch_size], "float32"))
             features.append(f.numpy())
             logits.append(l.numpy())
-            labels.append(y.numpy())
         if not features:
-            return (
-                np.zeros((0, self.feature_size), "float32"),
-                np.zeros((0, self.num_classes), "float32"),
-                np.zeros((0,), "int32"),
-            )
-        return np.concatenate(features), np.concatenate(logits), np.concatenate(labels)
+            return np.zeros((0, self.feature_size), "float32"), np.zeros((0, self.num_classes), "float32")
+        return np.concatenate(features), np.concatenate(logits)
 
     def predict_proba(self, images, batch_size=1000):
         """q(y|x̂) for images (uint8 0–255 or float in [0, 1]), deterministic."""
-        _, logits, _ = self._infer_batches(images, batch_size)
+        _, logits = self._infer_batches(images, batch_size)
         return keras.ops.convert_to_numpy(ops.softmax(logits, axis=-1))
 
     def predict_labels(self, images, batch_size=1000):
         """The predicted classes: argmax q(y|x̂), or the k-NN vote with `prediction="knn"`."""
-        return self._infer_batches(images, batch_size)[2]
+        features, logits = self._infer_batches(images, batch_size)
+        labeled_features = None
+        if self.prediction == "knn":
+            # Encoded once per call: the vote compares every image with the same labeled features.
+            labeled_features, _ = self._infer_batches(keras.ops.convert_to_numpy(self.labeled_images), batch_size)
+        labels = [
+            keras.ops.convert_to_numpy(
+                self.labels_from_outputs(
+                    features[start : start + batch_size], logits[start : start + batch_size], labeled_features
+                )
+            )
+            for start in range(0, len(features), batch_size)
+        ]
+        return np.concatenate(labels) if labels else np.zeros((0,), "int32")
 
     def extract_features(self, images, batch_size=1000):
         """The deterministic features x̂ = g(x)."""

@@ -33,7 +33,7 @@ def probe(model, labeled_images, labeled_labels, images, labels, ks, num_classes
     from gmvae_keras import losses
 
     labeled_features = model.extract_features(labeled_images, batch_size)
-    features, logits, _ = model._infer_batches(images, batch_size)
+    features, logits = model._infer_batches(images, batch_size)
     predictions = np.argmax(logits, axis=-1)
     result = {
         "images": int(len(labels)),
