@@ -5,8 +5,11 @@ Benchmarks are not tests: only the structure and the signs are checked.
 
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -230,3 +233,18 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
     assert not (sweep / "results.md").exists()
     assert tool.main(argv[:-1] + ["--no_such_flag=1"]) == 2
     assert "no_such_flag" in capsys.readouterr().err
+
+
+def test_reproduce_passes_a_sigterm_on_to_the_training():
+    tool = _load_tool("reproduce")
+    # Stands in for a seed's training: it would sleep for a minute unless the signal reaches it.
+    child = [sys.executable, "-c", "import time; time.sleep(60)"]
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = tool.run_seed(child)
+    finally:
+        timer.cancel()
+    assert code == -signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -20,6 +20,7 @@ Extra flags after `--` go to every run.
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -125,6 +126,26 @@ def table(args, results):
     return "\n".join(lines) + "\n"
 
 
+def run_seed(command):
+    """Runs one seed's training and returns its exit status.
+
+    A SIGTERM or SIGHUP sent to this tool (`kill`, a closed terminal) is passed on
+    to the training, which would otherwise go on alone; rerunning the command
+    resumes it from its last finished epoch.
+    """
+    child = subprocess.Popen(command, cwd=REPO, env=dict(os.environ))
+
+    def forward(signum, frame):
+        child.send_signal(signum)
+
+    previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.num_labeled is None:
@@ -155,7 +176,9 @@ def main(argv=None):
         else:
             command = run_command(args, seed, model_dir)
             print(f"[reproduce] seed {seed}: {' '.join(command)}", flush=True)
-            code = subprocess.call(command, cwd=REPO, env=dict(os.environ))
+            code = run_seed(command)
+            if code < 0:  # killed by a signal: report it as a shell would
+                code = 128 - code
             if code != 0:
                 print(f"[reproduce] seed {seed} stopped with status {code}; rerun to resume", file=sys.stderr)
                 return code
