@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -235,16 +236,36 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
     assert "no_such_flag" in capsys.readouterr().err
 
 
-def test_reproduce_passes_a_sigterm_on_to_the_training():
+def test_reproduce_passes_a_sigterm_on_to_the_training(tmp_path):
     tool = _load_tool("reproduce")
-    # Stands in for a seed's training: it would sleep for a minute unless the signal reaches it.
-    child = [sys.executable, "-c", "import time; time.sleep(60)"]
-    before = signal.getsignal(signal.SIGTERM)
-    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    # Stands in for a seed's training: it records the SIGTERM and exits 0, or sleeps a minute.
+    child = [
+        sys.executable, "-c",
+        "import pathlib, signal, sys, time\n"
+        f"d = pathlib.Path({str(tmp_path)!r})\n"
+        "signal.signal(signal.SIGTERM, lambda *a: ((d / 'terminated').touch(), sys.exit(0)))\n"
+        "(d / 'ready').touch()\n"
+        "time.sleep(60)\n",
+    ]
+
+    def send_when_ready():
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stray = []
+    def outer(signum, frame):  # a SIGTERM that misses run_seed's handler lands here, not on pytest
+        stray.append(signum)
+
+    before = signal.signal(signal.SIGTERM, outer)
     try:
+        threading.Thread(target=send_when_ready, daemon=True).start()
         code = tool.run_seed(child)
+        restored = signal.getsignal(signal.SIGTERM)
     finally:
-        timer.cancel()
-    assert code == -signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) == before
+        signal.signal(signal.SIGTERM, before)
+    assert (tmp_path / "terminated").exists(), "the training did not get the SIGTERM"
+    # Stopped, not finished, although the training exited 0: the sweep must not go on.
+    assert code == 128 + signal.SIGTERM
+    assert restored is outer and not stray

@@ -127,23 +127,43 @@ def table(args, results):
 
 
 def run_seed(command):
-    """Runs one seed's training and returns its exit status.
+    """Runs one seed's training and returns its exit status (128 + N after signal N).
 
-    A SIGTERM or SIGHUP sent to this tool (`kill`, a closed terminal) is passed on
-    to the training, which would otherwise go on alone; rerunning the command
-    resumes it from its last finished epoch.
+    A SIGTERM or SIGHUP sent to this tool (`kill <pid>`) is passed on to the
+    training, which would otherwise go on alone; so is a SIGINT that reaches only
+    the tool (Ctrl-C reaches both). Rerunning the command resumes the seed from
+    its last finished epoch.
     """
-    child = subprocess.Popen(command, cwd=REPO, env=dict(os.environ))
+    received = []
+    child = []
 
     def forward(signum, frame):
-        child.send_signal(signum)
+        received.append(signum)
+        if child:
+            child[0].send_signal(signum)
 
-    previous = {number: signal.signal(number, forward) for number in (signal.SIGTERM, signal.SIGHUP)}
+    numbers = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    # Installed before the child starts, so a signal in between is not lost.
+    previous = {number: signal.signal(number, forward) for number in numbers}
     try:
-        return child.wait()
+        child.append(subprocess.Popen(command, cwd=REPO, env=dict(os.environ)))
+        if received:
+            child[0].send_signal(received[0])
+        try:
+            code = child[0].wait()
+        except KeyboardInterrupt:
+            try:
+                child[0].wait(timeout=30)  # after a Ctrl-C it stops by itself
+            except subprocess.TimeoutExpired:
+                child[0].send_signal(signal.SIGINT)
+                child[0].wait()
+            return 128 + signal.SIGINT
     finally:
         for number, handler in previous.items():
-            signal.signal(number, handler)
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+    if received:  # asked to stop: do not go on to the next seed even if the training exited 0
+        return 128 + received[0]
+    return code
 
 
 def main(argv=None):
@@ -177,7 +197,7 @@ def main(argv=None):
             command = run_command(args, seed, model_dir)
             print(f"[reproduce] seed {seed}: {' '.join(command)}", flush=True)
             code = run_seed(command)
-            if code < 0:  # killed by a signal: report it as a shell would
+            if code < 0:  # the training was killed by a signal: report it as a shell would
                 code = 128 - code
             if code != 0:
                 print(f"[reproduce] seed {seed} stopped with status {code}; rerun to resume", file=sys.stderr)
