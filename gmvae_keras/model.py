@@ -481,7 +481,7 @@ class GMVAE(keras.Model):
         labeled_features = None
         if self.prediction == "knn":
             # Encoded once per call: the vote compares every image with the same labeled features.
-            labeled_features, _ = self._infer_batches(keras.ops.convert_to_numpy(self.labeled_images), batch_size)
+            labeled_features = self.extract_features(keras.ops.convert_to_numpy(self.labeled_images), batch_size)
         labels = [
             keras.ops.convert_to_numpy(
                 self.labels_from_outputs(

@@ -163,7 +163,7 @@ def run_seed(command):
             signal.signal(number, signal.SIG_DFL if handler is None else handler)
     if received:  # asked to stop: do not go on to the next seed even if the training exited 0
         return 128 + received[0]
-    return code
+    return 128 - code if code < 0 else code  # killed by a signal: report it as a shell would
 
 
 def main(argv=None):
@@ -197,8 +197,6 @@ def main(argv=None):
             command = run_command(args, seed, model_dir)
             print(f"[reproduce] seed {seed}: {' '.join(command)}", flush=True)
             code = run_seed(command)
-            if code < 0:  # the training was killed by a signal: report it as a shell would
-                code = 128 - code
             if code != 0:
                 print(f"[reproduce] seed {seed} stopped with status {code}; rerun to resume", file=sys.stderr)
                 return code
