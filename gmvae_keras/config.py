@@ -38,6 +38,7 @@ class Config:
     lr_decay_epochs: int = _field(30, "With --lr_schedule=step: epochs between decays.")
     lr_decay_rate: float = _field(0.5, "With --lr_schedule=step: factor of each decay.")
     augment_shift: int = _field(0, "Translate training images randomly by up to N pixels per axis; 0 (paper) disables.")
+    augment_flip: bool = _field(False, "Mirror each training image left-right with probability 1/2 (not in the paper); for mirror-symmetric classes such as clothes, not digits.")
     # Networks.
     feature_size: int = _field(100, "f_sz: length of the features x̂ = g(x).")
     latent_size: int = _field(100, "z_sz: length of the Gaussian latent z.")

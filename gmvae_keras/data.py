@@ -816,7 +816,16 @@ def random_shift(images, max_shift, seed):
     return tf.gather(picked, cols, axis=2, batch_dims=1)
 
 
-def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment_shift=0, num_shards=1, shard_index=0):
+def random_flip(images, seed):
+    """Mirrors each image of a `[B, H, W, C]` batch left-right with probability 1/2."""
+    batch = tf.shape(images)[0]
+    flip = tf.random.stateless_uniform([batch, 1, 1, 1], seed) < 0.5
+    return tf.where(flip, tf.reverse(images, axis=[2]), images)
+
+
+def make_train_dataset(
+    data, batch_size, labeled_per_batch=None, seed=0, augment_shift=0, augment_flip=False, num_shards=1, shard_index=0
+):
     """One epoch of semi-supervised training batches.
 
     Each element is a dict:
@@ -835,7 +844,9 @@ def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment
 
     `augment_shift > 0` translates every training image (labeled and
     unlabeled) by a random offset of up to that many pixels per axis
-    (`random_shift`); the paper uses no augmentation (0).
+    (`random_shift`); the paper uses no augmentation (0). `augment_flip`
+    mirrors every training image left-right with probability 1/2
+    (`random_flip`; off in the paper).
 
     With `num_shards > 1` (one input pipeline per worker of a distributed
     run) every shard walks the same seeded permutation and keeps every
@@ -893,16 +904,22 @@ def make_train_dataset(data, batch_size, labeled_per_batch=None, seed=0, augment
     ds = ds.map(
         assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    if augment_shift:
-        shift_seeds = tf.data.Dataset.random(seed=seed_u + 1).batch(2)
+    if augment_shift or augment_flip:
+        step_seeds = tf.data.Dataset.random(seed=seed_u + 1).batch(2)
 
-        def shift(element, step_seed):
+        def augment(element, step_seed):
             element = dict(element)
-            element["images"] = random_shift(element["images"], augment_shift, step_seed)
+            images = element["images"]
+            if augment_shift:
+                images = random_shift(images, augment_shift, step_seed)
+            if augment_flip:
+                # A seed of its own, so turning flips on leaves the shifts as they were.
+                images = random_flip(images, tf.random.experimental.stateless_split(step_seed, 1)[0])
+            element["images"] = images
             return element
 
-        ds = tf.data.Dataset.zip((ds, shift_seeds)).map(
-            shift, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        ds = tf.data.Dataset.zip((ds, step_seeds)).map(
+            augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -76,6 +76,7 @@ def distributed_train_dataset(strategy, data, config, batch, labeled):
             labeled,
             seed=config.seed,
             augment_shift=config.augment_shift,
+            augment_flip=config.augment_flip,
             num_shards=context.num_input_pipelines,
             shard_index=context.input_pipeline_id,
         )

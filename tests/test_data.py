@@ -498,6 +498,38 @@ def test_random_shift_translates_each_image_within_the_bound():
     assert len(offsets) > 3  # offsets differ between images
 
 
+def test_random_flip_mirrors_about_half_the_images():
+    import tensorflow as tf
+
+    from gmvae_keras.data import random_flip
+
+    rng = np.random.default_rng(1)
+    images = rng.random((64, 6, 6, 1)).astype("float32")
+    out = random_flip(tf.constant(images), tf.constant([7, 8], tf.int64)).numpy()
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
+    kept = [np.array_equal(o, i) for o, i in zip(out, images)]
+    assert all(m != k for m, k in zip(mirrored, kept))  # each image is one or the other
+    assert 16 < sum(mirrored) < 48
+    again = random_flip(tf.constant(images), tf.constant([7, 8], tf.int64)).numpy()
+    np.testing.assert_array_equal(out, again)
+
+
+def test_flip_leaves_the_shifts_as_they_were(tmp_path):
+    from gmvae_keras import data as data_lib
+
+    write_idx_dataset(tmp_path, n_train=200, n_test=20, seed=2)
+    splits = data_lib.load_dataset("mnist", data_dir=tmp_path, num_labeled=20, seed=0)
+    plain = next(iter(data_lib.make_train_dataset(splits, 40, seed=5)))["images"].numpy()
+    flipped = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_flip=True)))["images"].numpy()
+    mirrored = [np.array_equal(f, p[:, ::-1]) and not np.array_equal(f, p) for f, p in zip(flipped, plain)]
+    assert 0 < sum(mirrored) < len(plain)
+    assert all(np.array_equal(f, p) or m for f, p, m in zip(flipped, plain, mirrored))
+    shifted = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_shift=2)))["images"].numpy()
+    both = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_shift=2, augment_flip=True)))
+    both = both["images"].numpy()
+    assert all(np.array_equal(b, s) or np.array_equal(b, s[:, ::-1]) for b, s in zip(both, shifted))
+
+
 def test_augmented_pipeline_keeps_labels_and_layout(tmp_path):
     from gmvae_keras import data as data_lib
 
