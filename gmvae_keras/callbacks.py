@@ -45,6 +45,48 @@ class TemperatureAnnealing(keras.callbacks.Callback):
             logs["temperature"] = float(self.model.gumbel_softmax.temperature.numpy())
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Puts the optimizer's moving average of the weights into the model
+    between epochs, for validation, checkpoints and the final model.
+
+    The optimizer must be built with `use_ema=True`. At the end of every
+    epoch the model's trainable weights and their averages (kept by the
+    optimizer) trade places; at the start of every epoch but the first they
+    trade back, so training goes on from the raw weights. The rule needs no
+    state: between epochs, and so in every checkpoint, the model holds the
+    average and the optimizer the raw weights, and a run resumed from a
+    checkpoint swaps back at its first epoch like any other. After the last
+    epoch the average stays in the model (and Keras's final
+    `finalize_variable_values` finds it in the optimizer too). Place it before
+    the callbacks that read the weights (validation, checkpointing).
+    """
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch > 0:
+            self._swap_variables()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._swap_variables()
+        if epoch == self.params["epochs"] - 1:
+            self._finalize_ema_values()
+
+    # Inside fit the swap is per epoch only.
+    def on_test_begin(self, logs=None):
+        pass
+
+    def on_test_end(self, logs=None):
+        pass
+
+    def on_predict_begin(self, logs=None):
+        pass
+
+    def on_predict_end(self, logs=None):
+        pass
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the optimizer's current learning rate to the epoch logs."""
 

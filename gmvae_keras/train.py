@@ -12,6 +12,7 @@ from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
 from gmvae_keras import distribute
 from gmvae_keras.callbacks import (
+    AveragedWeights,
     EpochSummary,
     ImageSummaries,
     LearningRateLogger,
@@ -81,7 +82,11 @@ def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=N
     if knn:
         model.set_labeled_set(*labeled_set)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
+        optimizer=keras.optimizers.Adam(
+            learning_rate(config, steps_per_epoch),
+            use_ema=config.ema_momentum > 0,
+            ema_momentum=config.ema_momentum,
+        ),
         jit_compile=config.jit_compile,
     )
     return model
@@ -209,6 +214,8 @@ def train_and_evaluate(config, model_dir):
         TerminateOnNonFinite(("loss",) + LOSS_TERMS),
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
     ]
+    if config.ema_momentum:
+        callbacks.append(AveragedWeights())
     if chief:
         callbacks += [
             ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -180,6 +181,8 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"margin": -0.5}, ConfigError, "--margin must be >= 0"),
         ({"learning_rate": 0.0}, ConfigError, "--learning_rate must be > 0"),
         ({"auxiliary_warmup_epochs": -0.5}, ConfigError, "--auxiliary_warmup_epochs must be >= 0"),
+        ({"ema_momentum": 1.0}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
+        ({"ema_momentum": -0.1}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
@@ -369,6 +372,39 @@ def test_interrupted_run_resumes_after_its_last_complete_epoch(mnist_files, tmp_
     assert "resuming" in out and "after epoch 2" in out
     assert "epoch 3/3" in out and "epoch 1/3" not in out
     assert metrics["epochs"] == 3
+
+
+def test_averaged_weights_run_validates_and_resumes_with_the_average(mnist_files, tmp_path, monkeypatch):
+    from gmvae_keras import callbacks
+
+    config = tiny_config(mnist_files, epochs=2, image_summary_every=0, steps_per_epoch=3, ema_momentum=0.9)
+    events = []
+    swap, validate = callbacks.AveragedWeights._swap_variables, callbacks.ValidationMetrics.on_epoch_end
+
+    def record_swap(self):
+        events.append("swap")
+        swap(self)
+
+    def record_validation(self, epoch, logs=None):
+        events.append("validate")
+        validate(self, epoch, logs)
+
+    def interrupt(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks.AveragedWeights, "_swap_variables", record_swap)
+    monkeypatch.setattr(callbacks.ValidationMetrics, "on_epoch_end", record_validation)
+    monkeypatch.setattr(callbacks.EpochSummary, "on_epoch_end", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, tmp_path / "run")
+    assert events == ["swap", "validate"]  # validation and the checkpoint see the average
+    saved = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "epoch-0001.keras")
+    assert saved.optimizer.use_ema and len(saved.optimizer._model_variables_moving_average) == len(
+        saved.trainable_variables
+    )
+    monkeypatch.undo()
+    metrics = train_and_evaluate(config, tmp_path / "run")
+    assert metrics["epochs"] == 2 and np.isfinite(metrics["test_error_best"])
 
 
 @pytest.mark.parametrize("name, feature_size, latent_size", [("mnist", "100", "150"), ("fashion_mnist", "200", "50")])
