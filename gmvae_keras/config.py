@@ -38,7 +38,7 @@ class Config:
     lr_decay_epochs: int = _field(30, "With --lr_schedule=step: epochs between decays.")
     lr_decay_rate: float = _field(0.5, "With --lr_schedule=step: factor of each decay.")
     augment_shift: int = _field(0, "Translate training images randomly by up to N pixels per axis; 0 (paper) disables.")
-    ema_momentum: float = _field(0.0, "Validate, checkpoint and predict with an exponential moving average of the weights with this momentum (e.g. 0.999; not in the paper); 0 (paper) disables.")
+    ema_momentum: float = _field(0.0, "Validate, checkpoint and predict with an exponential moving average of the weights with this momentum (e.g. 0.999; not in the paper), BatchNormalization statistics re-estimated for it; 0 (paper) disables.")
     augment_flip: bool = _field(False, "Mirror each training image left-right with probability 1/2 (not in the paper); for mirror-symmetric classes such as clothes, not digits.")
     # Networks.
     feature_size: int = _field(100, "f_sz: length of the features x̂ = g(x).")
@@ -96,6 +96,8 @@ class Config:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"--ema_momentum must be in [0, 1), got {self.ema_momentum}")
+        if self.ema_momentum and self.strategy != "default":
+            raise ConfigError(f"--ema_momentum works with --strategy=default only, got --strategy={self.strategy}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:

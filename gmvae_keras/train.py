@@ -35,6 +35,10 @@ _RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy",
 _RUN_DIRS = ("checkpoints", "export", "logs")
 
 
+# Batches of training images that re-estimate BatchNormalization statistics for averaged weights.
+_RECALIBRATION_BATCHES = 20
+
+
 def learning_rate(config, steps_per_epoch):
     """The learning rate or schedule of `config`, in optimizer steps."""
     if config.lr_schedule == "cosine":
@@ -215,7 +219,9 @@ def train_and_evaluate(config, model_dir):
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
     ]
     if config.ema_momentum:
-        callbacks.append(AveragedWeights())
+        # A fixed sample of training images re-estimates the BatchNormalization statistics for the average.
+        sample = data.train_images[: _RECALIBRATION_BATCHES * config.batch_size].astype("float32") / 255.0
+        callbacks.append(AveragedWeights(sample, config.batch_size))
     if chief:
         callbacks += [
             ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size),

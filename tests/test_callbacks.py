@@ -84,3 +84,23 @@ def test_a_run_resumed_from_an_epoch_checkpoint_matches_an_uninterrupted_one(tmp
     _fit(resumed, [AveragedWeights()], epochs=3, initial_epoch=2)
     for got, want in zip(_weights(resumed), _weights(whole)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_normalization_statistics_are_re_estimated_for_the_average():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [keras.Input((5,)), keras.layers.Dense(3), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.8), loss="mse")
+    x, _ = _data()
+    sample = np.random.default_rng(5).normal(size=(48, 5)).astype("float32")
+    _fit(model, [AveragedWeights(sample, batch_size=16)], epochs=2)
+    dense, norm = model.layers[0], model.layers[1]
+    hidden = keras.ops.convert_to_numpy(dense(sample))
+    batch_means = hidden.reshape(3, 16, 3).mean(axis=1)
+    batch_variances = hidden.reshape(3, 16, 3).var(axis=1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(norm.moving_mean), batch_means.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(norm.moving_variance), batch_variances.mean(0), rtol=1e-4, atol=1e-5
+    )
+    assert norm.momentum == 0.99  # restored

@@ -183,6 +183,7 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"auxiliary_warmup_epochs": -0.5}, ConfigError, "--auxiliary_warmup_epochs must be >= 0"),
         ({"ema_momentum": 1.0}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
         ({"ema_momentum": -0.1}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
+        ({"ema_momentum": 0.9, "strategy": "mirrored"}, ConfigError, "--ema_momentum works with --strategy=default only"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
