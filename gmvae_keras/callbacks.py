@@ -57,7 +57,8 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
     average and the optimizer the raw weights, and a run resumed from a
     checkpoint swaps back at its first epoch like any other. After the last
     epoch the average stays in the model (and Keras's final
-    `finalize_variable_values` finds it in the optimizer too). Place it before
+    `finalize_variable_values` finds it in the optimizer too), so a finished
+    run given more epochs goes on from the average. Place it before
     the callbacks that read the weights (validation, checkpointing).
 
     The BatchNormalization statistics the model gathered belong to the raw
