@@ -25,7 +25,7 @@ class RecordWeights(keras.callbacks.Callback):
         self.model_weights, self.averages = [], []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.model_weights.append([keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables])
+        self.model_weights.append(_weights(self.model))
         self.averages.append(
             [keras.ops.convert_to_numpy(v) for v in self.model.optimizer._model_variables_moving_average]
         )
@@ -92,7 +92,6 @@ def test_batch_normalization_statistics_are_re_estimated_for_the_average():
         [keras.Input((5,)), keras.layers.Dense(3), keras.layers.BatchNormalization(), keras.layers.Dense(1)]
     )
     model.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.8), loss="mse")
-    x, _ = _data()
     sample = np.random.default_rng(5).normal(size=(48, 5)).astype("float32")
     _fit(model, [AveragedWeights(sample, batch_size=16)], epochs=2)
     dense, norm = model.layers[0], model.layers[1]
