@@ -2,7 +2,9 @@
 
 `--dataset=X` first loads the paper's settings from `flags/X.cfg`;
 `--settings=cpu` adds `flags/X_cpu.cfg` on top (the CPU-budget settings of
-docs/RESULTS.md). Flags on the command line override both files.
+docs/RESULTS.md), then `flags/X_cpu_N.cfg` when `--num_labeled=N` is given
+and that file exists (settings tuned for N labels only). Flags on the command
+line override every file.
 `--helpfull` lists every flag.
 """
 
@@ -30,7 +32,8 @@ flags.DEFINE_enum(
     "settings",
     "paper",
     ["paper", "cpu"],
-    "paper: flags/<dataset>.cfg alone; cpu: flags/<dataset>_cpu.cfg on top of it (the CPU-budget settings).",
+    "paper: flags/<dataset>.cfg alone; cpu: flags/<dataset>_cpu.cfg on top of it (the CPU-budget settings), "
+    "then flags/<dataset>_cpu_<num_labeled>.cfg if it exists.",
 )
 
 
@@ -79,7 +82,9 @@ def with_dataset_flagfile(argv):
     """Inserts `--flagfile=flags/<dataset>.cfg` first, so later flags override it.
 
     With `--mode=clustering` the file is `flags/<dataset>_clustering.cfg`;
-    with `--settings=cpu`, `flags/<dataset>_cpu.cfg` follows it.
+    with `--settings=cpu`, `flags/<dataset>_cpu.cfg` follows it, and then
+    `flags/<dataset>_cpu_<N>.cfg` if `--num_labeled=N` is on the command line
+    and that file exists (a budget tuned for one label count only).
 
     Raises:
         ConfigError: `--settings=cpu` for a dataset (or mode) without a CPU file.
@@ -97,6 +102,11 @@ def with_dataset_flagfile(argv):
             if cpu is None:
                 raise ConfigError(f"--settings=cpu: there are no CPU settings for {name} (flags/{name}_cpu.cfg)")
             files.append(cpu)
+            labels = _flag_value(argv[1:], "num_labeled")
+            if labels is not None and labels.isdigit():
+                per_labels = _find_flagfile(f"{name}_cpu_{int(labels)}")
+                if per_labels is not None:
+                    files.append(per_labels)
     return argv[:1] + [f"--flagfile={path}" for path in files] + argv[1:]
 
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import REPO_ROOT, datasets_root, write_idx_dataset, write_svhn_dataset
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.data import DataError
-from gmvae_keras.main import with_dataset_flagfile
+from gmvae_keras.main import config_from_args, with_dataset_flagfile
 from gmvae_keras.train import RunError, train_and_evaluate
 
 
@@ -266,6 +266,24 @@ def test_cpu_settings_flagfile_follows_the_papers():
         with_dataset_flagfile(["prog", "--dataset=svhn", "--settings=cpu"])
 
 
+def test_cpu_settings_for_one_label_count_come_last():
+    flags_dir = REPO_ROOT / "flags"
+    files = [f"--flagfile={flags_dir / n}" for n in ("fashion_mnist.cfg", "fashion_mnist_cpu.cfg", "fashion_mnist_cpu_1000.cfg")]
+    argv = with_dataset_flagfile(["prog", "--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
+    assert argv[1:4] == files
+    assert argv[4:] == ["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"]
+    # No file for 100 labels, none with the paper's settings, none for a malformed count.
+    for extra in (["--settings=cpu", "--num_labeled=100"], ["--num_labeled=1000"], ["--settings=cpu", "--num_labeled=1e3"]):
+        argv = with_dataset_flagfile(["prog", "--dataset=fashion_mnist"] + extra)
+        assert [a for a in argv if a.startswith("--flagfile=")] == files[: 1 + ("--settings=cpu" in extra)]
+    config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
+    assert (config.batch_size, config.resolved_labeled_per_batch(), config.epochs) == (150, 100, 10)
+    config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=100"])
+    assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
+    config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000", "--batch_size=200", "--labeled_per_batch=0"])
+    assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
+
+
 def test_cli_refuses_cpu_settings_that_do_not_exist(tmp_path):
     result = _cli("--dataset=svhn", "--settings=cpu", f"--model_dir={tmp_path / 'r'}")
     assert result.returncode == 2
@@ -286,6 +304,19 @@ def test_cpu_flagfiles_parse_and_keep_the_papers_batch(name):
     assert parsed["epochs"] == "10"
     # The budget changes the optimisation, not the data each step sees.
     assert "batch_size" not in parsed and "num_labeled" not in parsed and "dataset" not in parsed
+
+
+def test_per_label_count_cpu_flagfiles_change_only_the_batch():
+    from absl import flags as absl_flags
+
+    import gmvae_keras.main  # noqa: F401  defines the flags
+
+    paths = sorted((REPO_ROOT / "flags").glob("*_cpu_*.cfg"))
+    assert paths, "flags/fashion_mnist_cpu_1000.cfg is missing"
+    for path in paths:
+        parsed = dict(v[2:].split("=", 1) for v in absl_flags.FLAGS.read_flags_from_files([f"--flagfile={path}"]))
+        # The label count's file is picked by --num_labeled; the budget (epochs) is the dataset's.
+        assert set(parsed) <= {"batch_size", "labeled_per_batch"}, (path.name, parsed)
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn"])

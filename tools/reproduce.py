@@ -13,7 +13,8 @@ layout (mean ± std of the test error of the best-validation model, the
 paper's number beside it, epochs, wall time) and writes it to `--out`.
 
 With the defaults it follows the paper's protocol (200 epochs, `flags/<dataset>.cfg`).
-`--settings=cpu` adds `flags/<dataset>_cpu.cfg` on top (the CPU-budget settings).
+`--settings=cpu` adds `flags/<dataset>_cpu.cfg` on top (the CPU-budget settings), and
+`flags/<dataset>_cpu_<num_labeled>.cfg` after it where one exists.
 Extra flags after `--` go to every run.
 """
 
