@@ -293,40 +293,35 @@ def test_cli_refuses_cpu_settings_that_do_not_exist(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
-def test_cpu_flagfiles_parse_and_keep_the_papers_batch(name):
+def _read_flagfile(path):
+    """The flags a `flags/*.cfg` file sets, as {name: value string}, parsed by absl itself."""
     from absl import flags as absl_flags
 
     import gmvae_keras.main  # noqa: F401  defines the flags
 
-    values = absl_flags.FLAGS.read_flags_from_files([f"--flagfile={REPO_ROOT / 'flags' / (name + '_cpu.cfg')}"])
-    parsed = dict(v[2:].split("=", 1) for v in values)
+    return dict(v[2:].split("=", 1) for v in absl_flags.FLAGS.read_flags_from_files([f"--flagfile={path}"]))
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_cpu_flagfiles_parse_and_keep_the_papers_batch(name):
+    parsed = _read_flagfile(REPO_ROOT / "flags" / f"{name}_cpu.cfg")
     assert parsed["epochs"] == "10"
     # The budget changes the optimisation, not the data each step sees.
     assert "batch_size" not in parsed and "num_labeled" not in parsed and "dataset" not in parsed
 
 
 def test_per_label_count_cpu_flagfiles_change_only_the_batch():
-    from absl import flags as absl_flags
-
-    import gmvae_keras.main  # noqa: F401  defines the flags
-
     paths = sorted((REPO_ROOT / "flags").glob("*_cpu_*.cfg"))
     assert paths, "flags/fashion_mnist_cpu_1000.cfg is missing"
     for path in paths:
-        parsed = dict(v[2:].split("=", 1) for v in absl_flags.FLAGS.read_flags_from_files([f"--flagfile={path}"]))
+        parsed = _read_flagfile(path)
         # The label count's file is picked by --num_labeled; the budget (epochs) is the dataset's.
         assert set(parsed) <= {"batch_size", "labeled_per_batch"}, (path.name, parsed)
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn"])
 def test_flagfiles_hold_the_papers_settings(name):
-    from absl import flags as absl_flags
-
-    import gmvae_keras.main  # noqa: F401  defines the flags
-
-    values = absl_flags.FLAGS.read_flags_from_files([f"--flagfile={REPO_ROOT / 'flags' / (name + '.cfg')}"])
-    parsed = dict(v[2:].split("=", 1) for v in values)
+    parsed = _read_flagfile(REPO_ROOT / "flags" / f"{name}.cfg")
     expected = {
         "mnist": dict(batch_size="200", feature_size="100", latent_size="100", k="5", assignment_weight="1", metric_weight="1", margin="2", num_labeled="100"),
         "fashion_mnist": dict(batch_size="200", feature_size="200", latent_size="50", k="3", assignment_weight="1", metric_weight="0.1", margin="1", num_labeled="100"),
@@ -441,12 +436,7 @@ def test_averaged_weights_run_validates_and_resumes_with_the_average(mnist_files
 
 @pytest.mark.parametrize("name, feature_size, latent_size", [("mnist", "100", "150"), ("fashion_mnist", "200", "50")])
 def test_clustering_flagfiles_hold_the_papers_settings(name, feature_size, latent_size):
-    from absl import flags as absl_flags
-
-    import gmvae_keras.main  # noqa: F401  defines the flags
-
-    values = absl_flags.FLAGS.read_flags_from_files([f"--flagfile={REPO_ROOT / 'flags' / (name + '_clustering.cfg')}"])
-    parsed = dict(v[2:].split("=", 1) for v in values)
+    parsed = _read_flagfile(REPO_ROOT / "flags" / f"{name}_clustering.cfg")
     expected = dict(mode="clustering", num_labeled="0", batch_size="64", feature_size=feature_size,
                     latent_size=latent_size, gaussian_weight="5", reconstruction="bce",
                     assignment_weight="0", metric_weight="0")
