@@ -53,6 +53,7 @@ class Config:
     k: int = _field(5, "Neighbours in the k-NN label assignment.")
     assignment_weighting: str = _field("distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=["distance", "majority"])
     assignment_balance: str = _field("none", "Rebalance the k-NN assignment of each batch so every class gets about an equal share (Sinkhorn over the classes): none (paper), vote (over the k-NN votes) or distance (over the distances to each class's nearest labeled sample).", choices=["none", "vote", "distance"])
+    assignment_confidence: float = _field(0.0, "Keep an unlabeled image in L_A and L_M only when q(y|x̂) gives its assigned label at least this probability (not in the paper; e.g. 0.9); 0 (paper) keeps all.")
     prediction: str = _field("classifier", "Predicted class: argmax q(y|x̂) (paper), or knn: the plain k-NN vote of L_A's assignment rule (--k, --assignment_weighting; no --assignment_balance) among the labeled training images' features. Also picks the best-validation model.", choices=["classifier", "knn"])
     auxiliary_warmup_epochs: float = _field(0.0, "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count fully from the start); 0 (paper) disables.")
     # Gumbel-Softmax.
@@ -94,6 +95,8 @@ class Config:
         for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift", "auxiliary_warmup_epochs"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.assignment_confidence < 1.0:
+            raise ConfigError(f"--assignment_confidence must be in [0, 1), got {self.assignment_confidence}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ConfigError(f"--ema_momentum must be in [0, 1), got {self.ema_momentum}")
         if self.ema_momentum and self.strategy != "default":

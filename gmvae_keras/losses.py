@@ -81,20 +81,44 @@ def categorical_loss(logits):
     return ops.mean(ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes))
 
 
-def assignment_loss(labels, logits):
+def assignment_loss(labels, logits, mask=None):
     """L_A: cross-entropy of q(y|x̂) against true or assigned labels.
 
     Args:
         labels: `[batch]` int labels (true for labeled samples, from
             `assign_labels` for unlabeled ones).
         logits: `[batch, c]` logits of q(y|x̂).
+        mask: optional `[batch]` bool, the samples that count (not in the
+            paper; see `confident_assignment`). None counts all.
 
     Returns:
-        Scalar: averaged over the batch.
+        Scalar: averaged over the batch (over the masked-in samples, 0 if
+        there are none).
     """
-    return ops.mean(
-        keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    )
+    cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    if mask is None:
+        return ops.mean(cross_entropy)
+    weights = ops.cast(mask, cross_entropy.dtype)
+    return ops.sum(weights * cross_entropy) / ops.maximum(ops.sum(weights), 1.0)
+
+
+def confident_assignment(assigned, logits, threshold):
+    """`[n]` bool: the assigned labels that q(y|x̂) gives probability >= `threshold`.
+
+    Not in the paper. The k-NN vote is usually unanimous even when wrong, so
+    its own margin says little about whether an assigned label is right;
+    q(y|x̂) is a second opinion, trained on the true labels as well. Only
+    the unlabeled samples it agrees with confidently then enter L_A and L_M.
+    No gradient flows through the mask.
+
+    Args:
+        assigned: `[n]` int labels from `assign_labels`.
+        logits: `[n, c]` logits of q(y|x̂) for the same samples.
+        threshold: probability in (0, 1).
+    """
+    probabilities = ops.softmax(ops.stop_gradient(logits), axis=-1)
+    chosen = ops.take_along_axis(probabilities, ops.cast(assigned, "int32")[:, None], axis=1)[:, 0]
+    return chosen >= threshold
 
 
 def pairwise_distance(a, b=None):
@@ -231,15 +255,26 @@ def assign_labels_in_batches(
     )
 
 
-def lifted_structured_loss_from_distances(labels, distances, margin):
-    """`lifted_structured_loss` on a precomputed `[batch, batch]` distance matrix."""
+def lifted_structured_loss_from_distances(labels, distances, margin, mask=None):
+    """`lifted_structured_loss` on a precomputed `[batch, batch]` distance matrix.
+
+    `mask` (optional `[batch]` bool, not in the paper) leaves the masked-out
+    samples out of every pair, positive or negative, as if they were not in
+    the batch.
+    """
     labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     same = ops.equal(labels[:, None], labels[None, :])
     batch_size = ops.shape(labels)[0]
     eye = ops.eye(batch_size, dtype="bool")
-    positives = ops.cast(ops.logical_and(same, ops.logical_not(eye)), distances.dtype)
+    positive = ops.logical_and(same, ops.logical_not(eye))
+    excluded = same
+    if mask is not None:
+        mask = ops.reshape(ops.cast(mask, "bool"), (-1,))
+        positive = ops.logical_and(positive, ops.logical_and(mask[:, None], mask[None, :]))
+        excluded = ops.logical_or(same, ops.logical_not(mask)[None, :])
+    positives = ops.cast(positive, distances.dtype)
     # log Σ_{k ∈ negatives(i)} exp(margin − D_ik), one value per row.
-    negative_logits = ops.where(same, _LOG_ZERO, margin - distances)
+    negative_logits = ops.where(excluded, _LOG_ZERO, margin - distances)
     row_terms = ops.logsumexp(negative_logits, axis=1)
     # J_ij = log(Σ_neg(i) + Σ_neg(j)) + D_ij, combined stably in log space.
     j = ops.logaddexp(row_terms[:, None], row_terms[None, :]) + distances

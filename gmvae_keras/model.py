@@ -68,6 +68,12 @@ class GMVAE(keras.Model):
     votes would over-fill gives its least certain samples to their next best
     class. It assumes roughly balanced classes.
 
+    With `assignment_confidence` τ > 0 (not in the paper) an unlabeled
+    sample enters L_A and L_M only when q(y|x̂) gives its assigned label a
+    probability of at least τ (`losses.confident_assignment`); the others
+    still count in L_R, L_G and L_C. Labeled samples always count. The share
+    of unlabeled samples kept is logged as `assignment_kept`.
+
     With `prediction="knn"` (not in the paper) the model predicts by the
     assignment rule of L_A instead of argmax q(y|x̂): the plain k-NN vote
     (same `k` and `assignment_weighting`, no `assignment_balance`) among the
@@ -96,6 +102,8 @@ class GMVAE(keras.Model):
         assignment_balance: "none" (paper), "vote" (rebalance the k-NN
             votes) or "distance" (rebalance a softmax over the distances to
             each class's nearest labeled sample).
+        assignment_confidence: τ in [0, 1); 0 (paper) keeps every assigned
+            label.
         prediction: "classifier" (paper: argmax q(y|x̂)) or "knn".
         labeled_set_size: number of labeled images stored for
             `prediction="knn"` (0 otherwise).
@@ -121,6 +129,7 @@ class GMVAE(keras.Model):
         hard_gumbel=False,
         warmup_steps=0,
         assignment_balance="none",
+        assignment_confidence=0.0,
         prediction="classifier",
         labeled_set_size=0,
         seed=None,
@@ -148,6 +157,8 @@ class GMVAE(keras.Model):
             raise ValueError(
                 f"assignment_balance must be one of {losses.BALANCE_CHOICES}, got {assignment_balance!r}"
             )
+        if not 0.0 <= assignment_confidence < 1.0:
+            raise ValueError(f"assignment_confidence must be in [0, 1), got {assignment_confidence}")
         if prediction not in PREDICTION_CHOICES:
             raise ValueError(f"prediction must be one of {PREDICTION_CHOICES}, got {prediction!r}")
         if prediction == "knn" and not int(k) <= int(labeled_set_size):
@@ -176,6 +187,7 @@ class GMVAE(keras.Model):
         self.hard_gumbel = bool(hard_gumbel)
         self.warmup_steps = int(warmup_steps)
         self.assignment_balance = assignment_balance
+        self.assignment_confidence = float(assignment_confidence)
         self.prediction = prediction
         self.labeled_set_size = int(labeled_set_size)
         self.seed = seed
@@ -196,7 +208,7 @@ class GMVAE(keras.Model):
 
         self.trackers = {
             name: keras.metrics.Mean(name=name)
-            for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
+            for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy", "assignment_kept")
         }
         self.error_tracker = keras.metrics.Mean(name="error")
         self._inference_function = None
@@ -335,9 +347,11 @@ class GMVAE(keras.Model):
         the assigned labels fully, as in the paper.
 
         Returns:
-            `(terms, total, assigned)`: a dict of the five unweighted terms,
-            the weighted sum, and the labels assigned to the unlabeled part
-            (None when the auxiliary losses are off).
+            `(terms, total, assigned, kept)`: a dict of the five unweighted
+            terms, the weighted sum, the labels assigned to the unlabeled
+            part (None when the auxiliary losses are off) and the `[n_u]`
+            bool mask of those that count (None without
+            `assignment_confidence`).
         """
         outputs = self(images, training=training)
         zero = ops.zeros((), dtype=outputs["logits"].dtype)
@@ -356,7 +370,7 @@ class GMVAE(keras.Model):
             "assignment_loss": zero,
             "metric_loss": zero,
         }
-        assigned = None
+        assigned = kept = mask = None
         num_labeled = 0 if labels is None else labels.shape[0]
         if self._uses_auxiliary_losses(num_labeled):
             features = outputs["features"]
@@ -374,14 +388,19 @@ class GMVAE(keras.Model):
             )
             labels = ops.cast(labels, "int32")
             all_labels = ops.concatenate([assigned, labels], axis=0)
+            if self.assignment_confidence > 0:
+                kept = losses.confident_assignment(
+                    assigned, outputs["logits"][:num_unlabeled], self.assignment_confidence
+                )
+                mask = ops.concatenate([kept, ops.ones_like(labels, dtype="bool")], axis=0)
             if self.assignment_weight > 0:
-                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
+                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"], mask)
                 if trust is not None:
                     labeled_only = losses.assignment_loss(labels, outputs["logits"][num_unlabeled:])
                     terms["assignment_loss"] = trust * terms["assignment_loss"] + (1.0 - trust) * labeled_only
             if self.metric_weight > 0:
                 terms["metric_loss"] = losses.lifted_structured_loss_from_distances(
-                    all_labels, distances, self.margin
+                    all_labels, distances, self.margin, mask
                 )
                 if trust is not None:
                     labeled_only = losses.lifted_structured_loss_from_distances(
@@ -395,7 +414,7 @@ class GMVAE(keras.Model):
             + self.assignment_weight * terms["assignment_loss"]
             + self.metric_weight * terms["metric_loss"]
         )
-        return terms, total, assigned
+        return terms, total, assigned, kept
 
     @staticmethod
     def _unpack(data):
@@ -416,7 +435,7 @@ class GMVAE(keras.Model):
             step = ops.cast(self.optimizer.iterations + 1, "float32")
             trust = ops.minimum(step / float(self.warmup_steps), 1.0)
         with tf.GradientTape() as tape:
-            terms, total, assigned = self.compute_losses(images, labels, training=True, trust=trust)
+            terms, total, assigned, kept = self.compute_losses(images, labels, training=True, trust=trust)
             # Optimizers sum the replicas' gradients: scale each replica's mean
             # loss so that the sum is the mean over the global batch.
             scaled = total / replicas
@@ -427,6 +446,8 @@ class GMVAE(keras.Model):
         if assigned is not None and unlabeled_labels is not None:
             correct = ops.cast(ops.equal(assigned, ops.cast(unlabeled_labels, "int32")), "float32")
             values["assignment_accuracy"] = ops.mean(correct)
+        if kept is not None:
+            values["assignment_kept"] = ops.mean(ops.cast(kept, "float32"))
         if replicas > 1:
             # Every replica holds the same slice layout, so the global mean of
             # each term is the mean of the replicas' means.
@@ -436,6 +457,8 @@ class GMVAE(keras.Model):
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         if assigned is None:
             del logs["assignment_accuracy"]  # the auxiliary losses are off: nothing was assigned
+        if kept is None:
+            del logs["assignment_kept"]
         logs["temperature"] = ops.convert_to_tensor(self.gumbel_softmax.temperature)
         if _multi_worker(tf.distribute.get_strategy()):
             # Keras averages multi-worker step outputs along axis 0, which
@@ -526,6 +549,7 @@ class GMVAE(keras.Model):
                 "hard_gumbel": self.hard_gumbel,
                 "warmup_steps": self.warmup_steps,
                 "assignment_balance": self.assignment_balance,
+                "assignment_confidence": self.assignment_confidence,
                 "prediction": self.prediction,
                 "labeled_set_size": self.labeled_set_size,
                 "seed": self.seed,

@@ -79,6 +79,7 @@ def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=N
         hard_gumbel=config.hard_gumbel,
         warmup_steps=round(config.auxiliary_warmup_epochs * steps_per_epoch),
         assignment_balance=config.assignment_balance,
+        assignment_confidence=config.assignment_confidence,
         prediction=config.prediction,
         labeled_set_size=len(labeled_set[1]) if knn else 0,
         seed=config.seed,

@@ -204,7 +204,7 @@ def test_warmup_blends_labeled_only_and_whole_batch_auxiliary_terms():
     model = tiny_model()
     _, images, labels = batches()
     images, true = tf.constant(images), tf.constant(labels[6:], "int32")
-    full, _, _ = model.compute_losses(images, true, training=False)
+    full, _, _, _ = model.compute_losses(images, true, training=False)
     features, logits = model.classify(images, training=False)
     distances = losses.pairwise_distance(features)
     labeled_only = {
@@ -212,7 +212,7 @@ def test_warmup_blends_labeled_only_and_whole_batch_auxiliary_terms():
         "metric_loss": losses.lifted_structured_loss_from_distances(true, distances[6:, 6:], 1.0),
     }
     for trust in (0.0, 0.25, 1.0):
-        terms, total, _ = model.compute_losses(images, true, training=False, trust=tf.constant(trust))
+        terms, total, _, _ = model.compute_losses(images, true, training=False, trust=tf.constant(trust))
         for name, alone in labeled_only.items():
             expected = trust * full[name] + (1.0 - trust) * alone
             np.testing.assert_allclose(terms[name], expected, rtol=1e-5, err_msg=f"{name} at r={trust}")
