@@ -146,6 +146,7 @@ class EpochSummary(keras.callbacks.Callback):
         ("assignment_loss", "L_A"),
         ("metric_loss", "L_M"),
         ("assignment_accuracy", "assign_acc"),
+        ("assignment_kept", "kept"),
     )
 
     def __init__(self, epochs, print_fn=functools.partial(print, flush=True)):

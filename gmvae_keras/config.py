@@ -40,6 +40,8 @@ class Config:
     augment_shift: int = _field(0, "Translate training images randomly by up to N pixels per axis; 0 (paper) disables.")
     ema_momentum: float = _field(0.0, "Validate, checkpoint and predict with an exponential moving average of the weights with this momentum (e.g. 0.999; not in the paper), BatchNormalization statistics re-estimated for it; 0 (paper) disables.")
     augment_flip: bool = _field(False, "Mirror each training image left-right with probability 1/2 (not in the paper); for mirror-symmetric classes such as clothes, not digits.")
+    consistency_shift: int = _field(0, "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, while its label is still assigned on the image itself (consistency; not in the paper); 0 (paper) disables.")
+    consistency_flip: bool = _field(False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits.")
     # Networks.
     feature_size: int = _field(100, "f_sz: length of the features x̂ = g(x).")
     latent_size: int = _field(100, "z_sz: length of the Gaussian latent z.")
@@ -92,7 +94,7 @@ class Config:
         for name in ("learning_rate", "temperature_start", "temperature_end", "lr_decay_rate"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift", "auxiliary_warmup_epochs"):
+        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift", "consistency_shift", "auxiliary_warmup_epochs"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.assignment_confidence < 1.0:

@@ -824,7 +824,16 @@ def random_flip(images, seed):
 
 
 def make_train_dataset(
-    data, batch_size, labeled_per_batch=None, seed=0, augment_shift=0, augment_flip=False, num_shards=1, shard_index=0
+    data,
+    batch_size,
+    labeled_per_batch=None,
+    seed=0,
+    augment_shift=0,
+    augment_flip=False,
+    num_shards=1,
+    shard_index=0,
+    consistency_shift=0,
+    consistency_flip=False,
 ):
     """One epoch of semi-supervised training batches.
 
@@ -848,6 +857,11 @@ def make_train_dataset(
     mirrors every training image left-right with probability 1/2
     (`random_flip`; off in the paper).
 
+    `consistency_shift > 0` or `consistency_flip` (not in the paper) adds
+    `views`: float32 [B, H, W, C], a second copy of `images` shifted by up to
+    `consistency_shift` pixels and/or mirrored with probability 1/2, drawn
+    from a random stream of its own (the model's L_A is then taken on it).
+
     With `num_shards > 1` (one input pipeline per worker of a distributed
     run) every shard walks the same seeded permutation and keeps every
     `num_shards`-th unlabeled index starting at `shard_index`, so the shards
@@ -856,8 +870,9 @@ def make_train_dataset(
     """
     if not 0 <= shard_index < num_shards:
         raise DataError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    if augment_shift < 0:
-        raise DataError(f"augment_shift must be >= 0, got {augment_shift}")
+    for name, value in (("augment_shift", augment_shift), ("consistency_shift", consistency_shift)):
+        if value < 0:
+            raise DataError(f"{name} must be >= 0, got {value}")
     n_u, n_l = _batch_layout(data, batch_size, labeled_per_batch)
     seed_u, seed_l = _stream_seeds(seed)
     n_train = len(data.train_labels)
@@ -920,6 +935,22 @@ def make_train_dataset(
 
         ds = tf.data.Dataset.zip((ds, step_seeds)).map(
             augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+    if consistency_shift or consistency_flip:
+        view_seeds = tf.data.Dataset.random(seed=seed_u + 2).batch(2)
+
+        def add_view(element, step_seed):
+            element = dict(element)
+            view = element["images"]
+            if consistency_shift:
+                view = random_shift(view, consistency_shift, step_seed)
+            if consistency_flip:
+                view = random_flip(view, tf.random.experimental.stateless_split(step_seed, 1)[0])
+            element["views"] = view
+            return element
+
+        ds = tf.data.Dataset.zip((ds, view_seeds)).map(
+            add_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
         )
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -74,6 +74,14 @@ class GMVAE(keras.Model):
     still count in L_R, L_G and L_C. Labeled samples always count. The share
     of unlabeled samples kept is logged as `assignment_kept`.
 
+    A batch dict may also hold `views` (not in the paper;
+    `data.make_train_dataset` with `consistency_shift` / `consistency_flip`):
+    a randomly shifted or mirrored copy of `images`. L_A's cross-entropy is
+    then taken on q(y|g(view)) while the labels are still assigned, and L_M
+    and the generative terms computed, on the images themselves: the
+    classifier learns to give a perturbed image the label its unperturbed
+    features earned.
+
     With `prediction="knn"` (not in the paper) the model predicts by the
     assignment rule of L_A instead of argmax q(y|x̂): the plain k-NN vote
     (same `k` and `assignment_weighting`, no `assignment_balance`) among the
@@ -340,11 +348,12 @@ class GMVAE(keras.Model):
     def _uses_auxiliary_losses(self, num_labeled):
         return num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0)
 
-    def compute_losses(self, images, labels=None, unlabeled_labels=None, training=True, trust=None):
+    def compute_losses(self, images, labels=None, unlabeled_labels=None, training=True, trust=None, views=None):
         """Every loss term of the batch, the weighted total and the assignments.
 
         `trust` is the warm-up's r (see the class docstring); None counts
-        the assigned labels fully, as in the paper.
+        the assigned labels fully, as in the paper. `views`: the batch's
+        second views for L_A (see the class docstring), or None.
 
         Returns:
             `(terms, total, assigned, kept)`: a dict of the five unweighted
@@ -394,9 +403,10 @@ class GMVAE(keras.Model):
                 )
                 mask = ops.concatenate([kept, ops.ones_like(labels, dtype="bool")], axis=0)
             if self.assignment_weight > 0:
-                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"], mask)
+                logits = outputs["logits"] if views is None else self.classify(views, training=training)[1]
+                terms["assignment_loss"] = losses.assignment_loss(all_labels, logits, mask)
                 if trust is not None:
-                    labeled_only = losses.assignment_loss(labels, outputs["logits"][num_unlabeled:])
+                    labeled_only = losses.assignment_loss(labels, logits[num_unlabeled:])
                     terms["assignment_loss"] = trust * terms["assignment_loss"] + (1.0 - trust) * labeled_only
             if self.metric_weight > 0:
                 terms["metric_loss"] = losses.lifted_structured_loss_from_distances(
@@ -435,7 +445,10 @@ class GMVAE(keras.Model):
             step = ops.cast(self.optimizer.iterations + 1, "float32")
             trust = ops.minimum(step / float(self.warmup_steps), 1.0)
         with tf.GradientTape() as tape:
-            terms, total, assigned, kept = self.compute_losses(images, labels, training=True, trust=trust)
+            views = data.get("views") if isinstance(data, dict) else None
+            terms, total, assigned, kept = self.compute_losses(
+                images, labels, training=True, trust=trust, views=views
+            )
             # Optimizers sum the replicas' gradients: scale each replica's mean
             # loss so that the sum is the mean over the global batch.
             scaled = total / replicas

@@ -79,7 +79,8 @@ def test_invalid_constructor_arguments():
     for bad in (
         {"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"},
         {"warmup_steps": -1}, {"prediction": "vote"}, {"prediction": "knn", "labeled_set_size": 1},
-        {"prediction": "classifier", "labeled_set_size": 6},
+        {"prediction": "classifier", "labeled_set_size": 6}, {"assignment_confidence": 1.0},
+        {"assignment_confidence": -0.1},
     ):
         with pytest.raises(ValueError):
             tiny_model(**bad)
@@ -162,7 +163,8 @@ def _outputs(model, images):
 
 def test_model_config_and_keras_file_round_trip(tmp_path):
     model = tiny_model(
-        hard_gumbel=True, reconstruction="bce", assignment_weighting="majority", warmup_steps=7, assignment_balance="vote"
+        hard_gumbel=True, reconstruction="bce", assignment_weighting="majority", warmup_steps=7, assignment_balance="vote",
+        assignment_confidence=0.8,
     )
     ds, images, _ = batches()
     model.fit(ds, epochs=1, verbose=0)  # moves BatchNorm statistics off their init
@@ -238,3 +240,26 @@ def test_warmup_ramps_with_the_optimizer_step():
     alone = float(losses.lifted_structured_loss_from_distances(tf.constant(labels[6:]), distances[6:, 6:], 1.0))
     assert logs[1000]["metric_loss"] == pytest.approx(alone, rel=0.02)
     assert logs[0]["metric_loss"] != pytest.approx(alone, rel=0.02)
+
+
+def test_assignment_confidence_keeps_only_backed_labels():
+    # An untrained 3-class q(y|x̂) is far from 0.99 sure of anything: no
+    # assigned label is kept, so L_A and L_M are the labeled part's alone,
+    # what the warm-up gives at r = 0.
+    _, images, labels = batches()
+    images, true = tf.constant(images), tf.constant(labels[6:], "int32")
+    model = tiny_model(assignment_confidence=0.99)
+    plain = tiny_model()
+    plain.set_weights(model.get_weights())
+    terms, _, assigned, kept = model.compute_losses(images, true, training=False)
+    assert assigned.shape == (6,) and not np.asarray(kept).any()
+    alone, _, _, none = plain.compute_losses(images, true, training=False, trust=tf.constant(0.0))
+    assert none is None
+    for name in ("assignment_loss", "metric_loss"):
+        np.testing.assert_allclose(terms[name], alone[name], rtol=1e-5, err_msg=name)
+    full, _, _, _ = plain.compute_losses(images, true, training=False)
+    assert abs(float(full["metric_loss"]) - float(terms["metric_loss"])) > 1e-3
+
+    history = model.fit(batches(steps=2)[0], verbose=0).history
+    assert history["assignment_kept"] == [0.0]
+    assert "assignment_kept" not in plain.fit(batches(steps=2)[0], verbose=0).history

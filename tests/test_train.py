@@ -184,6 +184,7 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"ema_momentum": 1.0}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
         ({"ema_momentum": -0.1}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
         ({"ema_momentum": 0.9, "strategy": "mirrored"}, ConfigError, "--ema_momentum works with --strategy=default only"),
+        ({"assignment_confidence": 1.0}, ConfigError, r"--assignment_confidence must be in \[0, 1\)"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
