@@ -543,3 +543,25 @@ def test_augmented_pipeline_keeps_labels_and_layout(tmp_path):
     assert not np.array_equal(plain["images"].numpy(), shifted["images"].numpy())
     with pytest.raises(data_lib.DataError):
         data_lib.make_train_dataset(splits, 40, augment_shift=-1)
+
+
+def test_consistency_views_perturb_a_copy_and_leave_the_images(tmp_path):
+    from gmvae_keras import data as data_lib
+
+    write_idx_dataset(tmp_path, n_train=200, n_test=20, seed=2)
+    splits = data_lib.load_dataset("mnist", data_dir=tmp_path, num_labeled=20, seed=0)
+    plain = next(iter(data_lib.make_train_dataset(splits, 40, seed=5)))
+    assert "views" not in plain
+    plain = plain["images"].numpy()
+    flipped = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, consistency_flip=True)))
+    np.testing.assert_array_equal(flipped["images"].numpy(), plain)
+    views = flipped["views"].numpy()
+    mirrored = [np.array_equal(v, p[:, ::-1]) and not np.array_equal(v, p) for v, p in zip(views, plain)]
+    assert 0 < sum(mirrored) < len(plain)
+    assert all(np.array_equal(v, p) or m for v, p, m in zip(views, plain, mirrored))
+    shifted = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, consistency_shift=2)))
+    np.testing.assert_array_equal(shifted["images"].numpy(), plain)
+    assert shifted["views"].shape == shifted["images"].shape
+    assert not np.array_equal(shifted["views"].numpy(), plain)
+    with pytest.raises(data_lib.DataError, match="consistency_shift"):
+        data_lib.make_train_dataset(splits, 40, consistency_shift=-1)

@@ -263,3 +263,25 @@ def test_assignment_confidence_keeps_only_backed_labels():
     history = model.fit(batches(steps=2)[0], verbose=0).history
     assert history["assignment_kept"] == [0.0]
     assert "assignment_kept" not in plain.fit(batches(steps=2)[0], verbose=0).history
+
+
+def test_views_move_only_the_assignment_loss():
+    # L_A is taken on the views; the assignment itself, L_M and the
+    # generative terms stay on the images.
+    _, images, labels = batches()
+    images, true = tf.constant(images), tf.constant(labels[6:], "int32")
+    model = tiny_model()
+    plain, _, assigned, _ = model.compute_losses(images, true, training=False)
+    same, _, _, _ = model.compute_losses(images, true, training=False, views=images)
+    mirrored = tf.reverse(images, axis=[2])
+    moved, total, with_views, _ = model.compute_losses(images, true, training=False, views=mirrored)
+    np.testing.assert_array_equal(np.asarray(with_views), np.asarray(assigned))
+    np.testing.assert_allclose(same["assignment_loss"], plain["assignment_loss"], rtol=1e-6)
+    _, logits = model.classify(mirrored, training=False)
+    from gmvae_keras import losses
+
+    expected = losses.assignment_loss(tf.concat([assigned, true], axis=0), logits)
+    np.testing.assert_allclose(moved["assignment_loss"], expected, rtol=1e-5)
+    assert abs(float(moved["assignment_loss"]) - float(plain["assignment_loss"])) > 1e-4
+    for name in ("reconstruction_loss", "metric_loss", "categorical_loss"):
+        np.testing.assert_allclose(moved[name], plain[name], rtol=1e-5, err_msg=name)

@@ -185,6 +185,7 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"ema_momentum": -0.1}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
         ({"ema_momentum": 0.9, "strategy": "mirrored"}, ConfigError, "--ema_momentum works with --strategy=default only"),
         ({"assignment_confidence": 1.0}, ConfigError, r"--assignment_confidence must be in \[0, 1\)"),
+        ({"consistency_shift": -1}, ConfigError, "--consistency_shift must be >= 0"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
@@ -337,7 +338,9 @@ def test_flagfiles_hold_the_papers_settings(name):
 def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
     write_svhn_dataset(tmp_path / "svhn", n_train=120, n_test=30)
     config = tiny_config(
-        tmp_path / "svhn", dataset="svhn", epochs=1, steps_per_epoch=2, image_summary_every=0
+        tmp_path / "svhn", dataset="svhn", epochs=1, steps_per_epoch=2, image_summary_every=0,
+        # The flags beyond the paper that act inside the train step ride along.
+        consistency_shift=1, consistency_flip=True, assignment_confidence=0.5,
     )
     metrics = train_and_evaluate(config, tmp_path / "run")
     assert metrics["dataset"] == "svhn" and 0 <= metrics["test_error_best"] <= 100
