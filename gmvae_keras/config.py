@@ -117,6 +117,8 @@ class Config:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
         if self.k < 1:
             raise ConfigError(f"--k must be >= 1, got {self.k}")
+        if (self.consistency_shift or self.consistency_flip) and (self.mode == "clustering" or not self.assignment_weight):
+            raise ConfigError("--consistency_shift/--consistency_flip change L_A, which --mode=clustering and --assignment_weight=0 leave out")
         if self.prediction == "knn" and self.mode == "clustering":
             raise ConfigError("--prediction=knn votes among labeled images; --mode=clustering has none")
         if self.prediction == "knn" and self.k > self.num_labeled:
