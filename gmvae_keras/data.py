@@ -823,6 +823,27 @@ def random_flip(images, seed):
     return tf.where(flip, tf.reverse(images, axis=[2]), images)
 
 
+def _with_perturbation(ds, key, max_shift, flip, seed):
+    """Sets `key` of each batch to its `images` shifted (`random_shift`) and/or mirrored (`random_flip`).
+
+    Each batch draws from the seeded stream `seed`; the flips have a seed of
+    their own, so turning them on leaves the shifts as they were.
+    """
+    step_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+    def perturb(element, step_seed):
+        element = dict(element)
+        images = element["images"]
+        if max_shift:
+            images = random_shift(images, max_shift, step_seed)
+        if flip:
+            images = random_flip(images, tf.random.experimental.stateless_split(step_seed, 1)[0])
+        element[key] = images
+        return element
+
+    return tf.data.Dataset.zip((ds, step_seeds)).map(perturb, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def make_train_dataset(
     data,
     batch_size,
@@ -920,38 +941,9 @@ def make_train_dataset(
         assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     if augment_shift or augment_flip:
-        step_seeds = tf.data.Dataset.random(seed=seed_u + 1).batch(2)
-
-        def augment(element, step_seed):
-            element = dict(element)
-            images = element["images"]
-            if augment_shift:
-                images = random_shift(images, augment_shift, step_seed)
-            if augment_flip:
-                # A seed of its own, so turning flips on leaves the shifts as they were.
-                images = random_flip(images, tf.random.experimental.stateless_split(step_seed, 1)[0])
-            element["images"] = images
-            return element
-
-        ds = tf.data.Dataset.zip((ds, step_seeds)).map(
-            augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
+        ds = _with_perturbation(ds, "images", augment_shift, augment_flip, seed_u + 1)
     if consistency_shift or consistency_flip:
-        view_seeds = tf.data.Dataset.random(seed=seed_u + 2).batch(2)
-
-        def add_view(element, step_seed):
-            element = dict(element)
-            view = element["images"]
-            if consistency_shift:
-                view = random_shift(view, consistency_shift, step_seed)
-            if consistency_flip:
-                view = random_flip(view, tf.random.experimental.stateless_split(step_seed, 1)[0])
-            element["views"] = view
-            return element
-
-        ds = tf.data.Dataset.zip((ds, view_seeds)).map(
-            add_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        )
+        ds = _with_perturbation(ds, "views", consistency_shift, consistency_flip, seed_u + 2)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
