@@ -186,6 +186,7 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"ema_momentum": 0.9, "strategy": "mirrored"}, ConfigError, "--ema_momentum works with --strategy=default only"),
         ({"assignment_confidence": 1.0}, ConfigError, r"--assignment_confidence must be in \[0, 1\)"),
         ({"consistency_shift": -1}, ConfigError, "--consistency_shift must be >= 0"),
+        ({"consistency_flip": True, "assignment_weight": 0.0}, ConfigError, "change L_A, which"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
@@ -318,7 +319,9 @@ def test_per_label_count_cpu_flagfiles_change_only_the_batch():
     for path in paths:
         parsed = _read_flagfile(path)
         # The label count's file is picked by --num_labeled; the budget (epochs) is the dataset's.
-        assert set(parsed) <= {"batch_size", "labeled_per_batch"}, (path.name, parsed)
+        # It may also switch off a dataset-wide setting it was not measured with.
+        assert set(parsed) <= {"batch_size", "labeled_per_batch", "consistency_shift", "consistency_flip"}, (path.name, parsed)
+        assert parsed.get("consistency_shift", "0") == "0" and parsed.get("consistency_flip", "false") == "false"
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn"])
