@@ -135,6 +135,13 @@ class Config:
                 f"{num_classes} classes; raise --batch_size or --labeled_per_batch"
             )
 
+    def train_pipeline_options(self):
+        """The image perturbations of `data.make_train_dataset`, as its keyword arguments."""
+        return {
+            name: getattr(self, name)
+            for name in ("augment_shift", "augment_flip", "consistency_shift", "consistency_flip")
+        }
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

@@ -75,10 +75,7 @@ def distributed_train_dataset(strategy, data, config, batch, labeled):
             batch,
             labeled,
             seed=config.seed,
-            augment_shift=config.augment_shift,
-            augment_flip=config.augment_flip,
-            consistency_shift=config.consistency_shift,
-            consistency_flip=config.consistency_flip,
+            **config.train_pipeline_options(),
             num_shards=context.num_input_pipelines,
             shard_index=context.input_pipeline_id,
         )

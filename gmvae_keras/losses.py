@@ -102,7 +102,7 @@ def assignment_loss(labels, logits, mask=None):
     return ops.sum(weights * cross_entropy) / ops.maximum(ops.sum(weights), 1.0)
 
 
-def confident_assignment(assigned, logits, threshold):
+def confident_assignment(assigned, probabilities, threshold):
     """`[n]` bool: the assigned labels that q(y|x̂) gives probability >= `threshold`.
 
     Not in the paper. The k-NN vote is usually unanimous even when wrong, so
@@ -113,10 +113,10 @@ def confident_assignment(assigned, logits, threshold):
 
     Args:
         assigned: `[n]` int labels from `assign_labels`.
-        logits: `[n, c]` logits of q(y|x̂) for the same samples.
+        probabilities: `[n, c]` q(y|x̂) for the same samples.
         threshold: probability in (0, 1).
     """
-    probabilities = ops.softmax(ops.stop_gradient(logits), axis=-1)
+    probabilities = ops.stop_gradient(probabilities)
     chosen = ops.take_along_axis(probabilities, ops.cast(assigned, "int32")[:, None], axis=1)[:, 0]
     return chosen >= threshold
 

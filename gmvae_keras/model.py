@@ -399,7 +399,7 @@ class GMVAE(keras.Model):
             all_labels = ops.concatenate([assigned, labels], axis=0)
             if self.assignment_confidence > 0:
                 kept = losses.confident_assignment(
-                    assigned, outputs["logits"][:num_unlabeled], self.assignment_confidence
+                    assigned, outputs["probabilities"][:num_unlabeled], self.assignment_confidence
                 )
                 mask = ops.concatenate([kept, ops.ones_like(labels, dtype="bool")], axis=0)
             if self.assignment_weight > 0:
@@ -428,16 +428,17 @@ class GMVAE(keras.Model):
 
     @staticmethod
     def _unpack(data):
+        """`(images, labels, unlabeled_labels, views)` of a batch dict, tuple or tensor."""
         if isinstance(data, dict):
-            return data["images"], data.get("labels"), data.get("unlabeled_labels")
+            return data["images"], data.get("labels"), data.get("unlabeled_labels"), data.get("views")
         if isinstance(data, (tuple, list)):
             images = data[0]
             labels = data[1] if len(data) > 1 else None
-            return images, labels, None
-        return data, None, None
+            return images, labels, None, None
+        return data, None, None, None
 
     def train_step(self, data):
-        images, labels, unlabeled_labels = self._unpack(data)
+        images, labels, unlabeled_labels, views = self._unpack(data)
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
         trust = None
@@ -445,7 +446,6 @@ class GMVAE(keras.Model):
             step = ops.cast(self.optimizer.iterations + 1, "float32")
             trust = ops.minimum(step / float(self.warmup_steps), 1.0)
         with tf.GradientTape() as tape:
-            views = data.get("views") if isinstance(data, dict) else None
             terms, total, assigned, kept = self.compute_losses(
                 images, labels, training=True, trust=trust, views=views
             )
@@ -480,7 +480,7 @@ class GMVAE(keras.Model):
         return logs
 
     def test_step(self, data):
-        images, labels, _ = self._unpack(data)
+        images, labels, _, _ = self._unpack(data)
         predicted = self.labels_from_outputs(*self.classify(images, training=False))
         wrong = ops.not_equal(predicted, ops.cast(labels, "int32"))
         self.error_tracker.update_state(100.0 * ops.cast(wrong, "float32"))

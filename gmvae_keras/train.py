@@ -139,9 +139,7 @@ def train_stream(data, config):
     """`(dataset, steps per epoch)` of one device; the dataset repeats when `--steps_per_epoch` is set."""
     labeled_per_batch = config.resolved_labeled_per_batch()
     dataset = data_lib.make_train_dataset(
-        data, config.batch_size, labeled_per_batch, seed=config.seed, augment_shift=config.augment_shift,
-        augment_flip=config.augment_flip, consistency_shift=config.consistency_shift,
-        consistency_flip=config.consistency_flip,
+        data, config.batch_size, labeled_per_batch, seed=config.seed, **config.train_pipeline_options()
     )
     if config.steps_per_epoch:
         dataset = dataset.repeat()

@@ -245,5 +245,5 @@ def test_masked_lifted_loss_equals_the_loss_without_the_masked_samples(mask):
 def test_confident_assignment_keeps_labels_the_classifier_backs():
     probabilities = np.array([[0.95, 0.05], [0.95, 0.05], [0.4, 0.6], [0.1, 0.9]], "float32")
     assigned = np.array([0, 1, 1, 1])
-    kept = losses.confident_assignment(assigned, np.log(probabilities), 0.9)
+    kept = losses.confident_assignment(assigned, probabilities, 0.9)
     np.testing.assert_array_equal(np.asarray(kept), [True, False, False, True])
