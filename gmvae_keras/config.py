@@ -42,6 +42,7 @@ class Config:
     augment_flip: bool = _field(False, "Mirror each training image left-right with probability 1/2 (not in the paper); for mirror-symmetric classes such as clothes, not digits.")
     consistency_shift: int = _field(0, "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, while its label is still assigned on the image itself (consistency; not in the paper); 0 (paper) disables.")
     consistency_flip: bool = _field(False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits.")
+    consistency_share: float = _field(1.0, "With a second view: the share of L_A's cross-entropy taken on it, the rest on the image itself; 1 takes it on the view alone.")
     # Networks.
     feature_size: int = _field(100, "f_sz: length of the features x̂ = g(x).")
     latent_size: int = _field(100, "z_sz: length of the Gaussian latent z.")
@@ -119,6 +120,10 @@ class Config:
             raise ConfigError(f"--k must be >= 1, got {self.k}")
         if (self.consistency_shift or self.consistency_flip) and (self.mode == "clustering" or not self.assignment_weight):
             raise ConfigError("--consistency_shift/--consistency_flip change L_A, which --mode=clustering and --assignment_weight=0 leave out")
+        if not 0.0 < self.consistency_share <= 1.0:
+            raise ConfigError(f"--consistency_share must be in (0, 1], got {self.consistency_share}")
+        if self.consistency_share < 1.0 and not (self.consistency_shift or self.consistency_flip):
+            raise ConfigError("--consistency_share splits L_A between the image and its second view; set --consistency_shift or --consistency_flip")
         if self.prediction == "knn" and self.mode == "clustering":
             raise ConfigError("--prediction=knn votes among labeled images; --mode=clustering has none")
         if self.prediction == "knn" and self.k > self.num_labeled:

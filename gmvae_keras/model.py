@@ -80,7 +80,9 @@ class GMVAE(keras.Model):
     then taken on q(y|g(view)) while the labels are still assigned, and L_M
     and the generative terms computed, on the images themselves: the
     classifier learns to give a perturbed image the label its unperturbed
-    features earned.
+    features earned. With `consistency_share` s < 1, L_A is
+    `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`, so the classifier
+    still sees the images themselves.
 
     With `prediction="knn"` (not in the paper) the model predicts by the
     assignment rule of L_A instead of argmax q(y|x̂): the plain k-NN vote
@@ -112,6 +114,8 @@ class GMVAE(keras.Model):
             each class's nearest labeled sample).
         assignment_confidence: τ in [0, 1); 0 (paper) keeps every assigned
             label.
+        consistency_share: s in (0, 1], the share of L_A taken on the
+            batch's `views` when it has them (1: all of it).
         prediction: "classifier" (paper: argmax q(y|x̂)) or "knn".
         labeled_set_size: number of labeled images stored for
             `prediction="knn"` (0 otherwise).
@@ -138,6 +142,7 @@ class GMVAE(keras.Model):
         warmup_steps=0,
         assignment_balance="none",
         assignment_confidence=0.0,
+        consistency_share=1.0,
         prediction="classifier",
         labeled_set_size=0,
         seed=None,
@@ -167,6 +172,8 @@ class GMVAE(keras.Model):
             )
         if not 0.0 <= assignment_confidence < 1.0:
             raise ValueError(f"assignment_confidence must be in [0, 1), got {assignment_confidence}")
+        if not 0.0 < consistency_share <= 1.0:
+            raise ValueError(f"consistency_share must be in (0, 1], got {consistency_share}")
         if prediction not in PREDICTION_CHOICES:
             raise ValueError(f"prediction must be one of {PREDICTION_CHOICES}, got {prediction!r}")
         if prediction == "knn" and not int(k) <= int(labeled_set_size):
@@ -196,6 +203,7 @@ class GMVAE(keras.Model):
         self.warmup_steps = int(warmup_steps)
         self.assignment_balance = assignment_balance
         self.assignment_confidence = float(assignment_confidence)
+        self.consistency_share = float(consistency_share)
         self.prediction = prediction
         self.labeled_set_size = int(labeled_set_size)
         self.seed = seed
@@ -403,11 +411,22 @@ class GMVAE(keras.Model):
                 )
                 mask = ops.concatenate([kept, ops.ones_like(labels, dtype="bool")], axis=0)
             if self.assignment_weight > 0:
-                logits = outputs["logits"] if views is None else self.classify(views, training=training)[1]
-                terms["assignment_loss"] = losses.assignment_loss(all_labels, logits, mask)
-                if trust is not None:
-                    labeled_only = losses.assignment_loss(labels, logits[num_unlabeled:])
-                    terms["assignment_loss"] = trust * terms["assignment_loss"] + (1.0 - trust) * labeled_only
+
+                def assignment(logits):
+                    loss = losses.assignment_loss(all_labels, logits, mask)
+                    if trust is not None:
+                        labeled_only = losses.assignment_loss(labels, logits[num_unlabeled:])
+                        loss = trust * loss + (1.0 - trust) * labeled_only
+                    return loss
+
+                if views is None:
+                    terms["assignment_loss"] = assignment(outputs["logits"])
+                else:
+                    terms["assignment_loss"] = self.consistency_share * assignment(
+                        self.classify(views, training=training)[1]
+                    )
+                    if self.consistency_share < 1.0:
+                        terms["assignment_loss"] += (1.0 - self.consistency_share) * assignment(outputs["logits"])
             if self.metric_weight > 0:
                 terms["metric_loss"] = losses.lifted_structured_loss_from_distances(
                     all_labels, distances, self.margin, mask
@@ -563,6 +582,7 @@ class GMVAE(keras.Model):
                 "warmup_steps": self.warmup_steps,
                 "assignment_balance": self.assignment_balance,
                 "assignment_confidence": self.assignment_confidence,
+                "consistency_share": self.consistency_share,
                 "prediction": self.prediction,
                 "labeled_set_size": self.labeled_set_size,
                 "seed": self.seed,

@@ -80,6 +80,7 @@ def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=N
         warmup_steps=round(config.auxiliary_warmup_epochs * steps_per_epoch),
         assignment_balance=config.assignment_balance,
         assignment_confidence=config.assignment_confidence,
+        consistency_share=config.consistency_share,
         prediction=config.prediction,
         labeled_set_size=len(labeled_set[1]) if knn else 0,
         seed=config.seed,

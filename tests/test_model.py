@@ -80,7 +80,7 @@ def test_invalid_constructor_arguments():
         {"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"},
         {"warmup_steps": -1}, {"prediction": "vote"}, {"prediction": "knn", "labeled_set_size": 1},
         {"prediction": "classifier", "labeled_set_size": 6}, {"assignment_confidence": 1.0},
-        {"assignment_confidence": -0.1},
+        {"assignment_confidence": -0.1}, {"consistency_share": 0.0}, {"consistency_share": 1.5},
     ):
         with pytest.raises(ValueError):
             tiny_model(**bad)
@@ -164,7 +164,7 @@ def _outputs(model, images):
 def test_model_config_and_keras_file_round_trip(tmp_path):
     model = tiny_model(
         hard_gumbel=True, reconstruction="bce", assignment_weighting="majority", warmup_steps=7, assignment_balance="vote",
-        assignment_confidence=0.8,
+        assignment_confidence=0.8, consistency_share=0.5,
     )
     ds, images, _ = batches()
     model.fit(ds, epochs=1, verbose=0)  # moves BatchNorm statistics off their init
@@ -285,3 +285,17 @@ def test_views_move_only_the_assignment_loss():
     assert abs(float(moved["assignment_loss"]) - float(plain["assignment_loss"])) > 1e-4
     for name in ("reconstruction_loss", "metric_loss", "categorical_loss"):
         np.testing.assert_allclose(moved[name], plain[name], rtol=1e-5, err_msg=name)
+
+
+def test_consistency_share_splits_the_assignment_loss_between_image_and_view():
+    _, images, labels = batches()
+    images, true = tf.constant(images), tf.constant(labels[6:], "int32")
+    mirrored = tf.reverse(images, axis=[2])
+    model = tiny_model()
+    on_image, _, _, _ = model.compute_losses(images, true, training=False)
+    on_view, _, _, _ = model.compute_losses(images, true, training=False, views=mirrored)
+    model.consistency_share = 0.25
+    split, _, _, _ = model.compute_losses(images, true, training=False, views=mirrored)
+    expected = 0.25 * float(on_view["assignment_loss"]) + 0.75 * float(on_image["assignment_loss"])
+    np.testing.assert_allclose(float(split["assignment_loss"]), expected, rtol=1e-5)
+    assert abs(float(on_view["assignment_loss"]) - float(on_image["assignment_loss"])) > 1e-4

@@ -187,6 +187,8 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"assignment_confidence": 1.0}, ConfigError, r"--assignment_confidence must be in \[0, 1\)"),
         ({"consistency_shift": -1}, ConfigError, "--consistency_shift must be >= 0"),
         ({"consistency_flip": True, "assignment_weight": 0.0}, ConfigError, "change L_A, which"),
+        ({"consistency_shift": 2, "consistency_share": 0.0}, ConfigError, r"--consistency_share must be in \(0, 1\]"),
+        ({"consistency_share": 0.5}, ConfigError, "set --consistency_shift or --consistency_flip"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
@@ -343,7 +345,7 @@ def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
     config = tiny_config(
         tmp_path / "svhn", dataset="svhn", epochs=1, steps_per_epoch=2, image_summary_every=0,
         # The flags beyond the paper that act inside the train step ride along.
-        consistency_shift=1, consistency_flip=True, assignment_confidence=0.5,
+        consistency_shift=1, consistency_flip=True, consistency_share=0.5, assignment_confidence=0.5,
     )
     metrics = train_and_evaluate(config, tmp_path / "run")
     assert metrics["dataset"] == "svhn" and 0 <= metrics["test_error_best"] <= 100
