@@ -283,8 +283,10 @@ def test_cpu_settings_for_one_label_count_come_last():
         assert [a for a in argv if a.startswith("--flagfile=")] == files[: 1 + ("--settings=cpu" in extra)]
     config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
     assert (config.batch_size, config.resolved_labeled_per_batch(), config.epochs) == (150, 100, 10)
+    assert (config.consistency_shift, config.consistency_flip, config.consistency_share) == (2, True, 0.5)
     config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=100"])
     assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
+    assert (config.consistency_shift, config.consistency_flip, config.consistency_share) == (2, True, 1.0)
     config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000", "--batch_size=200", "--labeled_per_batch=0"])
     assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
 
@@ -321,8 +323,8 @@ def test_per_label_count_cpu_flagfiles_change_only_the_batch():
     for path in paths:
         parsed = _read_flagfile(path)
         # The label count's file is picked by --num_labeled; the budget (epochs) is the dataset's.
-        # It may also switch off a dataset-wide setting it was not measured with.
-        assert set(parsed) <= {"batch_size", "labeled_per_batch", "consistency_shift", "consistency_flip"}, (path.name, parsed)
+        # It may also change how a dataset-wide setting acts on L_A, not switch it on.
+        assert set(parsed) <= {"batch_size", "labeled_per_batch", "consistency_shift", "consistency_flip", "consistency_share"}, (path.name, parsed)
         assert parsed.get("consistency_shift", "0") == "0" and parsed.get("consistency_flip", "false") == "false"
 
 
