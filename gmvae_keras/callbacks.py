@@ -45,83 +45,6 @@ class TemperatureAnnealing(keras.callbacks.Callback):
             logs["temperature"] = float(self.model.gumbel_softmax.temperature.numpy())
 
 
-class AveragedWeights(keras.callbacks.SwapEMAWeights):
-    """Puts the optimizer's moving average of the weights into the model
-    between epochs, for validation, checkpoints and the final model.
-
-    The optimizer must be built with `use_ema=True`. At the end of every
-    epoch the model's trainable weights and their averages (kept by the
-    optimizer) trade places; at the start of every epoch but the first they
-    trade back, so training goes on from the raw weights. The rule needs no
-    state: between epochs, and so in every checkpoint, the model holds the
-    average and the optimizer the raw weights, and a run resumed from a
-    checkpoint swaps back at its first epoch like any other. After the last
-    epoch the average stays in the model (and Keras's final
-    `finalize_variable_values` finds it in the optimizer too), so a finished
-    run given more epochs goes on from the average. Place it before
-    the callbacks that read the weights (validation, checkpointing).
-
-    The BatchNormalization statistics the model gathered belong to the raw
-    weights, and with averaged weights they can be far off (chance-level
-    validation error on Fashion-MNIST). Given `recalibration_images`, every
-    swap to the average is followed by `recalibrate_batch_normalization`.
-
-    Args:
-        recalibration_images: `[n, H, W, C]` float training images in [0, 1], or None.
-        batch_size: batch of the recalibration passes; a last partial batch is left out.
-    """
-
-    def __init__(self, recalibration_images=None, batch_size=200):
-        super().__init__(swap_on_epoch=True)
-        self.recalibration_images = recalibration_images
-        self.batch_size = int(batch_size)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch > 0:
-            self._swap_variables()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._swap_variables()
-        if self.recalibration_images is not None:
-            self.recalibrate_batch_normalization()
-        if epoch == self.params["epochs"] - 1:
-            self._finalize_ema_values()
-
-    def recalibrate_batch_normalization(self):
-        """Re-estimates the moving statistics of every BatchNormalization layer
-        for the weights now in the model: the plain mean, over the
-        recalibration batches, of each batch's statistics (as in stochastic
-        weight averaging). Runs eagerly, so each layer's `momentum` can be set
-        per batch."""
-        layers = [layer for layer in self.model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-        images = self.recalibration_images
-        starts = range(0, len(images) - self.batch_size + 1, self.batch_size)
-        if not layers or not starts:
-            return
-        momenta = [layer.momentum for layer in layers]
-        try:
-            for i, start in enumerate(starts):
-                for layer in layers:
-                    layer.momentum = i / (i + 1)  # the running mean of the batches' statistics
-                self.model(images[start : start + self.batch_size], training=True)
-        finally:
-            for layer, momentum in zip(layers, momenta):
-                layer.momentum = momentum
-
-    # Inside fit the swap is per epoch only.
-    def on_test_begin(self, logs=None):
-        pass
-
-    def on_test_end(self, logs=None):
-        pass
-
-    def on_predict_begin(self, logs=None):
-        pass
-
-    def on_predict_end(self, logs=None):
-        pass
-
-
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the optimizer's current learning rate to the epoch logs."""
 
@@ -146,7 +69,6 @@ class EpochSummary(keras.callbacks.Callback):
         ("assignment_loss", "L_A"),
         ("metric_loss", "L_M"),
         ("assignment_accuracy", "assign_acc"),
-        ("assignment_kept", "kept"),
     )
 
     def __init__(self, epochs, print_fn=functools.partial(print, flush=True)):

@@ -9,17 +9,16 @@ import dataclasses
 import json
 from typing import Optional
 
+from gmvae_keras.settings import ConfigError, ModelSettings, check_choice, drop_removed_options
+from gmvae_keras.settings import field as _field
 
-class ConfigError(ValueError):
-    """An impossible configuration; the message is one line for the user."""
-
-
-def _field(default, help, choices=None):
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+__all__ = ["Config", "ConfigError"]
 
 
 @dataclasses.dataclass
-class Config:
+class Config(ModelSettings):
+    """Every setting of a run: the model's (`ModelSettings`) and the data, schedule and run directory's."""
+
     mode: str = _field("semi_supervised", "semi_supervised, or clustering (no labels; loads flags/<dataset>_clustering.cfg).", choices=["semi_supervised", "clustering"])
     # Data.
     dataset: str = _field("mnist", "mnist, fashion_mnist, svhn, or a tensorflow-datasets image classification name.")
@@ -34,36 +33,18 @@ class Config:
     steps_per_epoch: int = _field(0, "Batches per epoch; 0 means one full pass over the unlabeled stream.")
     eval_batch_size: int = _field(1000, "Batch size of validation and test evaluation.")
     learning_rate: float = _field(1e-3, "Adam learning rate.")
-    lr_schedule: str = _field("constant", "Learning-rate schedule: constant (paper), cosine decay to 0 over the run, or step decay.", choices=["constant", "cosine", "step"])
+    lr_schedule: str = _field("constant", "Learning-rate schedule: constant (paper), cosine decay to 0 over the run, or step decay (an option of the authors' released code).", choices=["constant", "cosine", "step"])
     lr_decay_epochs: int = _field(30, "With --lr_schedule=step: epochs between decays.")
     lr_decay_rate: float = _field(0.5, "With --lr_schedule=step: factor of each decay.")
     augment_shift: int = _field(0, "Translate training images randomly by up to N pixels per axis; 0 (paper) disables.")
-    ema_momentum: float = _field(0.0, "Validate, checkpoint and predict with an exponential moving average of the weights with this momentum (e.g. 0.999; not in the paper), BatchNormalization statistics re-estimated for it; 0 (paper) disables.")
     augment_flip: bool = _field(False, "Mirror each training image left-right with probability 1/2 (not in the paper); for mirror-symmetric classes such as clothes, not digits.")
     consistency_shift: int = _field(0, "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, while its label is still assigned on the image itself (consistency; not in the paper); 0 (paper) disables.")
     consistency_flip: bool = _field(False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits.")
-    consistency_share: float = _field(1.0, "With a second view: the share of L_A's cross-entropy taken on it, the rest on the image itself; 1 takes it on the view alone.")
-    # Networks.
-    feature_size: int = _field(100, "f_sz: length of the features x̂ = g(x).")
-    latent_size: int = _field(100, "z_sz: length of the Gaussian latent z.")
-    reconstruction: str = _field("mse", "Reconstruction loss L_R.", choices=["mse", "bce"])
-    # Loss weights.
-    gaussian_weight: float = _field(1.0, "w_G, weight of the Gaussian KL term L_G.")
-    categorical_weight: float = _field(1.0, "w_C, weight of the categorical KL term L_C.")
-    assignment_weight: float = _field(1.0, "w_A, weight of the assignment loss L_A.")
-    metric_weight: float = _field(1.0, "w_M, weight of the lifted structured loss L_M.")
-    margin: float = _field(1.0, "Margin of the lifted structured loss.")
-    k: int = _field(5, "Neighbours in the k-NN label assignment.")
-    assignment_weighting: str = _field("distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=["distance", "majority"])
-    assignment_balance: str = _field("none", "Rebalance the k-NN assignment of each batch so every class gets about an equal share (Sinkhorn over the classes): none (paper), vote (over the k-NN votes) or distance (over the distances to each class's nearest labeled sample).", choices=["none", "vote", "distance"])
-    assignment_confidence: float = _field(0.0, "Keep an unlabeled image in L_A and L_M only when q(y|x̂) gives its assigned label at least this probability (not in the paper; e.g. 0.9); 0 (paper) keeps all.")
-    prediction: str = _field("classifier", "Predicted class: argmax q(y|x̂) (paper), or knn: the plain k-NN vote of L_A's assignment rule (--k, --assignment_weighting; no --assignment_balance) among the labeled training images' features. Also picks the best-validation model.", choices=["classifier", "knn"])
     auxiliary_warmup_epochs: float = _field(0.0, "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count fully from the start); 0 (paper) disables.")
     # Gumbel-Softmax.
     temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
     temperature_end: float = _field(0.5, "Gumbel-Softmax temperature after the annealing.")
     temperature_epochs: int = _field(50, "Epochs over which the temperature is annealed linearly.")
-    hard_gumbel: bool = _field(False, "Straight-through one-hot Gumbel-Softmax samples.")
     # Run.
     image_summary_every: int = _field(5, "Write reconstruction and generation image grids to TensorBoard every N epochs; 0 disables.")
     jit_compile: bool = _field(False, "Compile the train step with XLA.")
@@ -85,43 +66,31 @@ class Config:
 
     def validate(self, num_classes=None):
         """Raise ConfigError for impossible values (num_classes once the data is known)."""
-        for name in ("gaussian_weight", "categorical_weight", "assignment_weight", "metric_weight", "margin"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        positive = ("batch_size", "epochs", "eval_batch_size", "feature_size", "latent_size", "temperature_epochs", "lr_decay_epochs")
-        for name in positive:
+        ModelSettings.validate(self)
+        for name in ("batch_size", "epochs", "eval_batch_size", "temperature_epochs", "lr_decay_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
         for name in ("learning_rate", "temperature_start", "temperature_end", "lr_decay_rate"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift", "consistency_shift", "auxiliary_warmup_epochs"):
+        for name in (
+            "num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift",
+            "consistency_shift", "auxiliary_warmup_epochs",
+        ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.assignment_confidence < 1.0:
-            raise ConfigError(f"--assignment_confidence must be in [0, 1), got {self.assignment_confidence}")
-        if not 0.0 <= self.ema_momentum < 1.0:
-            raise ConfigError(f"--ema_momentum must be in [0, 1), got {self.ema_momentum}")
-        if self.ema_momentum and self.strategy != "default":
-            raise ConfigError(f"--ema_momentum works with --strategy=default only, got --strategy={self.strategy}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
-        for name in ("mode", "reconstruction", "assignment_weighting", "assignment_balance", "prediction", "verbose", "lr_schedule", "strategy"):
-            choices = Config.__dataclass_fields__[name].metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"--{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("mode", "verbose", "lr_schedule", "strategy"):
+            check_choice(name, getattr(self, name), Config.choices(name))
         if self.mode == "clustering" and self.num_labeled:
             raise ConfigError(f"--mode=clustering uses no labeled data; got --num_labeled={self.num_labeled}")
         if self.mode == "semi_supervised" and not self.num_labeled:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
-        if self.k < 1:
-            raise ConfigError(f"--k must be >= 1, got {self.k}")
         if (self.consistency_shift or self.consistency_flip) and (self.mode == "clustering" or not self.assignment_weight):
             raise ConfigError("--consistency_shift/--consistency_flip change L_A, which --mode=clustering and --assignment_weight=0 leave out")
-        if not 0.0 < self.consistency_share <= 1.0:
-            raise ConfigError(f"--consistency_share must be in (0, 1], got {self.consistency_share}")
         if self.consistency_share < 1.0 and not (self.consistency_shift or self.consistency_flip):
             raise ConfigError("--consistency_share splits L_A between the image and its second view; set --consistency_shift or --consistency_flip")
         if self.prediction == "knn" and self.mode == "clustering":
@@ -154,7 +123,10 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values, source="the configuration"):
+        """The `Config` of `values` (a run's `config.json`, say); options removed since are dropped at
+        their "off" value and refused otherwise (ConfigError)."""
+        values = drop_removed_options(values, source)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

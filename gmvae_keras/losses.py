@@ -12,10 +12,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from gmvae_keras.settings import ConfigError, ModelSettings, check_choice
+
 _EPSILON = 1e-7
 # Stands for log(0) in masked log-sum-exps; finite so that no NaN appears.
 _LOG_ZERO = -1e9
-BALANCE_CHOICES = ("none", "vote", "distance")
 
 
 def reconstruction_loss(images, reconstructions, kind="mse"):
@@ -81,44 +82,18 @@ def categorical_loss(logits):
     return ops.mean(ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes))
 
 
-def assignment_loss(labels, logits, mask=None):
+def assignment_loss(labels, logits):
     """L_A: cross-entropy of q(y|x̂) against true or assigned labels.
 
     Args:
         labels: `[batch]` int labels (true for labeled samples, from
             `assign_labels` for unlabeled ones).
         logits: `[batch, c]` logits of q(y|x̂).
-        mask: optional `[batch]` bool, the samples that count (not in the
-            paper; see `confident_assignment`). None counts all.
 
     Returns:
-        Scalar: averaged over the batch (over the masked-in samples, 0 if
-        there are none).
+        Scalar: averaged over the batch.
     """
-    cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    if mask is None:
-        return ops.mean(cross_entropy)
-    weights = ops.cast(mask, cross_entropy.dtype)
-    return ops.sum(weights * cross_entropy) / ops.maximum(ops.sum(weights), 1.0)
-
-
-def confident_assignment(assigned, probabilities, threshold):
-    """`[n]` bool: the assigned labels that q(y|x̂) gives probability >= `threshold`.
-
-    Not in the paper. The k-NN vote is usually unanimous even when wrong, so
-    its own margin says little about whether an assigned label is right;
-    q(y|x̂) is a second opinion, trained on the true labels as well. Only
-    the unlabeled samples it agrees with confidently then enter L_A and L_M.
-    No gradient flows through the mask.
-
-    Args:
-        assigned: `[n]` int labels from `assign_labels`.
-        probabilities: `[n, c]` q(y|x̂) for the same samples.
-        threshold: probability in (0, 1).
-    """
-    probabilities = ops.stop_gradient(probabilities)
-    chosen = ops.take_along_axis(probabilities, ops.cast(assigned, "int32")[:, None], axis=1)[:, 0]
-    return chosen >= threshold
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
 
 def pairwise_distance(a, b=None):
@@ -145,23 +120,20 @@ def pairwise_distance(a, b=None):
     return ops.where(is_zero, 0.0, ops.sqrt(ops.where(is_zero, 1.0, squared)))
 
 
-def assign_labels_from_distances(
-    distances, labeled_labels, num_classes, k, weighting="distance", balance="none", balance_temperature=0.1
-):
-    """`assign_labels` on a precomputed `[n_unlabeled, n_labeled]` distance matrix."""
-    if weighting not in ("distance", "majority"):
-        raise ValueError(f"weighting must be 'distance' or 'majority', got {weighting!r}")
-    if balance not in BALANCE_CHOICES:
-        raise ValueError(f"balance must be one of {BALANCE_CHOICES}, got {balance!r}")
+def assign_labels_from_distances(distances, labeled_labels, num_classes, k, weighting="distance", balance="none"):
+    """`assign_labels` on a precomputed `[n_unlabeled, n_labeled]` distance matrix.
+
+    With `balance="vote"` (not in the paper) the votes are rebalanced over
+    the batch by `balance_assignment`.
+    """
+    check_choice("assignment_weighting", weighting, ModelSettings.choices("assignment_weighting"))
+    check_choice("assignment_balance", balance, ModelSettings.choices("assignment_balance"))
     k = int(k)
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ConfigError(f"--k must be >= 1, got {k}")
     num_labeled = distances.shape[-1]
     if num_labeled is not None and k > num_labeled:
-        raise ValueError(f"k={k} is larger than the number of labeled samples ({num_labeled})")
-    if balance == "distance":
-        nearest = nearest_class_distances(distances, labeled_labels, num_classes)
-        return balance_assignment(-nearest / (balance_temperature * ops.mean(nearest) + _EPSILON))
+        raise ConfigError(f"k={k} is larger than the number of labeled samples ({num_labeled})")
     votes = class_votes_from_distances(distances, labeled_labels, num_classes, k, weighting)
     if balance == "vote":
         shares = votes / ops.sum(votes, axis=-1, keepdims=True)
@@ -197,14 +169,6 @@ def class_votes_from_distances(distances, labeled_labels, num_classes, k, weight
         weights = ops.ones_like(neg_distances)
     neighbour_labels = ops.take(ops.cast(labeled_labels, "int32"), neighbours)
     return ops.sum(ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None], axis=1)
-
-
-def nearest_class_distances(distances, labeled_labels, num_classes):
-    """`[n_unlabeled, c]` distance from each unlabeled sample to the nearest labeled one of each class."""
-    distances = ops.stop_gradient(distances)
-    member = ops.transpose(ops.one_hot(ops.cast(labeled_labels, "int32"), num_classes, dtype="bool"))
-    masked = ops.where(member[None, :, :], distances[:, None, :], 1e9)
-    return ops.min(masked, axis=-1)
 
 
 def assign_labels(
@@ -255,26 +219,15 @@ def assign_labels_in_batches(
     )
 
 
-def lifted_structured_loss_from_distances(labels, distances, margin, mask=None):
-    """`lifted_structured_loss` on a precomputed `[batch, batch]` distance matrix.
-
-    `mask` (optional `[batch]` bool, not in the paper) leaves the masked-out
-    samples out of every pair, positive or negative, as if they were not in
-    the batch.
-    """
+def lifted_structured_loss_from_distances(labels, distances, margin):
+    """`lifted_structured_loss` on a precomputed `[batch, batch]` distance matrix."""
     labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     same = ops.equal(labels[:, None], labels[None, :])
     batch_size = ops.shape(labels)[0]
     eye = ops.eye(batch_size, dtype="bool")
-    positive = ops.logical_and(same, ops.logical_not(eye))
-    excluded = same
-    if mask is not None:
-        mask = ops.reshape(ops.cast(mask, "bool"), (-1,))
-        positive = ops.logical_and(positive, ops.logical_and(mask[:, None], mask[None, :]))
-        excluded = ops.logical_or(same, ops.logical_not(mask)[None, :])
-    positives = ops.cast(positive, distances.dtype)
+    positives = ops.cast(ops.logical_and(same, ops.logical_not(eye)), distances.dtype)
     # log Σ_{k ∈ negatives(i)} exp(margin − D_ik), one value per row.
-    negative_logits = ops.where(excluded, _LOG_ZERO, margin - distances)
+    negative_logits = ops.where(same, _LOG_ZERO, margin - distances)
     row_terms = ops.logsumexp(negative_logits, axis=1)
     # J_ij = log(Σ_neg(i) + Σ_neg(j)) + D_ij, combined stably in log space.
     j = ops.logaddexp(row_terms[:, None], row_terms[None, :]) + distances

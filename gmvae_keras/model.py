@@ -1,7 +1,9 @@
 """The semi-supervised Gaussian Mixture VAE guided by auxiliary tasks."""
 
-import numpy as np
+import dataclasses
+
 import keras
+import numpy as np
 from keras import ops
 import tensorflow as tf
 
@@ -14,6 +16,7 @@ from gmvae_keras.networks import (
     GaussianInference,
     GaussianPrior,
 )
+from gmvae_keras.settings import ModelSettings, drop_removed_options
 
 def _multi_worker(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -21,8 +24,6 @@ def _multi_worker(strategy):
         return False
     return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1
 
-
-PREDICTION_CHOICES = ("classifier", "knn")
 
 LOSS_TERMS = (
     "reconstruction_loss",
@@ -53,72 +54,35 @@ class GMVAE(keras.Model):
     `unlabeled_labels` is optional and only feeds the `assignment_accuracy`
     metric. With `n_l = 0` or `w_A = w_M = 0` the auxiliary losses are not
     computed (unsupervised clustering); `w_M = 0` alone is the paper's
-    ablation.
+    ablation. `test_step` takes `(images, labels)` (or the same dict) and
+    reports `error`, the classification error (%) of the prediction.
 
-    With `warmup_steps > 0` (not in the paper) the assigned labels are
-    trusted gradually: at optimizer step t, L_A and L_M are
-    `(1 - r)·(the term on the labeled part alone) + r·(the term on the whole
-    batch)` with `r = min(1, (t + 1) / warmup_steps)`. The first assignments
-    come from nearly random features; at full weight from the first step the
-    lifted loss can merge a class into another for good (docs/RESULTS.md).
-
-    With `assignment_balance` "vote" or "distance" (not in the paper) each
-    batch's assignment is rebalanced so every class gets about an equal share
-    of the unlabeled part (`losses.balance_assignment`): a class the k-NN
-    votes would over-fill gives its least certain samples to their next best
-    class. It assumes roughly balanced classes.
-
-    With `assignment_confidence` τ > 0 (not in the paper) an unlabeled
-    sample enters L_A and L_M only when q(y|x̂) gives its assigned label a
-    probability of at least τ (`losses.confident_assignment`); the others
-    still count in L_R, L_G and L_C. Labeled samples always count. The share
-    of unlabeled samples kept is logged as `assignment_kept`.
-
-    A batch dict may also hold `views` (not in the paper;
-    `data.make_train_dataset` with `consistency_shift` / `consistency_flip`):
-    a randomly shifted or mirrored copy of `images`. L_A's cross-entropy is
-    then taken on q(y|g(view)) while the labels are still assigned, and L_M
-    and the generative terms computed, on the images themselves: the
-    classifier learns to give a perturbed image the label its unperturbed
-    features earned. With `consistency_share` s < 1, L_A is
-    `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`, so the classifier
-    still sees the images themselves.
-
-    With `prediction="knn"` (not in the paper) the model predicts by the
-    assignment rule of L_A instead of argmax q(y|x̂): the plain k-NN vote
-    (same `k` and `assignment_weighting`, no `assignment_balance`) among the
-    features of the labeled training images, which it stores
-    (`set_labeled_set`, saved with the model) and encodes afresh at each
-    prediction. `predict_proba` stays q(y|x̂).
-
-    `test_step` takes `(images, labels)` (or the same dict) and reports
-    `error`, the classification error (%) of the model's prediction.
+    Beyond the paper, each off by default:
+    - `warmup_steps > 0`: at optimizer step t, L_A and L_M are
+      `(1 - r)·(the term on the labeled part) + r·(the term on the whole
+      batch)`, `r = min(1, (t + 1) / warmup_steps)`, so the first assignments,
+      made on nearly random features, are trusted gradually.
+    - `assignment_balance="vote"`: each batch's assignment is rebalanced so
+      every class gets about an equal share (`losses.balance_assignment`).
+    - a batch dict with `views` (a shifted or mirrored copy of `images`):
+      L_A's cross-entropy is `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`
+      with `s = consistency_share`, its labels assigned on the images.
+    - `prediction="knn"`: the model predicts by L_A's plain k-NN vote among
+      the labeled training images it stores (`set_labeled_set`), encoded
+      afresh at each prediction; `predict_proba` stays q(y|x̂).
 
     Args:
         image_shape: `(H, W, C)`, 28×28×C or 32×32×C.
         num_classes: c.
-        feature_size: f_sz, length of x̂.
-        latent_size: z_sz, length of z.
-        reconstruction: "mse" or "bce" (`losses.reconstruction_loss`).
-        gaussian_weight, categorical_weight: w_G, w_C.
-        assignment_weight, metric_weight: w_A, w_M.
-        margin: margin of the lifted structured loss.
-        k: neighbours of the label assignment.
-        assignment_weighting: "distance" (paper) or "majority".
+        feature_size, latent_size, reconstruction, hard_gumbel,
+        gaussian_weight, categorical_weight, assignment_weight,
+        metric_weight, margin, k, assignment_weighting, assignment_balance,
+        consistency_share, prediction: the model's settings, documented
+            and checked by `settings.ModelSettings`.
         temperature: initial Gumbel-Softmax temperature.
-        hard_gumbel: straight-through one-hot Gumbel-Softmax samples.
-        warmup_steps: optimizer steps over which the unlabeled samples'
-            share of L_A and L_M ramps from 0 to 1; 0 (paper) disables.
-        assignment_balance: "none" (paper), "vote" (rebalance the k-NN
-            votes) or "distance" (rebalance a softmax over the distances to
-            each class's nearest labeled sample).
-        assignment_confidence: τ in [0, 1); 0 (paper) keeps every assigned
-            label.
-        consistency_share: s in (0, 1], the share of L_A taken on the
-            batch's `views` when it has them (1: all of it).
-        prediction: "classifier" (paper: argmax q(y|x̂)) or "knn".
-        labeled_set_size: number of labeled images stored for
-            `prediction="knn"` (0 otherwise).
+        warmup_steps: optimizer steps of the warm-up above; 0 disables.
+        labeled_set_size: labeled images stored for `prediction="knn"`
+            (0 otherwise).
         seed: seed of the sampling layers.
         **kwargs: passed to `keras.Model`.
     """
@@ -141,7 +105,6 @@ class GMVAE(keras.Model):
         hard_gumbel=False,
         warmup_steps=0,
         assignment_balance="none",
-        assignment_confidence=0.0,
         consistency_share=1.0,
         prediction="classifier",
         labeled_set_size=0,
@@ -149,34 +112,24 @@ class GMVAE(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (
-            ("gaussian_weight", gaussian_weight),
-            ("categorical_weight", categorical_weight),
-            ("assignment_weight", assignment_weight),
-            ("metric_weight", metric_weight),
-            ("margin", margin),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if reconstruction not in ("mse", "bce"):
-            raise ValueError(f"reconstruction must be 'mse' or 'bce', got {reconstruction!r}")
-        if assignment_weighting not in ("distance", "majority"):
-            raise ValueError(
-                f"assignment_weighting must be 'distance' or 'majority', got {assignment_weighting!r}"
-            )
-        if int(k) < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if assignment_balance not in losses.BALANCE_CHOICES:
-            raise ValueError(
-                f"assignment_balance must be one of {losses.BALANCE_CHOICES}, got {assignment_balance!r}"
-            )
-        if not 0.0 <= assignment_confidence < 1.0:
-            raise ValueError(f"assignment_confidence must be in [0, 1), got {assignment_confidence}")
-        if not 0.0 < consistency_share <= 1.0:
-            raise ValueError(f"consistency_share must be in (0, 1], got {consistency_share}")
-        if prediction not in PREDICTION_CHOICES:
-            raise ValueError(f"prediction must be one of {PREDICTION_CHOICES}, got {prediction!r}")
-        if prediction == "knn" and not int(k) <= int(labeled_set_size):
+        settings = ModelSettings(
+            feature_size=int(feature_size),
+            latent_size=int(latent_size),
+            reconstruction=reconstruction,
+            hard_gumbel=bool(hard_gumbel),
+            gaussian_weight=float(gaussian_weight),
+            categorical_weight=float(categorical_weight),
+            assignment_weight=float(assignment_weight),
+            metric_weight=float(metric_weight),
+            margin=float(margin),
+            k=int(k),
+            assignment_weighting=assignment_weighting,
+            assignment_balance=assignment_balance,
+            consistency_share=float(consistency_share),
+            prediction=prediction,
+        )
+        settings.validate()
+        if prediction == "knn" and not settings.k <= int(labeled_set_size):
             raise ValueError(
                 f"prediction='knn' needs labeled_set_size >= k={k} stored labeled images, got {labeled_set_size}"
             )
@@ -188,23 +141,11 @@ class GMVAE(keras.Model):
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_classes = int(num_classes)
-        self.feature_size = int(feature_size)
-        self.latent_size = int(latent_size)
-        self.reconstruction = reconstruction
-        self.gaussian_weight = float(gaussian_weight)
-        self.categorical_weight = float(categorical_weight)
-        self.assignment_weight = float(assignment_weight)
-        self.metric_weight = float(metric_weight)
-        self.margin = float(margin)
-        self.k = int(k)
-        self.assignment_weighting = assignment_weighting
+        # One attribute per setting, as the constructor's arguments.
+        for name, value in dataclasses.asdict(settings).items():
+            setattr(self, name, value)
         self.temperature = float(temperature)
-        self.hard_gumbel = bool(hard_gumbel)
         self.warmup_steps = int(warmup_steps)
-        self.assignment_balance = assignment_balance
-        self.assignment_confidence = float(assignment_confidence)
-        self.consistency_share = float(consistency_share)
-        self.prediction = prediction
         self.labeled_set_size = int(labeled_set_size)
         self.seed = seed
 
@@ -224,7 +165,7 @@ class GMVAE(keras.Model):
 
         self.trackers = {
             name: keras.metrics.Mean(name=name)
-            for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy", "assignment_kept")
+            for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
         }
         self.error_tracker = keras.metrics.Mean(name="error")
         self._inference_function = None
@@ -364,11 +305,9 @@ class GMVAE(keras.Model):
         second views for L_A (see the class docstring), or None.
 
         Returns:
-            `(terms, total, assigned, kept)`: a dict of the five unweighted
-            terms, the weighted sum, the labels assigned to the unlabeled
-            part (None when the auxiliary losses are off) and the `[n_u]`
-            bool mask of those that count (None without
-            `assignment_confidence`).
+            `(terms, total, assigned)`: a dict of the five unweighted terms,
+            the weighted sum and the labels assigned to the unlabeled part
+            (None when the auxiliary losses are off).
         """
         outputs = self(images, training=training)
         zero = ops.zeros((), dtype=outputs["logits"].dtype)
@@ -387,7 +326,7 @@ class GMVAE(keras.Model):
             "assignment_loss": zero,
             "metric_loss": zero,
         }
-        assigned = kept = mask = None
+        assigned = None
         num_labeled = 0 if labels is None else labels.shape[0]
         if self._uses_auxiliary_losses(num_labeled):
             features = outputs["features"]
@@ -405,15 +344,10 @@ class GMVAE(keras.Model):
             )
             labels = ops.cast(labels, "int32")
             all_labels = ops.concatenate([assigned, labels], axis=0)
-            if self.assignment_confidence > 0:
-                kept = losses.confident_assignment(
-                    assigned, outputs["probabilities"][:num_unlabeled], self.assignment_confidence
-                )
-                mask = ops.concatenate([kept, ops.ones_like(labels, dtype="bool")], axis=0)
             if self.assignment_weight > 0:
 
                 def assignment(logits):
-                    loss = losses.assignment_loss(all_labels, logits, mask)
+                    loss = losses.assignment_loss(all_labels, logits)
                     if trust is not None:
                         labeled_only = losses.assignment_loss(labels, logits[num_unlabeled:])
                         loss = trust * loss + (1.0 - trust) * labeled_only
@@ -429,7 +363,7 @@ class GMVAE(keras.Model):
                         terms["assignment_loss"] += (1.0 - self.consistency_share) * assignment(outputs["logits"])
             if self.metric_weight > 0:
                 terms["metric_loss"] = losses.lifted_structured_loss_from_distances(
-                    all_labels, distances, self.margin, mask
+                    all_labels, distances, self.margin
                 )
                 if trust is not None:
                     labeled_only = losses.lifted_structured_loss_from_distances(
@@ -443,7 +377,7 @@ class GMVAE(keras.Model):
             + self.assignment_weight * terms["assignment_loss"]
             + self.metric_weight * terms["metric_loss"]
         )
-        return terms, total, assigned, kept
+        return terms, total, assigned
 
     @staticmethod
     def _unpack(data):
@@ -465,7 +399,7 @@ class GMVAE(keras.Model):
             step = ops.cast(self.optimizer.iterations + 1, "float32")
             trust = ops.minimum(step / float(self.warmup_steps), 1.0)
         with tf.GradientTape() as tape:
-            terms, total, assigned, kept = self.compute_losses(
+            terms, total, assigned = self.compute_losses(
                 images, labels, training=True, trust=trust, views=views
             )
             # Optimizers sum the replicas' gradients: scale each replica's mean
@@ -478,8 +412,6 @@ class GMVAE(keras.Model):
         if assigned is not None and unlabeled_labels is not None:
             correct = ops.cast(ops.equal(assigned, ops.cast(unlabeled_labels, "int32")), "float32")
             values["assignment_accuracy"] = ops.mean(correct)
-        if kept is not None:
-            values["assignment_kept"] = ops.mean(ops.cast(kept, "float32"))
         if replicas > 1:
             # Every replica holds the same slice layout, so the global mean of
             # each term is the mean of the replicas' means.
@@ -489,8 +421,6 @@ class GMVAE(keras.Model):
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         if assigned is None:
             del logs["assignment_accuracy"]  # the auxiliary losses are off: nothing was assigned
-        if kept is None:
-            del logs["assignment_kept"]
         logs["temperature"] = ops.convert_to_tensor(self.gumbel_softmax.temperature)
         if _multi_worker(tf.distribute.get_strategy()):
             # Keras averages multi-worker step outputs along axis 0, which
@@ -561,31 +491,26 @@ class GMVAE(keras.Model):
         z = mean + ops.sqrt(variance) * noise
         return keras.ops.convert_to_numpy(self.decoder(z, training=False))
 
+    def settings(self):
+        """The model's `ModelSettings`."""
+        return ModelSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSettings)})
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "image_shape": self.image_shape,
                 "num_classes": self.num_classes,
-                "feature_size": self.feature_size,
-                "latent_size": self.latent_size,
-                "reconstruction": self.reconstruction,
-                "gaussian_weight": self.gaussian_weight,
-                "categorical_weight": self.categorical_weight,
-                "assignment_weight": self.assignment_weight,
-                "metric_weight": self.metric_weight,
-                "margin": self.margin,
-                "k": self.k,
-                "assignment_weighting": self.assignment_weighting,
+                **dataclasses.asdict(self.settings()),
                 "temperature": self.temperature,
-                "hard_gumbel": self.hard_gumbel,
                 "warmup_steps": self.warmup_steps,
-                "assignment_balance": self.assignment_balance,
-                "assignment_confidence": self.assignment_confidence,
-                "consistency_share": self.consistency_share,
-                "prediction": self.prediction,
                 "labeled_set_size": self.labeled_set_size,
                 "seed": self.seed,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Models saved by an older version may hold options removed since (at "off": dropped).
+        return cls(**drop_removed_options(config, "the saved GMVAE"))

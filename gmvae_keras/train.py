@@ -1,5 +1,6 @@
 """`train_and_evaluate(config, model_dir)`: one training run, start to finish."""
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,6 @@ from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
 from gmvae_keras import distribute
 from gmvae_keras.callbacks import (
-    AveragedWeights,
     EpochSummary,
     ImageSummaries,
     LearningRateLogger,
@@ -24,6 +24,7 @@ from gmvae_keras.callbacks import (
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.export import export_saved_model
 from gmvae_keras.model import GMVAE, LOSS_TERMS
+from gmvae_keras.settings import drop_removed_options
 
 
 class RunError(ValueError):
@@ -33,10 +34,6 @@ class RunError(ValueError):
 # Files of a run that `--overwrite` removes before starting afresh.
 _RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy", "config.json")
 _RUN_DIRS = ("checkpoints", "export", "logs")
-
-
-# Batches of training images that re-estimate BatchNormalization statistics for averaged weights.
-_RECALIBRATION_BATCHES = 20
 
 
 def learning_rate(config, steps_per_epoch):
@@ -65,34 +62,16 @@ def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=N
     model = GMVAE(
         image_shape=image_shape,
         num_classes=num_classes,
-        feature_size=config.feature_size,
-        latent_size=config.latent_size,
-        reconstruction=config.reconstruction,
-        gaussian_weight=config.gaussian_weight,
-        categorical_weight=config.categorical_weight,
-        assignment_weight=config.assignment_weight,
-        metric_weight=config.metric_weight,
-        margin=config.margin,
-        k=config.k,
-        assignment_weighting=config.assignment_weighting,
+        **dataclasses.asdict(config.model_settings()),
         temperature=config.temperature_start,
-        hard_gumbel=config.hard_gumbel,
         warmup_steps=round(config.auxiliary_warmup_epochs * steps_per_epoch),
-        assignment_balance=config.assignment_balance,
-        assignment_confidence=config.assignment_confidence,
-        consistency_share=config.consistency_share,
-        prediction=config.prediction,
         labeled_set_size=len(labeled_set[1]) if knn else 0,
         seed=config.seed,
     )
     if knn:
         model.set_labeled_set(*labeled_set)
     model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate(config, steps_per_epoch),
-            use_ema=config.ema_momentum > 0,
-            ema_momentum=config.ema_momentum,
-        ),
+        optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
         jit_compile=config.jit_compile,
     )
     return model
@@ -103,6 +82,8 @@ def _check_run_dir(config, model_dir):
     previous = ckpt.read_json(model_dir / "config.json")
     if previous is None:
         return False
+    # A run of an older version that set a removed option is refused in its own words.
+    previous = drop_removed_options(previous, f"{model_dir}/config.json")
     try:
         previous = Config.from_dict(previous)
     except (ConfigError, TypeError) as e:
@@ -219,10 +200,6 @@ def train_and_evaluate(config, model_dir):
         TerminateOnNonFinite(("loss",) + LOSS_TERMS),
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
     ]
-    if config.ema_momentum:
-        # A fixed sample of training images re-estimates the BatchNormalization statistics for the average.
-        sample = data.train_images[: _RECALIBRATION_BATCHES * config.batch_size].astype("float32") / 255.0
-        callbacks.append(AveragedWeights(sample, config.batch_size))
     if chief:
         callbacks += [
             ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size),
@@ -283,7 +260,8 @@ def train_and_evaluate(config, model_dir):
         f"done: test error {metrics['test_error_best']:.2f}%, ACC {metrics['test_cluster_accuracy_best']:.2f}%, "
         f"NMI {metrics['test_nmi_best']:.2f}% (best model, epoch {metrics['best_epoch']}); "
         f"test error {metrics['test_error_last']:.2f}% (last); "
-        f"{metrics['train_images_per_second']:.0f} train images/s; run in {model_dir}",
+        f"{metrics['train_images_per_second']:.0f} train images/s; run in {model_dir}, "
+        f"SavedModel in {model_dir / 'export'}",
         flush=True,
     )
     return metrics

@@ -149,23 +149,22 @@ def _stolen_class_case():
     return distances, labeled_labels, truth
 
 
-@pytest.mark.parametrize("balance", ["vote", "distance"])
-def test_balanced_assignment_gives_back_a_stolen_class(balance):
+def test_balanced_assignment_gives_back_a_stolen_class():
     distances, labeled_labels, truth = _stolen_class_case()
     plain = losses.assign_labels_from_distances(distances, labeled_labels, 4, k=3).numpy()
-    balanced = losses.assign_labels_from_distances(distances, labeled_labels, 4, k=3, balance=balance).numpy()
+    balanced = losses.assign_labels_from_distances(distances, labeled_labels, 4, k=3, balance="vote").numpy()
     assert np.bincount(plain, minlength=4).max() >= 35  # class 1 takes many 0s
     assert np.bincount(balanced, minlength=4).max() < np.bincount(plain, minlength=4).max()
     assert np.mean(balanced == truth) > np.mean(plain == truth)
     assert np.bincount(balanced, minlength=4)[0] > np.bincount(plain, minlength=4)[0]
 
 
-def test_nearest_class_distances_and_bad_balance():
+def test_bad_balance_is_refused():
     distances = np.array([[3.0, 1.0, 2.0, 5.0]], "float32")
     labeled_labels = np.array([0, 1, 0, 1])
-    np.testing.assert_allclose(losses.nearest_class_distances(distances, labeled_labels, 3), [[2.0, 1.0, 1e9]])
-    with pytest.raises(ValueError, match="balance must be one of"):
-        losses.assign_labels_from_distances(distances, labeled_labels, 2, k=1, balance="sinkhorn")
+    for removed in ("sinkhorn", "distance"):
+        with pytest.raises(ValueError, match="--assignment_balance must be one of"):
+            losses.assign_labels_from_distances(distances, labeled_labels, 2, k=1, balance=removed)
 
 
 def test_gaussian_loss_matches_closed_form():
@@ -213,37 +212,3 @@ def test_assignment_loss_is_cross_entropy():
     log_q = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -np.mean(log_q[np.arange(2), labels])
     np.testing.assert_allclose(float(losses.assignment_loss(labels, logits)), expected, rtol=1e-5)
-
-
-def test_masked_assignment_loss_averages_the_kept_samples():
-    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [3.0, -1.0, 0.5]], "float32")
-    labels = np.array([2, 0, 1])
-    mask = np.array([True, False, True])
-    expected = float(losses.assignment_loss(labels[mask], logits[mask]))
-    np.testing.assert_allclose(float(losses.assignment_loss(labels, logits, mask)), expected, rtol=1e-6)
-    np.testing.assert_allclose(
-        float(losses.assignment_loss(labels, logits, np.ones(3, bool))), float(losses.assignment_loss(labels, logits))
-    )
-    assert float(losses.assignment_loss(labels, logits, np.zeros(3, bool))) == 0.0
-
-
-@pytest.mark.parametrize("mask", [[1, 0, 1, 1, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1, 0, 1], [1] * 8])
-def test_masked_lifted_loss_equals_the_loss_without_the_masked_samples(mask):
-    # Masked-out samples leave every pair, positive and negative: the loss is
-    # the loss of the batch they are removed from.
-    rng = np.random.default_rng(3)
-    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
-    embeddings = rng.normal(size=(8, 5)).astype("float32")
-    mask = np.array(mask, bool)
-    distances = losses.pairwise_distance(embeddings)
-    got = float(losses.lifted_structured_loss_from_distances(labels, distances, 1.0, mask))
-    expected = numpy_lifted_loss(labels[mask], embeddings[mask].astype("float64"), 1.0)
-    assert expected > 0
-    np.testing.assert_allclose(got, expected, rtol=1e-4)
-
-
-def test_confident_assignment_keeps_labels_the_classifier_backs():
-    probabilities = np.array([[0.95, 0.05], [0.95, 0.05], [0.4, 0.6], [0.1, 0.9]], "float32")
-    assigned = np.array([0, 1, 1, 1])
-    kept = losses.confident_assignment(assigned, probabilities, 0.9)
-    np.testing.assert_array_equal(np.asarray(kept), [True, False, False, True])

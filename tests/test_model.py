@@ -38,7 +38,7 @@ def batches(num_labeled=6, num_unlabeled=6, steps=4, seed=0):
     [
         ("semi_supervised", {}, 6),
         ("ablation", {"metric_weight": 0.0}, 6),
-        ("semi_supervised", {"assignment_balance": "distance"}, 6),
+        ("semi_supervised", {"assignment_balance": "vote"}, 6),
         ("clustering", {"assignment_weight": 0.0, "metric_weight": 0.0, "reconstruction": "bce"}, 0),
     ],
 )
@@ -79,8 +79,8 @@ def test_invalid_constructor_arguments():
     for bad in (
         {"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"},
         {"warmup_steps": -1}, {"prediction": "vote"}, {"prediction": "knn", "labeled_set_size": 1},
-        {"prediction": "classifier", "labeled_set_size": 6}, {"assignment_confidence": 1.0},
-        {"assignment_confidence": -0.1}, {"consistency_share": 0.0}, {"consistency_share": 1.5},
+        {"prediction": "classifier", "labeled_set_size": 6}, {"assignment_balance": "distance"},
+        {"consistency_share": 0.0}, {"consistency_share": 1.5},
     ):
         with pytest.raises(ValueError):
             tiny_model(**bad)
@@ -164,7 +164,7 @@ def _outputs(model, images):
 def test_model_config_and_keras_file_round_trip(tmp_path):
     model = tiny_model(
         hard_gumbel=True, reconstruction="bce", assignment_weighting="majority", warmup_steps=7, assignment_balance="vote",
-        assignment_confidence=0.8, consistency_share=0.5,
+        consistency_share=0.5,
     )
     ds, images, _ = batches()
     model.fit(ds, epochs=1, verbose=0)  # moves BatchNorm statistics off their init
@@ -206,7 +206,7 @@ def test_warmup_blends_labeled_only_and_whole_batch_auxiliary_terms():
     model = tiny_model()
     _, images, labels = batches()
     images, true = tf.constant(images), tf.constant(labels[6:], "int32")
-    full, _, _, _ = model.compute_losses(images, true, training=False)
+    full, _, _ = model.compute_losses(images, true, training=False)
     features, logits = model.classify(images, training=False)
     distances = losses.pairwise_distance(features)
     labeled_only = {
@@ -214,7 +214,7 @@ def test_warmup_blends_labeled_only_and_whole_batch_auxiliary_terms():
         "metric_loss": losses.lifted_structured_loss_from_distances(true, distances[6:, 6:], 1.0),
     }
     for trust in (0.0, 0.25, 1.0):
-        terms, total, _, _ = model.compute_losses(images, true, training=False, trust=tf.constant(trust))
+        terms, total, _ = model.compute_losses(images, true, training=False, trust=tf.constant(trust))
         for name, alone in labeled_only.items():
             expected = trust * full[name] + (1.0 - trust) * alone
             np.testing.assert_allclose(terms[name], expected, rtol=1e-5, err_msg=f"{name} at r={trust}")
@@ -242,39 +242,16 @@ def test_warmup_ramps_with_the_optimizer_step():
     assert logs[0]["metric_loss"] != pytest.approx(alone, rel=0.02)
 
 
-def test_assignment_confidence_keeps_only_backed_labels():
-    # An untrained 3-class q(y|x̂) is far from 0.99 sure of anything: no
-    # assigned label is kept, so L_A and L_M are the labeled part's alone,
-    # what the warm-up gives at r = 0.
-    _, images, labels = batches()
-    images, true = tf.constant(images), tf.constant(labels[6:], "int32")
-    model = tiny_model(assignment_confidence=0.99)
-    plain = tiny_model()
-    plain.set_weights(model.get_weights())
-    terms, _, assigned, kept = model.compute_losses(images, true, training=False)
-    assert assigned.shape == (6,) and not np.asarray(kept).any()
-    alone, _, _, none = plain.compute_losses(images, true, training=False, trust=tf.constant(0.0))
-    assert none is None
-    for name in ("assignment_loss", "metric_loss"):
-        np.testing.assert_allclose(terms[name], alone[name], rtol=1e-5, err_msg=name)
-    full, _, _, _ = plain.compute_losses(images, true, training=False)
-    assert abs(float(full["metric_loss"]) - float(terms["metric_loss"])) > 1e-3
-
-    history = model.fit(batches(steps=2)[0], verbose=0).history
-    assert history["assignment_kept"] == [0.0]
-    assert "assignment_kept" not in plain.fit(batches(steps=2)[0], verbose=0).history
-
-
 def test_views_move_only_the_assignment_loss():
     # L_A is taken on the views; the assignment itself, L_M and the
     # generative terms stay on the images.
     _, images, labels = batches()
     images, true = tf.constant(images), tf.constant(labels[6:], "int32")
     model = tiny_model()
-    plain, _, assigned, _ = model.compute_losses(images, true, training=False)
-    same, _, _, _ = model.compute_losses(images, true, training=False, views=images)
+    plain, _, assigned = model.compute_losses(images, true, training=False)
+    same, _, _ = model.compute_losses(images, true, training=False, views=images)
     mirrored = tf.reverse(images, axis=[2])
-    moved, total, with_views, _ = model.compute_losses(images, true, training=False, views=mirrored)
+    moved, total, with_views = model.compute_losses(images, true, training=False, views=mirrored)
     np.testing.assert_array_equal(np.asarray(with_views), np.asarray(assigned))
     np.testing.assert_allclose(same["assignment_loss"], plain["assignment_loss"], rtol=1e-6)
     _, logits = model.classify(mirrored, training=False)
@@ -292,10 +269,10 @@ def test_consistency_share_splits_the_assignment_loss_between_image_and_view():
     images, true = tf.constant(images), tf.constant(labels[6:], "int32")
     mirrored = tf.reverse(images, axis=[2])
     model = tiny_model()
-    on_image, _, _, _ = model.compute_losses(images, true, training=False)
-    on_view, _, _, _ = model.compute_losses(images, true, training=False, views=mirrored)
+    on_image, _, _ = model.compute_losses(images, true, training=False)
+    on_view, _, _ = model.compute_losses(images, true, training=False, views=mirrored)
     model.consistency_share = 0.25
-    split, _, _, _ = model.compute_losses(images, true, training=False, views=mirrored)
+    split, _, _ = model.compute_losses(images, true, training=False, views=mirrored)
     expected = 0.25 * float(on_view["assignment_loss"]) + 0.75 * float(on_image["assignment_loss"])
     np.testing.assert_allclose(float(split["assignment_loss"]), expected, rtol=1e-5)
     assert abs(float(on_view["assignment_loss"]) - float(on_image["assignment_loss"])) > 1e-4

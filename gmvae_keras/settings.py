@@ -1,0 +1,118 @@
+"""`ModelSettings`: the model's own settings, defined and checked in one place.
+
+`GMVAE` takes them as constructor arguments and returns them from
+`get_config`; `config.Config` extends them with the run's settings (data,
+schedule, run directory), so every one of them is also a command-line flag.
+"""
+
+import dataclasses
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message is one line for the user."""
+
+
+def field(default, help, choices=None):
+    """A dataclass field with the help text (and choices) of its command-line flag."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(f"--{name} must be one of {list(choices)}, got {value!r}")
+
+
+# Options of gmvae_keras 0.1.0 that measured as not helping and were removed
+# (docs/RESULTS.md, "Tried and not adopted"), with the value that meant "off".
+# A saved model or run directory that holds them at that value still loads.
+REMOVED_OPTIONS = {"assignment_confidence": 0.0, "ema_momentum": 0.0}
+# Values of kept options that were removed.
+REMOVED_VALUES = {"assignment_balance": ("distance",)}
+
+
+def drop_removed_options(values, source):
+    """`values` (a dict of settings) without the removed options left at "off".
+
+    Raises:
+        ConfigError: `values` sets a removed option, or a removed value.
+    """
+    values = dict(values)
+    for name, off in REMOVED_OPTIONS.items():
+        if name in values:
+            if values[name] != off:
+                raise ConfigError(
+                    f"{source} sets --{name}={values[name]!r}, an option removed in gmvae_keras 0.2.0; "
+                    "load it with gmvae_keras 0.1.0"
+                )
+            del values[name]
+    for name, removed in REMOVED_VALUES.items():
+        if values.get(name) in removed:
+            raise ConfigError(
+                f"{source} sets --{name}={values[name]!r}, a value removed in gmvae_keras 0.2.0; "
+                "load it with gmvae_keras 0.1.0"
+            )
+    return values
+
+
+@dataclasses.dataclass
+class ModelSettings:
+    """Sizes, loss weights and rules of the GMVAE (the paper's §3 and §5.2)."""
+
+    # Networks.
+    feature_size: int = field(100, "f_sz: length of the features x̂ = g(x).")
+    latent_size: int = field(100, "z_sz: length of the Gaussian latent z.")
+    reconstruction: str = field("mse", "Reconstruction loss L_R.", choices=("mse", "bce"))
+    hard_gumbel: bool = field(
+        False, "Straight-through one-hot Gumbel-Softmax samples (an option of the authors' released code)."
+    )
+    # Loss weights.
+    gaussian_weight: float = field(1.0, "w_G, weight of the Gaussian KL term L_G.")
+    categorical_weight: float = field(1.0, "w_C, weight of the categorical KL term L_C.")
+    assignment_weight: float = field(1.0, "w_A, weight of the assignment loss L_A.")
+    metric_weight: float = field(1.0, "w_M, weight of the lifted structured loss L_M.")
+    margin: float = field(1.0, "Margin of the lifted structured loss.")
+    # The k-NN label assignment of L_A.
+    k: int = field(5, "Neighbours in the k-NN label assignment.")
+    assignment_weighting: str = field(
+        "distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=("distance", "majority")
+    )
+    assignment_balance: str = field(
+        "none",
+        "Rebalance the k-NN votes of each batch so every class gets about an equal share of the unlabeled "
+        "images (Sinkhorn over the classes; not in the paper): none (paper) or vote.",
+        choices=("none", "vote"),
+    )
+    consistency_share: float = field(
+        1.0,
+        "With a second view (--consistency_shift/--consistency_flip): the share of L_A's cross-entropy taken on "
+        "it, the rest on the image itself; 1 takes it on the view alone.",
+    )
+    prediction: str = field(
+        "classifier",
+        "Predicted class: argmax q(y|x̂) (paper), or knn: the plain k-NN vote of L_A's assignment rule (--k, "
+        "--assignment_weighting; no --assignment_balance) among the labeled training images' features. Also "
+        "picks the best-validation model.",
+        choices=("classifier", "knn"),
+    )
+
+    @classmethod
+    def choices(cls, name):
+        """The values field `name` may take (None: any of its type)."""
+        return cls.__dataclass_fields__[name].metadata["choices"]
+
+    def validate(self):
+        """Raise ConfigError for an impossible value of a model setting."""
+        for name in ("gaussian_weight", "categorical_weight", "assignment_weight", "metric_weight", "margin"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("feature_size", "latent_size", "k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("reconstruction", "assignment_weighting", "assignment_balance", "prediction"):
+            check_choice(name, getattr(self, name), ModelSettings.choices(name))
+        if not 0.0 < self.consistency_share <= 1.0:
+            raise ConfigError(f"--consistency_share must be in (0, 1], got {self.consistency_share}")
+
+    def model_settings(self):
+        """The `ModelSettings` part of this object (of a `Config`, say)."""
+        return ModelSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSettings)})

@@ -1,0 +1,94 @@
+"""Models and run directories saved by gmvae_keras 0.1.0 (fixtures/) load after the options it had were removed."""
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, write_idx_dataset
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+
+def _load(path):
+    import keras
+
+    import gmvae_keras.model  # noqa: F401  registers the classes
+
+    return keras.saving.load_model(path)
+
+
+def _with_config(source, target, **changes):
+    """A copy of the `.keras` file `source` whose model config has `changes`."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for item in old.infolist():
+            content = old.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(content)
+                config["config"].update(changes)
+                content = json.dumps(config).encode()
+            new.writestr(item, content)
+    return target
+
+
+def test_a_model_saved_by_0_1_0_loads_and_predicts_as_it_did():
+    model = _load(FIXTURES / "model-0.1.0.keras")
+    expected = np.load(FIXTURES / "model-0.1.0-outputs.npz")
+    # Saved with the removed option at its "off" value, which is dropped.
+    assert not hasattr(model, "assignment_confidence")
+    assert model.prediction == "knn" and model.assignment_balance == "vote"
+    np.testing.assert_allclose(model.predict_proba(expected["images"]), expected["probabilities"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(model.extract_features(expected["images"]), expected["features"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(model.predict_labels(expected["images"]), expected["labels"])
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [({"assignment_confidence": 0.5}, "--assignment_confidence=0.5"), ({"assignment_balance": "distance"}, "--assignment_balance='distance'")],
+)
+def test_a_model_that_used_a_removed_option_is_refused_naming_it(tmp_path, changes, named):
+    path = _with_config(FIXTURES / "model-0.1.0.keras", tmp_path / "old.keras", **changes)
+    with pytest.raises(Exception, match="removed in gmvae_keras 0.2.0") as refused:
+        _load(path)
+    assert named in str(refused.value)
+
+
+def _old_run(tmp_path, **changes):
+    """The fixture's run directory (config.json of a 0.1.0 run), on data written here."""
+    data = tmp_path / "data"
+    write_idx_dataset(data, n_train=200, n_test=60, seed=3)
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run-0.1.0", run)
+    values = json.loads((run / "config.json").read_text())
+    assert values["ema_momentum"] == 0.0 and values["assignment_confidence"] == 0.0
+    values.update(changes)
+    (run / "config.json").write_text(json.dumps(values))
+    values = {key: value for key, value in values.items() if key not in ("ema_momentum", "assignment_confidence")}
+    values["data_dir"] = str(data)
+    return run, values
+
+
+def test_a_run_directory_of_0_1_0_resumes(tmp_path):
+    from gmvae_keras.config import Config
+    from gmvae_keras.train import train_and_evaluate
+
+    run, values = _old_run(tmp_path)
+    metrics = train_and_evaluate(Config(**values), run)
+    assert metrics["epochs"] == 1
+    assert "ema_momentum" not in json.loads((run / "config.json").read_text())
+
+
+@pytest.mark.parametrize("changes", [{"ema_momentum": 0.999}, {"assignment_confidence": 0.9}, {"assignment_balance": "distance"}])
+def test_a_run_directory_that_used_a_removed_option_is_refused_and_left_alone(tmp_path, changes):
+    from gmvae_keras.config import Config, ConfigError
+    from gmvae_keras.train import train_and_evaluate
+
+    run, values = _old_run(tmp_path, **changes)
+    values.pop("assignment_balance")
+    before = sorted(p.name for p in run.iterdir()), (run / "config.json").read_text()
+    name = next(iter(changes))
+    with pytest.raises(ConfigError, match=f"config.json sets --{name}=.*removed in gmvae_keras 0.2.0"):
+        train_and_evaluate(Config(**values), run)
+    assert (sorted(p.name for p in run.iterdir()), (run / "config.json").read_text()) == before
