@@ -14,8 +14,11 @@ import tensorflow as tf
 from conftest import REPO_ROOT, datasets_root, write_idx_dataset, write_svhn_dataset
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.data import DataError
-from gmvae_keras.main import config_from_args, with_dataset_flagfile
+from gmvae_keras import flagfiles
+from gmvae_keras.flagfiles import config_from_args, with_recipe
 from gmvae_keras.train import RunError, train_and_evaluate
+
+FLAGS_DIR = REPO_ROOT / "gmvae_keras" / "flags"
 
 
 def tiny_config(data_dir, **overrides):
@@ -181,10 +184,6 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"margin": -0.5}, ConfigError, "--margin must be >= 0"),
         ({"learning_rate": 0.0}, ConfigError, "--learning_rate must be > 0"),
         ({"auxiliary_warmup_epochs": -0.5}, ConfigError, "--auxiliary_warmup_epochs must be >= 0"),
-        ({"ema_momentum": 1.0}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
-        ({"ema_momentum": -0.1}, ConfigError, r"--ema_momentum must be in \[0, 1\)"),
-        ({"ema_momentum": 0.9, "strategy": "mirrored"}, ConfigError, "--ema_momentum works with --strategy=default only"),
-        ({"assignment_confidence": 1.0}, ConfigError, r"--assignment_confidence must be in \[0, 1\)"),
         ({"consistency_shift": -1}, ConfigError, "--consistency_shift must be >= 0"),
         ({"consistency_flip": True, "assignment_weight": 0.0}, ConfigError, "change L_A, which"),
         ({"consistency_shift": 2, "consistency_share": 0.0}, ConfigError, r"--consistency_share must be in \(0, 1\]"),
@@ -252,34 +251,34 @@ def test_cli_trains_with_dataset_flagfile_and_overrides(mnist_files, tmp_path):
 
 
 def test_dataset_flagfile_goes_first_so_the_command_line_wins():
-    argv = with_dataset_flagfile(["prog", "--dataset=svhn", "--k=7"])
-    assert argv[1] == f"--flagfile={REPO_ROOT / 'flags' / 'svhn.cfg'}"
+    argv = with_recipe(["prog", "--dataset=svhn", "--k=7"])
+    assert argv[1] == f"--flagfile={FLAGS_DIR / 'svhn.cfg'}"
     assert argv[2:] == ["--dataset=svhn", "--k=7"]
-    assert with_dataset_flagfile(["prog", "--dataset=cifar10"]) == ["prog", "--dataset=cifar10"]
-    argv = with_dataset_flagfile(["prog", "--dataset", "mnist", "--mode=clustering"])
-    assert argv[1] == f"--flagfile={REPO_ROOT / 'flags' / 'mnist_clustering.cfg'}"
+    assert with_recipe(["prog", "--dataset=cifar10"]) == ["prog", "--dataset=cifar10"]
+    argv = with_recipe(["prog", "--dataset", "mnist", "--mode=clustering"])
+    assert argv[1] == f"--flagfile={FLAGS_DIR / 'mnist_clustering.cfg'}"
 
 
 def test_cpu_settings_flagfile_follows_the_papers():
-    argv = with_dataset_flagfile(["prog", "--dataset=mnist", "--settings=cpu", "--seed=3"])
+    argv = with_recipe(["prog", "--dataset=mnist", "--settings=cpu", "--seed=3"])
     assert argv[1:3] == [
-        f"--flagfile={REPO_ROOT / 'flags' / 'mnist.cfg'}",
-        f"--flagfile={REPO_ROOT / 'flags' / 'mnist_cpu.cfg'}",
+        f"--flagfile={FLAGS_DIR / 'mnist.cfg'}",
+        f"--flagfile={FLAGS_DIR / 'mnist_cpu.cfg'}",
     ]
     assert argv[3:] == ["--dataset=mnist", "--settings=cpu", "--seed=3"]
     with pytest.raises(ConfigError, match="no CPU settings for svhn"):
-        with_dataset_flagfile(["prog", "--dataset=svhn", "--settings=cpu"])
+        with_recipe(["prog", "--dataset=svhn", "--settings=cpu"])
 
 
 def test_cpu_settings_for_one_label_count_come_last():
-    flags_dir = REPO_ROOT / "flags"
+    flags_dir = FLAGS_DIR
     files = [f"--flagfile={flags_dir / n}" for n in ("fashion_mnist.cfg", "fashion_mnist_cpu.cfg", "fashion_mnist_cpu_1000.cfg")]
-    argv = with_dataset_flagfile(["prog", "--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
+    argv = with_recipe(["prog", "--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
     assert argv[1:4] == files
     assert argv[4:] == ["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"]
     # No file for 100 labels, none with the paper's settings, none for a malformed count.
     for extra in (["--settings=cpu", "--num_labeled=100"], ["--num_labeled=1000"], ["--settings=cpu", "--num_labeled=1e3"]):
-        argv = with_dataset_flagfile(["prog", "--dataset=fashion_mnist"] + extra)
+        argv = with_recipe(["prog", "--dataset=fashion_mnist"] + extra)
         assert [a for a in argv if a.startswith("--flagfile=")] == files[: 1 + ("--settings=cpu" in extra)]
     config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
     assert (config.batch_size, config.resolved_labeled_per_batch(), config.epochs) == (150, 100, 10)
@@ -291,34 +290,49 @@ def test_cpu_settings_for_one_label_count_come_last():
     assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
 
 
+def test_the_recipe_follows_dataset_and_labels_given_in_a_users_flagfile(tmp_path):
+    own = tmp_path / "mine.cfg"
+    own.write_text("# my settings\n--dataset=fashion_mnist\n--num_labeled=1000\n--k=4\n")
+    argv = with_recipe(["prog", f"--flagfile={own}", "--settings=cpu"])
+    assert argv[1:4] == [f"--flagfile={FLAGS_DIR / n}" for n in ("fashion_mnist.cfg", "fashion_mnist_cpu.cfg", "fashion_mnist_cpu_1000.cfg")]
+    config = config_from_args([f"--flagfile={own}", "--settings=cpu"])
+    # The user's file overrides the recipe (k), and the command line the user's file.
+    assert (config.dataset, config.num_labeled, config.k, config.batch_size) == ("fashion_mnist", 1000, 4, 150)
+    assert config_from_args([f"--flagfile={own}", "--k=5"]).k == 5
+    assert flagfiles.names()[:3] == ["fashion_mnist", "fashion_mnist_clustering", "fashion_mnist_cpu"]
+
+
+def test_cli_refuses_a_flagfile_it_cannot_read_in_one_line(tmp_path):
+    result = _cli(f"--flagfile={tmp_path / 'missing.cfg'}", f"--model_dir={tmp_path / 'r'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "missing.cfg" in errors[0]
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_refuses_cpu_settings_that_do_not_exist(tmp_path):
     result = _cli("--dataset=svhn", "--settings=cpu", f"--model_dir={tmp_path / 'r'}")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: --settings=cpu: there are no CPU settings for svhn (flags/svhn_cpu.cfg)"]
+    assert errors == ["error: --settings=cpu: there are no CPU settings for svhn (gmvae_keras/flags/svhn_cpu.cfg)"]
     assert not (tmp_path / "r").exists()
 
 
 def _read_flagfile(path):
-    """The flags a `flags/*.cfg` file sets, as {name: value string}, parsed by absl itself."""
-    from absl import flags as absl_flags
-
-    import gmvae_keras.main  # noqa: F401  defines the flags
-
-    return dict(v[2:].split("=", 1) for v in absl_flags.FLAGS.read_flags_from_files([f"--flagfile={path}"]))
+    return flagfiles.read(path)
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_cpu_flagfiles_parse_and_keep_the_papers_batch(name):
-    parsed = _read_flagfile(REPO_ROOT / "flags" / f"{name}_cpu.cfg")
+    parsed = _read_flagfile(FLAGS_DIR / f"{name}_cpu.cfg")
     assert parsed["epochs"] == "10"
     # The budget changes the optimisation, not the data each step sees.
     assert "batch_size" not in parsed and "num_labeled" not in parsed and "dataset" not in parsed
 
 
 def test_per_label_count_cpu_flagfiles_change_only_the_batch():
-    paths = sorted((REPO_ROOT / "flags").glob("*_cpu_*.cfg"))
+    paths = sorted(FLAGS_DIR.glob("*_cpu_*.cfg"))
     assert paths, "flags/fashion_mnist_cpu_1000.cfg is missing"
     for path in paths:
         parsed = _read_flagfile(path)
@@ -330,7 +344,7 @@ def test_per_label_count_cpu_flagfiles_change_only_the_batch():
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn"])
 def test_flagfiles_hold_the_papers_settings(name):
-    parsed = _read_flagfile(REPO_ROOT / "flags" / f"{name}.cfg")
+    parsed = _read_flagfile(FLAGS_DIR / f"{name}.cfg")
     expected = {
         "mnist": dict(batch_size="200", feature_size="100", latent_size="100", k="5", assignment_weight="1", metric_weight="1", margin="2", num_labeled="100"),
         "fashion_mnist": dict(batch_size="200", feature_size="200", latent_size="50", k="3", assignment_weight="1", metric_weight="0.1", margin="1", num_labeled="100"),
@@ -347,7 +361,7 @@ def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
     config = tiny_config(
         tmp_path / "svhn", dataset="svhn", epochs=1, steps_per_epoch=2, image_summary_every=0,
         # The flags beyond the paper that act inside the train step ride along.
-        consistency_shift=1, consistency_flip=True, consistency_share=0.5, assignment_confidence=0.5,
+        consistency_shift=1, consistency_flip=True, consistency_share=0.5, assignment_balance="vote",
     )
     metrics = train_and_evaluate(config, tmp_path / "run")
     assert metrics["dataset"] == "svhn" and 0 <= metrics["test_error_best"] <= 100
@@ -412,42 +426,9 @@ def test_interrupted_run_resumes_after_its_last_complete_epoch(mnist_files, tmp_
     assert metrics["epochs"] == 3
 
 
-def test_averaged_weights_run_validates_and_resumes_with_the_average(mnist_files, tmp_path, monkeypatch):
-    from gmvae_keras import callbacks
-
-    config = tiny_config(mnist_files, epochs=2, image_summary_every=0, steps_per_epoch=3, ema_momentum=0.9)
-    events = []
-    swap, validate = callbacks.AveragedWeights._swap_variables, callbacks.ValidationMetrics.on_epoch_end
-
-    def record_swap(self):
-        events.append("swap")
-        swap(self)
-
-    def record_validation(self, epoch, logs=None):
-        events.append("validate")
-        validate(self, epoch, logs)
-
-    def interrupt(self, epoch, logs=None):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(callbacks.AveragedWeights, "_swap_variables", record_swap)
-    monkeypatch.setattr(callbacks.ValidationMetrics, "on_epoch_end", record_validation)
-    monkeypatch.setattr(callbacks.EpochSummary, "on_epoch_end", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(config, tmp_path / "run")
-    assert events == ["swap", "validate"]  # validation and the checkpoint see the average
-    saved = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "epoch-0001.keras")
-    assert saved.optimizer.use_ema and len(saved.optimizer._model_variables_moving_average) == len(
-        saved.trainable_variables
-    )
-    monkeypatch.undo()
-    metrics = train_and_evaluate(config, tmp_path / "run")
-    assert metrics["epochs"] == 2 and np.isfinite(metrics["test_error_best"])
-
-
 @pytest.mark.parametrize("name, feature_size, latent_size", [("mnist", "100", "150"), ("fashion_mnist", "200", "50")])
 def test_clustering_flagfiles_hold_the_papers_settings(name, feature_size, latent_size):
-    parsed = _read_flagfile(REPO_ROOT / "flags" / f"{name}_clustering.cfg")
+    parsed = _read_flagfile(FLAGS_DIR / f"{name}_clustering.cfg")
     expected = dict(mode="clustering", num_labeled="0", batch_size="64", feature_size=feature_size,
                     latent_size=latent_size, gaussian_weight="5", reconstruction="bce",
                     assignment_weight="0", metric_weight="0")

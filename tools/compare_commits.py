@@ -1,0 +1,126 @@
+"""Check that two commits compute the same: one short deterministic run per recipe on each.
+
+    python tools/compare_commits.py BEFORE AFTER --datasets_dir=../shared/datasets
+
+Each commit is checked out into its own worktree (under `--workdir`), and each
+recipe (the MNIST paper settings, the MNIST CPU budget, the Fashion-MNIST CPU
+budget with 100 and with 1000 labels) trains there with `--deterministic
+--epochs=1 --steps_per_epoch=50 --seed=0`, importing that worktree's package.
+The per-epoch losses (from the TensorBoard logs) and the validation scores
+(from `metrics.json`) of the two commits are compared with a relative
+tolerance (default 1e-5). Prints one JSON document; exits 1 when a value
+differs, 2 on bad input.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# name -> (dataset, extra flags)
+RECIPES = {
+    "mnist-paper": ("mnist", []),
+    "mnist-cpu": ("mnist", ["--settings=cpu"]),
+    "fashion_mnist-cpu-100": ("fashion_mnist", ["--settings=cpu", "--num_labeled=100"]),
+    "fashion_mnist-cpu-1000": ("fashion_mnist", ["--settings=cpu", "--num_labeled=1000"]),
+}
+RUN_FLAGS = ["--deterministic", "--epochs=1", "--steps_per_epoch=50", "--seed=0", "--verbose=2", "--image_summary_every=0"]
+VALIDATION_KEYS = ("val_error_last", "val_cluster_accuracy_last", "val_nmi_last")
+
+
+def git(*args, cwd=None):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def worktree(repo, commit, workdir):
+    sha = git("rev-parse", "--verify", f"{commit}^{{commit}}", cwd=repo)
+    path = workdir / sha[:12]
+    if not path.exists():
+        git("worktree", "add", "--detach", str(path), sha, cwd=repo)
+    return sha, path
+
+
+def epoch_scalars(log_dir):
+    """`{tag: value}` of the last step of every scalar in a TensorBoard folder."""
+    import tensorflow as tf
+
+    values = {}
+    for event_file in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                if value.HasField("tensor"):
+                    values[value.tag] = float(tf.make_ndarray(value.tensor))
+                elif value.HasField("simple_value"):
+                    values[value.tag] = float(value.simple_value)
+    return values
+
+
+def run_recipe(tree, name, datasets_dir, runs_dir):
+    dataset, extra = RECIPES[name]
+    model_dir = runs_dir / name
+    if not (model_dir / "metrics.json").exists():
+        command = [
+            sys.executable, "-m", "gmvae_keras.main", f"--dataset={dataset}", *extra, *RUN_FLAGS,
+            f"--data_dir={datasets_dir / dataset}", f"--model_dir={model_dir}", "--overwrite",
+        ]
+        env = dict(os.environ, PYTHONPATH=str(tree), CUDA_VISIBLE_DEVICES="")
+        print(f"[compare] {tree.name} {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+        result = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"error: {name} failed in {tree}: {result.stderr.strip().splitlines()[-1:]}")
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    values = {f"train/{tag}": value for tag, value in epoch_scalars(model_dir / "logs" / "train").items()}
+    values = {tag: value for tag, value in values.items() if "loss" in tag or "accuracy" in tag}
+    values.update({key: metrics[key] for key in VALIDATION_KEYS})
+    return values
+
+
+def compare(before, after, tolerance):
+    rows = {}
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        same = a is not None and b is not None and abs(a - b) <= tolerance * max(1.0, abs(a))
+        rows[key] = {"before": a, "after": b, "same": same}
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", help="the earlier commit")
+    parser.add_argument("after", help="the later commit")
+    parser.add_argument("--datasets_dir", required=True, help="folder with mnist/ and fashion_mnist/ IDX files")
+    parser.add_argument("--workdir", default="runs/compare", help="where the worktrees and runs go")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of " + ", ".join(RECIPES))
+    parser.add_argument("--tolerance", type=float, default=1e-5, help="relative tolerance")
+    args = parser.parse_args(argv)
+    recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
+    unknown = [name for name in recipes if name not in RECIPES]
+    if unknown or not recipes:
+        parser.exit(2, f"error: unknown recipes {unknown}; choose from {', '.join(RECIPES)}\n")
+    datasets_dir = Path(args.datasets_dir).resolve()
+    for dataset in {RECIPES[name][0] for name in recipes}:
+        if not (datasets_dir / dataset).is_dir():
+            parser.exit(2, f"error: {datasets_dir / dataset} is not a folder\n")
+    repo = Path(__file__).resolve().parents[1]
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        trees = [worktree(repo, commit, workdir) for commit in (args.before, args.after)]
+    except subprocess.CalledProcessError as e:
+        parser.exit(2, f"error: {' '.join(e.cmd)}: {e.stderr.strip()}\n")
+    report = {"before": trees[0][0], "after": trees[1][0], "run_flags": RUN_FLAGS, "tolerance": args.tolerance}
+    same = True
+    for name in recipes:
+        values = [run_recipe(tree, name, datasets_dir, workdir / f"{sha[:12]}-runs") for sha, tree in trees]
+        rows = compare(*values, args.tolerance)
+        report[name] = rows
+        same = same and all(row["same"] for row in rows.values())
+    report["same"] = same
+    print(json.dumps(report, indent=2))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
