@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gmvae_keras import data as gd
+from gmvae_keras.data import sources
+from gmvae_keras.data.errors import check_integer
 
 try:
     from conftest import (
@@ -186,12 +188,13 @@ def test_svhn_bad_files(tmp_path):
 
 def test_debian_fashion_mnist_fallback(tmp_path, monkeypatch):
     expected = write_idx_dataset(tmp_path, 30, 10, SHAPE, 10, seed=4)
-    monkeypatch.setattr(gd, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path))
+    # load_raw reads both names from its own module.
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path))
 
     def no_tfds(*args, **kwargs):
         raise AssertionError("tensorflow-datasets must not be used")
 
-    monkeypatch.setattr(gd, "_load_tfds", no_tfds)
+    monkeypatch.setattr(sources, "_load_tfds", no_tfds)
     (tx, ty), _, k, name = gd.load_raw("fashion_mnist")
     assert name == "fashion_mnist" and k == 10
     np.testing.assert_array_equal(tx, expected["train"][0])
@@ -565,3 +568,60 @@ def test_consistency_views_perturb_a_copy_and_leave_the_images(tmp_path):
     assert not np.array_equal(shifted["views"].numpy(), plain)
     with pytest.raises(data_lib.DataError, match="consistency_shift"):
         data_lib.make_train_dataset(splits, 40, consistency_shift=-1)
+
+
+# --------------------------------------------------------------------------
+# The package's public names and the integer checks.
+# --------------------------------------------------------------------------
+
+PUBLIC_NAMES = [
+    "DataError",
+    "SplitData",
+    "KNOWN_DATASETS",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "IDX_FILES",
+    "SVHN_FILES",
+    "canonical_name",
+    "load_raw",
+    "split_data",
+    "load_dataset",
+    "make_train_dataset",
+    "make_eval_dataset",
+    "steps_per_epoch",
+    "validate_batch",
+    "read_idx",
+    "read_svhn_mat",
+    "random_shift",
+    "random_flip",
+]
+
+
+def test_package_exports_the_public_names():
+    missing = [name for name in PUBLIC_NAMES if not hasattr(gd, name)]
+    assert not missing
+    assert set(PUBLIC_NAMES) <= set(gd.__all__)
+    assert issubclass(gd.DataError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "value, minimum, words",
+    [
+        (True, None, "n must be an integer, got True"),
+        (False, 0, "n must be a non-negative integer, got False"),
+        (2.0, 1, "n must be a positive integer, got 2.0"),
+        ("3", None, "n must be an integer, got '3'"),
+        (-1, 0, "n must be a non-negative integer, got -1"),
+        (0, 1, "n must be a positive integer, got 0"),
+        (np.int64(1), 2, "n must be an integer >= 2, got "),
+    ],
+)
+def test_check_integer_refuses(value, minimum, words):
+    with pytest.raises(gd.DataError) as e:
+        check_integer("n", value, minimum=minimum)
+    assert one_line(e).startswith(words)
+
+
+def test_check_integer_accepts_numpy_integers():
+    for value, minimum in ((np.int32(0), 0), (np.int64(7), 2), (-3, None)):
+        got = check_integer("n", value, minimum=minimum)
+        assert got == int(value) and type(got) is int

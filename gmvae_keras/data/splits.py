@@ -1,0 +1,228 @@
+"""Train / validation / test splits and the class-balanced labeled set."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from gmvae_keras.data.errors import DataError, _one_line, check_integer
+from gmvae_keras.data.sources import load_raw
+
+
+@dataclasses.dataclass
+class SplitData:
+    """A data set split into train / validation / test plus a labeled set.
+
+    Images are uint8 NHWC, labels int64. `labeled_indices` index
+    `train_images` and form the fixed labeled set of the run (empty when
+    `num_labeled == 0`).
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    labeled_indices: np.ndarray
+
+    @property
+    def labeled_images(self):
+        return self.train_images[self.labeled_indices]
+
+    @property
+    def labeled_labels(self):
+        return self.train_labels[self.labeled_indices]
+
+    @property
+    def num_labeled(self):
+        return int(self.labeled_indices.shape[0])
+
+    def summary(self):
+        """One-line description of the split sizes."""
+        return (
+            f"{self.name}: {self.num_classes} classes, images "
+            f"{'x'.join(map(str, self.image_shape))}, train "
+            f"{len(self.train_labels)} ({self.num_labeled} labeled), "
+            f"validation {len(self.val_labels)}, test {len(self.test_labels)}"
+        )
+
+
+def _as_images_labels(pair, what, num_classes):
+    try:
+        images, labels = pair
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be a pair (images, labels)") from None
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DataError(
+            f"{what} images must be (N, H, W[, C]), got shape {images.shape}"
+        )
+    if images.dtype != np.uint8:
+        raise DataError(f"{what} images must be uint8, got {images.dtype}")
+    labels = labels.reshape(-1)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{what} labels must be integers, got {labels.dtype}")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{what} has {labels.shape[0]} labels for {images.shape[0]} images"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"{what} labels must be in 0..{num_classes - 1}, got "
+            f"{labels.min()}..{labels.max()}"
+        )
+    return images, labels.astype(np.int64)
+
+
+def split_data(
+    name, train, test, num_classes, num_labeled, seed, validation_fraction=0.2
+):
+    """Splits raw data into train / validation / test and a labeled set.
+
+    The official train set is split into train and validation parts,
+    stratified by label and seeded; `num_labeled` images (an equal number
+    per class) are drawn with the seed from the train part as the fixed
+    labeled set. Same seed, same splits and labeled set.
+
+    Args:
+        name: canonical data set name.
+        train: `(images, labels)` of the official train set.
+        test: `(images, labels)` of the official test set.
+        num_classes: number of classes.
+        num_labeled: size of the labeled set; a multiple of `num_classes`,
+            0 for unsupervised training.
+        seed: integer seed of the splits.
+        validation_fraction: fraction of the official train set held out
+            for validation, in [0, 1).
+
+    Returns:
+        `SplitData`.
+    """
+    from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
+
+    num_classes = check_integer("num_classes", num_classes, minimum=1)
+    # Its sign is checked after the validation split, whose errors come first.
+    num_labeled = check_integer("num_labeled", num_labeled)
+    seed = check_integer("seed", seed, minimum=0)
+    try:
+        validation_fraction = float(validation_fraction)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"validation_fraction must be a number, got {validation_fraction!r}"
+        ) from None
+    if not 0.0 <= validation_fraction < 1.0:
+        raise DataError(
+            f"validation_fraction must be in [0, 1), got {validation_fraction}"
+        )
+
+    train_x, train_y = _as_images_labels(train, "train set", num_classes)
+    test_x, test_y = _as_images_labels(test, "test set", num_classes)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(
+            f"train images are {train_x.shape[1:]} but test images are "
+            f"{test_x.shape[1:]}"
+        )
+    if train_x.shape[0] == 0:
+        raise DataError(f"the train set of {name!r} is empty")
+
+    # Train / validation split, stratified and seeded.
+    if validation_fraction > 0:
+        counts = np.bincount(train_y, minlength=num_classes)
+        present = counts[counts > 0]
+        if present.min() < 2:
+            raise DataError(
+                f"cannot stratify the validation split of {name!r}: class "
+                f"{int(np.flatnonzero(counts == present.min())[0])} has "
+                f"{present.min()} training image"
+            )
+        try:
+            train_idx, val_idx = train_test_split(
+                np.arange(train_x.shape[0]),
+                test_size=validation_fraction,
+                stratify=train_y,
+                random_state=seed,
+                shuffle=True,
+            )
+        except ValueError as e:
+            raise DataError(
+                f"cannot split {len(train_y)} images of {name!r} with "
+                f"validation_fraction={validation_fraction}: {_one_line(e, 150)}"
+            ) from None
+        train_idx = np.sort(train_idx)
+        val_idx = np.sort(val_idx)
+        split_x, split_y = train_x[train_idx], train_y[train_idx]
+        val_x, val_y = train_x[val_idx], train_y[val_idx]
+    else:
+        split_x, split_y = train_x, train_y
+        val_x = train_x[:0]
+        val_y = train_y[:0]
+
+    # Class-balanced, seeded labeled set.
+    n_train = split_x.shape[0]
+    if num_labeled < 0:
+        raise DataError(f"num_labeled must be >= 0, got {num_labeled}")
+    if num_labeled % num_classes:
+        raise DataError(
+            f"num_labeled={num_labeled} must be divisible by the number of "
+            f"classes ({num_classes}) for a class-balanced labeled set"
+        )
+    if num_labeled > n_train:
+        raise DataError(
+            f"num_labeled={num_labeled} exceeds the {n_train} images of the "
+            f"train split of {name!r}"
+        )
+    per_class = num_labeled // num_classes
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    chosen = []
+    if per_class:
+        for c in range(num_classes):
+            members = np.flatnonzero(split_y == c)
+            if members.size < per_class:
+                raise DataError(
+                    f"class {c} of {name!r} has only {members.size} images in "
+                    f"the train split, fewer than num_labeled/num_classes="
+                    f"{per_class}"
+                )
+            chosen.append(rng.choice(members, size=per_class, replace=False))
+    labeled = (
+        np.sort(np.concatenate(chosen)).astype(np.int64)
+        if chosen
+        else np.zeros((0,), np.int64)
+    )
+
+    return SplitData(
+        name=name,
+        num_classes=num_classes,
+        image_shape=tuple(int(d) for d in split_x.shape[1:]),
+        train_images=split_x,
+        train_labels=split_y,
+        val_images=val_x,
+        val_labels=val_y,
+        test_images=test_x,
+        test_labels=test_y,
+        labeled_indices=labeled,
+    )
+
+
+def load_dataset(
+    name, data_dir=None, num_labeled=100, seed=0, validation_fraction=0.2
+):
+    """`load_raw` followed by `split_data`; returns a `SplitData`."""
+    train, test, num_classes, canonical = load_raw(name, data_dir=data_dir)
+    return split_data(
+        canonical,
+        train,
+        test,
+        num_classes,
+        num_labeled,
+        seed,
+        validation_fraction=validation_fraction,
+    )
