@@ -1,8 +1,9 @@
 """The run configuration: one dataclass, the single place every flag is defined.
 
-`gmvae_keras.main` turns each field into an absl flag (its help text is the
-field's `help` metadata) and builds a `Config` from the parsed flags; tests and
-library users build a `Config` directly.
+`Config` extends the model's settings (`settings.ModelSettings`) with the
+run's. `gmvae_keras.flagfiles` turns each field into an absl flag (its help
+text is the field's `help` metadata) and builds a `Config` from the parsed
+flags; tests and library users build a `Config` directly.
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ __all__ = ["Config", "ConfigError"]
 class Config(ModelSettings):
     """Every setting of a run: the model's (`ModelSettings`) and the data, schedule and run directory's."""
 
-    mode: str = _field("semi_supervised", "semi_supervised, or clustering (no labels; loads flags/<dataset>_clustering.cfg).", choices=["semi_supervised", "clustering"])
+    mode: str = _field("semi_supervised", "semi_supervised, or clustering (no labels; loads the flagfile <dataset>_clustering.cfg).", choices=["semi_supervised", "clustering"])
     # Data.
     dataset: str = _field("mnist", "mnist, fashion_mnist, svhn, or a tensorflow-datasets image classification name.")
     data_dir: Optional[str] = _field(None, "Folder with the dataset's original files (IDX .gz or SVHN .mat) instead of tensorflow-datasets.")

@@ -302,6 +302,16 @@ def test_the_recipe_follows_dataset_and_labels_given_in_a_users_flagfile(tmp_pat
     assert flagfiles.names()[:3] == ["fashion_mnist", "fashion_mnist_clustering", "fashion_mnist_cpu"]
 
 
+def test_helpfull_lists_no_removed_option_and_says_where_kept_ones_come_from():
+    result = _cli("--helpfull")
+    assert "--learning_rate" in result.stdout, result.stderr[-2000:]  # absl exits 1 after help
+    for removed in ("--ema_momentum", "--assignment_confidence", "distance (over the distances"):
+        assert removed not in result.stdout
+    for kept in ("--hard_gumbel", "--lr_schedule", "--assignment_balance", "--auxiliary_warmup_epochs", "--augment_shift"):
+        assert kept in result.stdout
+    assert result.stdout.count("authors' released code") >= 2
+
+
 def test_cli_refuses_a_flagfile_it_cannot_read_in_one_line(tmp_path):
     result = _cli(f"--flagfile={tmp_path / 'missing.cfg'}", f"--model_dir={tmp_path / 'r'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
