@@ -23,9 +23,12 @@ written as forward convolutions or matrix products:
   1×1 input (the decoders' first layers) the transposed product; on the SVHN
   shape TensorFlow's input-gradient kernel took a second per batch.
 
-Other paddings, dilations, groups and unknown spatial sizes fall back to Keras.
-The weights, configuration and outputs are those of the Keras layers they
-subclass, so they are drop-in replacements.
+These rewrites apply on the CPU only (`_runs_on_cpu`): they work around
+TensorFlow's CPU kernels and were measured there alone. On a GPU, or any
+other accelerator, the Keras layers run unchanged, on the vendor's kernels
+(cuDNN's on an NVIDIA GPU). Other paddings, dilations, groups and unknown spatial sizes fall back
+to Keras too. The weights, configuration and outputs are those of the Keras
+layers they subclass, so they are drop-in replacements.
 """
 
 import keras
@@ -154,6 +157,20 @@ def conv2d_transpose_from_1x1(inputs, kernel):
     return tf.reshape(outputs, [-1, k_h, k_w, c_out])
 
 
+def _runs_on_cpu():
+    """Whether TensorFlow sees no device but CPUs, so every convolution runs on one.
+
+    Read when a layer is traced (and at every eager call). The device of the
+    op itself is no answer then: inside a `tf.function` a tensor carries at
+    most the device a `tf.device` scope asked for, and TensorFlow places an
+    unpinned convolution on a GPU whenever one is visible. The logical devices
+    are fixed once the runtime has started, and reading them takes about a
+    microsecond. With an accelerator visible every layer takes Keras' path,
+    also one pinned to the CPU by `tf.device`: slower there, the same values.
+    """
+    return all(device.device_type == "CPU" for device in tf.config.list_logical_devices())
+
+
 def _fast_path(layer, inputs):
     return (
         keras.backend.backend() == "tensorflow"
@@ -161,13 +178,14 @@ def _fast_path(layer, inputs):
         and tuple(layer.dilation_rate) == (1, 1)
         and layer.padding == "valid"
         and layer.data_format == "channels_last"
+        and _runs_on_cpu()
     )
 
 
 @keras.saving.register_keras_serializable(package="gmvae_keras")
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose "valid" case back-propagates with forward
-    convolutions and matrix products (see the module docstring).
+    convolutions and matrix products on the CPU (see the module docstring).
 
     Takes the arguments of `keras.layers.Conv2D`.
     """
@@ -186,7 +204,7 @@ class Conv2D(keras.layers.Conv2D):
 @keras.saving.register_keras_serializable(package="gmvae_keras")
 class Conv2DTranspose(keras.layers.Conv2DTranspose):
     """`keras.layers.Conv2DTranspose` whose "valid" case is computed with
-    forward convolutions and matrix products (see the module docstring).
+    forward convolutions and matrix products on the CPU (see the module docstring).
 
     Takes the arguments of `keras.layers.Conv2DTranspose`.
     """

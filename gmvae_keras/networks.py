@@ -34,6 +34,11 @@ def _check_image_shape(image_shape):
     return image_shape
 
 
+def _positive_variance(dense_output, min_variance):
+    """A variance head's output made positive: softplus, plus a floor so the log-density stays finite."""
+    return ops.softplus(dense_output) + min_variance
+
+
 def _build_chain(layers, input_shape):
     shape = input_shape
     for layer in layers:
@@ -44,19 +49,32 @@ def _build_chain(layers, input_shape):
 
 @keras.saving.register_keras_serializable(package="gmvae_keras")
 class Encoder(keras.layers.Layer):
-    """Deterministic feature extractor x̂ = g(x) (paper, Table 4).
+    """Deterministic feature extractor x̂ = g(x) (paper, appendix Table 4).
 
     A stack of `Conv2D` ("valid" padding, no bias) + `BatchNormalization` +
     `LeakyReLU` blocks that maps a 28×28×C or 32×32×C image to a 1×1 map of
     `feature_size` channels, returned flattened as a `[batch, feature_size]`
     vector.
 
-    Deviation from the paper: Table 4's kernel/stride/padding rows do not all
-    give a 1×1 map as printed. The filter counts are kept (16-32-64-128 for
-    28×28 inputs, 16-32-64-128-256 for 32×32 inputs, then `feature_size`)
-    and the kernels/strides are those of the authors' released code:
-    28×28: kernels 5-5-4-5-3, strides 1-1-2-2-1 (28→24→20→9→3→1);
-    32×32: kernels 5-5-5-3-4-8, strides 1-1-1-1-2-1 (32→28→24→20→18→8→1).
+    How the layers differ from Table 4, and where the replacements come from:
+
+    * Kernels and strides: Table 4's kernel/stride/padding rows do not all
+      give a 1×1 map as printed. Those used here are the ones of the authors'
+      released code (github.com/jariasf/semisupervised-vae-metric-embedding,
+      `networks/CatVAENetwork.py`, `encoder_conv` and `encoder_conv32x32`),
+      all with "valid" padding:
+      28×28: kernels 5-5-4-5-3, strides 1-1-2-2-1 (28→24→20→9→3→1);
+      32×32: kernels 5-5-5-3-4-8, strides 1-1-1-1-2-1 (32→28→24→20→18→8→1).
+    * Filters, 28×28: Table 4's 16-32-64-128, then `feature_size` (the
+      released code has the same counts).
+    * Filters, 32×32: Table 4 has no 256-filter layer. The six layers here,
+      16-32-64-128-256 filters then `feature_size`, are the released code's
+      (`encoder_conv32x32`).
+    * Activation: LeakyReLU with slope `NEGATIVE_SLOPE` (0.2; the paper gives
+      no slope); the released code uses ReLU.
+    * No convolution bias, where the released code has one: the
+      BatchNormalization that follows removes it and its beta takes its
+      place, so the functions the network can represent are the same.
 
     Args:
         image_shape: `(height, width, channels)` of the input images.
@@ -101,19 +119,34 @@ class Encoder(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="gmvae_keras")
 class Decoder(keras.layers.Layer):
-    """Generative network p(x|z) (paper, Table 5).
+    """Generative network p(x|z) (paper, appendix Table 5).
 
     Reshapes z to a 1×1 map and applies `Conv2DTranspose` ("valid" padding,
     no bias) + `BatchNormalization` + `ReLU` blocks, then a last `Conv2DTranspose` to
     the image's channels with a sigmoid, giving pixel means in [0, 1].
 
-    Deviation from the paper: as for `Encoder`, the filter counts of Table 5
-    are kept (128-64-32-16 for 28×28, 256-128-64-32-16 for 32×32, then the
-    image channels) with the kernels/strides of the authors' released code:
-    28×28: kernels 3-5-4-5-5, strides 1-2-2-1-1 (1→3→9→20→24→28);
-    32×32: kernels 8-4-3-5-5-5, strides 1-2-1-1-1-1 (1→8→18→20→24→28→32).
-    The authors' code ends with a dense layer over all pixels; here the last
-    transposed convolution produces the image directly.
+    How the layers differ from Table 5, and where the replacements come from:
+
+    * Kernels and strides: as for `Encoder`, those of the authors' released
+      code (github.com/jariasf/semisupervised-vae-metric-embedding,
+      `networks/CatVAENetwork.py`, `decoder_conv` and `decoder_conv32x32`),
+      the mirror of the encoder's, all with "valid" padding:
+      28×28: kernels 3-5-4-5-5, strides 1-2-2-1-1 (1→3→9→20→24→28);
+      32×32: kernels 8-4-3-5-5-5, strides 1-2-1-1-1-1 (1→8→18→20→24→28→32).
+    * Filters, 28×28: Table 5's 128-64-32-16, then the image channels (the
+      released code has the same counts).
+    * Filters, 32×32: 256-128-64-32-16, then the image channels, the
+      released code's (`decoder_conv32x32`), the mirror of the encoder's
+      six layers (see `Encoder`: Table 4 has no 256-filter layer).
+    * Output: the last transposed convolution, with a bias and a sigmoid,
+      produces the image directly. In the released code that layer too is
+      followed by BatchNormalization and ReLU, and a dense layer over all
+      pixels (sigmoid with the binary cross-entropy loss) makes the image.
+    * Input: z alone, reshaped to 1×1×`latent_size`. The released code
+      feeds the decoder the sum of a dense layer of z and one of y, each
+      of `feature_size` units.
+    * No bias in the hidden transposed convolutions, where the released
+      code has one: the BatchNormalization that follows removes it.
 
     Args:
         image_shape: `(height, width, channels)` of the generated images.
@@ -196,7 +229,8 @@ class GaussianInference(keras.layers.Layer):
 
     Called on `[features, y]`; concatenates them, applies a hidden linear
     layer with LeakyReLU, then two linear heads: the mean and the variance
-    (softplus, plus a small floor so the log-density stays finite).
+    (`_positive_variance`: softplus, plus a small floor so the log-density
+    stays finite).
 
     Args:
         latent_size: z_sz.
@@ -223,8 +257,7 @@ class GaussianInference(keras.layers.Layer):
     def call(self, inputs):
         features, y = inputs
         hidden = self.activation(self.hidden(ops.concatenate([features, y], axis=-1)))
-        variance = ops.softplus(self.variance(hidden)) + self.min_variance
-        return self.mean(hidden), variance
+        return self.mean(hidden), _positive_variance(self.variance(hidden), self.min_variance)
 
     def compute_output_shape(self, input_shape):
         shape = (input_shape[0][0], self.latent_size)
@@ -240,7 +273,7 @@ class GaussianInference(keras.layers.Layer):
 class GaussianPrior(keras.layers.Layer):
     """Mean and variance of the learned prior p(z|y): one linear layer each.
 
-    The variance goes through a softplus plus a small floor to stay positive.
+    The variance goes through `_positive_variance`, as in `GaussianInference`.
 
     Args:
         latent_size: z_sz.
@@ -260,7 +293,7 @@ class GaussianPrior(keras.layers.Layer):
         self.variance.build(input_shape)
 
     def call(self, y):
-        return self.mean(y), ops.softplus(self.variance(y)) + self.min_variance
+        return self.mean(y), _positive_variance(self.variance(y), self.min_variance)
 
     def compute_output_shape(self, input_shape):
         shape = (input_shape[0], self.latent_size)

@@ -5,7 +5,20 @@ import pytest
 import tensorflow as tf
 import keras
 
+from gmvae_keras import conv
 from gmvae_keras.conv import Conv2D, Conv2DTranspose, filter_gradient
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    """The device check reports a CPU-only machine, wherever the tests run."""
+    monkeypatch.setattr(conv, "_runs_on_cpu", lambda: True)
+
+
+@pytest.fixture
+def on_gpu(monkeypatch):
+    """The device check reports a visible GPU (none is needed to take that branch)."""
+    monkeypatch.setattr(conv, "_runs_on_cpu", lambda: False)
 
 
 def _outputs_and_gradients(layer, x):
@@ -45,7 +58,7 @@ def _outputs_and_gradients(layer, x):
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=3, kernel_size=(4, 3)), (2, 1, 1, 5)),
     ],
 )
-def test_same_outputs_and_gradients_as_keras(ours, theirs, kwargs, shape):
+def test_same_outputs_and_gradients_as_keras(ours, theirs, kwargs, shape, on_cpu):
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
     reference = theirs(**kwargs)
     reference.build(shape)
@@ -91,7 +104,7 @@ def _gradient_graph_op_types(layer, input_shape):
 
 
 @pytest.mark.parametrize("cls", [Conv2D, Conv2DTranspose])
-def test_stride_one_graph_has_only_forward_convolutions(cls):
+def test_stride_one_graph_has_only_forward_convolutions(cls, on_cpu):
     layer = cls(filters=4, kernel_size=3)
     layer.build((2, 6, 6, 3))
     op_types = _gradient_graph_op_types(layer, (2, 6, 6, 3))
@@ -100,7 +113,7 @@ def test_stride_one_graph_has_only_forward_convolutions(cls):
 
 
 @pytest.mark.parametrize("cls", [Conv2D, Conv2DTranspose])
-def test_strided_graph_has_no_input_gradient_kernel(cls):
+def test_strided_graph_has_no_input_gradient_kernel(cls, on_cpu):
     layer = cls(filters=4, kernel_size=4, strides=2)
     layer.build((2, 9, 9, 3))
     op_types = _gradient_graph_op_types(layer, (2, 9, 9, 3))
@@ -108,7 +121,7 @@ def test_strided_graph_has_no_input_gradient_kernel(cls):
 
 
 @pytest.mark.parametrize("cls, input_shape", [(Conv2D, (2, 3, 3, 5)), (Conv2DTranspose, (2, 1, 1, 5))])
-def test_one_by_one_maps_are_matrix_products(cls, input_shape):
+def test_one_by_one_maps_are_matrix_products(cls, input_shape, on_cpu):
     layer = cls(filters=4, kernel_size=3)
     layer.build(input_shape)
     op_types = _gradient_graph_op_types(layer, input_shape)
@@ -127,3 +140,64 @@ def test_filter_gradient_equals_tensorflow_kernel(batch, height, width, k_h, k_w
     got = filter_gradient(tf.constant(x), tf.constant(dy)).numpy()
     assert got.shape == (k_h, k_w, c_in, c_out)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_the_device_check_reads_the_logical_devices():
+    expected = all(device.device_type == "CPU" for device in tf.config.list_logical_devices())
+    assert conv._runs_on_cpu() is expected
+
+
+# The Keras methods the layers defer to off the fast path.
+_KERAS_METHOD = {Conv2D: (keras.layers.Conv2D, "convolution_op"), Conv2DTranspose: (keras.layers.Conv2DTranspose, "call")}
+
+
+def _spy_on_keras(monkeypatch, cls):
+    """Records the layers that reach Keras' own method, which still runs."""
+    base, name = _KERAS_METHOD[cls]
+    original, callers = getattr(base, name), []
+
+    def spy(self, *args, **kwargs):
+        callers.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(base, name, spy)
+    return callers
+
+
+@pytest.mark.parametrize(
+    "cls, theirs, kwargs, shape",
+    [
+        (Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=3), (2, 7, 7, 3)),
+        (Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=4, strides=2), (2, 9, 9, 3)),
+        (Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=3), (2, 3, 3, 5)),  # kernel covers the input
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=4, kernel_size=3, activation="sigmoid"), (2, 5, 5, 3)),
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=4, kernel_size=4, strides=2), (2, 4, 4, 3)),
+        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=4, kernel_size=3), (2, 1, 1, 5)),  # 1×1 input
+    ],
+)
+def test_on_a_gpu_the_keras_layer_runs(cls, theirs, kwargs, shape, on_gpu, monkeypatch):
+    x = np.random.default_rng(2).normal(size=shape).astype("float32")
+    reference = theirs(**kwargs)
+    reference.build(shape)
+    layer = cls(**kwargs)
+    layer.build(shape)
+    layer.set_weights([w + 0.1 for w in reference.get_weights()])
+    reference.set_weights(layer.get_weights())
+    callers = _spy_on_keras(monkeypatch, cls)
+    got = _outputs_and_gradients(layer, x)
+    assert any(caller is layer for caller in callers)
+    for a, b in zip(got, _outputs_and_gradients(reference, x)):
+        np.testing.assert_array_equal(a, b)
+    # Traced in a tf.function too: the graph holds TensorFlow's own gradient kernels.
+    assert {"Conv2DBackpropInput", "Conv2DBackpropFilter"} <= _gradient_graph_op_types(layer, shape)
+
+
+@pytest.mark.parametrize("cls", [Conv2D, Conv2DTranspose])
+def test_on_the_cpu_the_fast_path_runs(cls, on_cpu, monkeypatch):
+    layer = cls(filters=4, kernel_size=3)
+    layer.build((2, 6, 6, 3))
+    callers = _spy_on_keras(monkeypatch, cls)
+    _outputs_and_gradients(layer, np.ones((2, 6, 6, 3), "float32"))
+    op_types = _gradient_graph_op_types(layer, (2, 6, 6, 3))
+    assert not any(caller is layer for caller in callers)
+    assert "Conv2DBackpropInput" not in op_types and "Conv2DBackpropFilter" not in op_types

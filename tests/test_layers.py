@@ -139,6 +139,21 @@ def test_network_output_shapes():
     assert np.all(variance.numpy() > 0)
 
 
+def test_variance_heads_are_a_softplus_of_their_dense_layer_plus_the_floor():
+    features, y = _images((12,)), _images((10,), seed=1)
+    inference = GaussianInference(6, min_variance=1e-3)
+    prior = GaussianPrior(6, min_variance=1e-3)
+    _, inference_variance = inference([features, y])
+    _, prior_variance = prior(y)
+    hidden = inference.activation(inference.hidden(np.concatenate([features, y], axis=-1)))
+    for variance, dense_output in ((inference_variance, inference.variance(hidden)), (prior_variance, prior.variance(y))):
+        np.testing.assert_allclose(variance.numpy(), np.logaddexp(0.0, dense_output.numpy()) + 1e-3, rtol=1e-6)
+    # The heads own no variable of their own: a `.keras` file keeps its layout.
+    assert [len(layer.weights) for layer in (inference, prior)] == [6, 4]
+    prior.variance.bias.assign(np.full((6,), -200.0, "float32"))
+    np.testing.assert_allclose(prior(y)[1].numpy(), 1e-3)
+
+
 def test_unsupported_image_shape_is_rejected():
     with pytest.raises(ValueError, match="not supported"):
         Encoder((64, 64, 3), 10)

@@ -6,6 +6,8 @@ Benchmarks are not tests: only the structure and the signs are checked.
 import importlib.util
 import json
 import os
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+import gmvae_keras
 from conftest import REPO_ROOT
 
 SETTING_FIELDS = (
@@ -28,14 +31,29 @@ SETTING_FIELDS = (
 )
 
 
+TOOLS = REPO_ROOT / "tools"
+
+
+def _env():
+    """The environment of a tool's subprocess: it imports the gmvae_keras these tests import."""
+    package_parent = str(pathlib.Path(gmvae_keras.__file__).resolve().parents[1])
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+
+
+def test_no_tool_edits_sys_path():
+    # The tools import the installed gmvae_keras; a path edit would shadow it with this checkout's.
+    offenders = [path.name for path in sorted(TOOLS.glob("*.py")) if "sys.path" in path.read_text()]
+    assert offenders == []
+
+
 def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
     out = tmp_path / "bench.json"
     command = [
-        sys.executable, str(REPO_ROOT / "tools" / "benchmark.py"),
+        sys.executable, str(TOOLS / "benchmark.py"),
         "--quick", "--no-torch", "--settings", "mnist",
         "--steps", "1", "--repeats", "1", "--matmul_size", "256", "--out", str(out),
     ]
-    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == printed
@@ -60,8 +78,8 @@ def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
 
 def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
     out = tmp_path / "kernels.json"
-    command = [sys.executable, str(REPO_ROOT / "tools" / "conv_kernels.py"), "--settings", "mnist", "--repeats", "1", "--out", str(out)]
-    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(TOOLS / "conv_kernels.py"), "--settings", "mnist", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["settings"]["mnist"]
     # 28x28 encoder: kernels 5-5-4-5-3 with strides 1-1-2-2-1.
@@ -76,26 +94,32 @@ def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
 
 
 def test_ab_benchmark_alternates_two_trees_and_reports_paired_ratios(tmp_path):
+    # Tree A stands for an older commit: its package has no gmvae_keras.benchmarks.
+    older = tmp_path / "older"
+    shutil.copytree(pathlib.Path(gmvae_keras.__file__).parent, older / "gmvae_keras",
+                    ignore=shutil.ignore_patterns("__pycache__", "benchmarks.py"))
+    current = pathlib.Path(gmvae_keras.__file__).resolve().parents[1]
     out = tmp_path / "ab.json"
-    command = [sys.executable, str(REPO_ROOT / "tools" / "ab_benchmark.py"), "--a", str(REPO_ROOT), "--b", str(REPO_ROOT),
+    command = [sys.executable, str(TOOLS / "ab_benchmark.py"), "--a", str(older), "--b", str(current),
                "--rounds", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
-    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result["a"] == str(older.resolve())
     mnist = result["settings"]["mnist"]
     assert len(mnist["a_images_per_second"]) == len(mnist["b_images_per_second"]) == 2
     assert len(mnist["paired_ratios_b_over_a"]) == 2 and mnist["median_paired_ratio_b_over_a"] > 0
 
 
 def test_ab_benchmark_refuses_a_directory_without_the_package(tmp_path):
-    command = [sys.executable, str(REPO_ROOT / "tools" / "ab_benchmark.py"), "--a", str(tmp_path), "--b", str(REPO_ROOT)]
-    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    command = [sys.executable, str(TOOLS / "ab_benchmark.py"), "--a", str(tmp_path), "--b", str(REPO_ROOT)]
+    proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "holds no gmvae_keras package" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO_ROOT / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -269,3 +293,13 @@ def test_reproduce_passes_a_sigterm_on_to_the_training(tmp_path):
     # Stopped, not finished, although the training exited 0: the sweep must not go on.
     assert code == 128 + signal.SIGTERM
     assert restored is outer and not stray
+
+
+def test_the_speed_tools_read_one_set_of_settings():
+    from gmvae_keras.benchmarks import SETTINGS
+
+    assert _load_tool("benchmark")._settings() is SETTINGS
+    assert _load_tool("soak").SETTINGS is SETTINGS
+    assert _load_tool("conv_kernels").SETTINGS is SETTINGS
+    for setting in SETTINGS.values():
+        assert setting["batch_size"] % 2 == 0  # half unlabeled, half labeled

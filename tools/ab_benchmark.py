@@ -7,7 +7,9 @@ project's VM: docs/PERFORMANCE.md), two benchmark runs taken minutes apart
 cannot rank two versions. This tool alternates them instead: each round
 times tree A then tree B (B then A in every other round), each in a fresh
 subprocess that imports `gmvae_keras` from that tree, builds the paper's
-model for the setting (`tools/benchmark.py`'s `SETTINGS`), warms up and
+model for the setting (`gmvae_keras.benchmarks.SETTINGS`, read by this process
+and passed to the worker, so a tree older than that module can be measured
+too), warms up and
 times `--steps` train steps on a synthetic batch. It prints one JSON object:
 every sample, each tree's median images/s, and the median over rounds of the
 paired ratio B/A (the drift between two neighbouring samples is small, so
@@ -18,6 +20,7 @@ a `git worktree add ../before <commit>` checkout and this tree.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -33,7 +36,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--a", help="the reference tree (a directory holding gmvae_keras/)")
     parser.add_argument("--b", help="the tree compared with it")
-    parser.add_argument("--settings", nargs="+", choices=["mnist", "svhn"], default=["mnist"])
+    parser.add_argument("--settings", nargs="+", default=["mnist"], help="of gmvae_keras.benchmarks.SETTINGS")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per sample (default: mnist 15, svhn 3)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -41,6 +44,12 @@ def parse_args(argv):
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is None:
+        # Not in the worker, which may run a tree that predates gmvae_keras.benchmarks.
+        from gmvae_keras.benchmarks import SETTINGS  # noqa: PLC0415
+
+        unknown = [name for name in args.settings if name not in SETTINGS]
+        if unknown:
+            parser.error(f"--settings: unknown {', '.join(unknown)} (choose from {', '.join(sorted(SETTINGS))})")
         for name in ("a", "b"):
             tree = getattr(args, name)
             if tree is None:
@@ -54,18 +63,34 @@ def parse_args(argv):
     return args
 
 
-def worker(setting_name, steps, warmup):
-    """Runs inside the tree under test; prints one RESULT_MARK line."""
+def _load_benchmark_tool():
+    """`tools/benchmark.py` as a module, loaded from this file's folder.
+
+    Loading it imports no `gmvae_keras` module: its `build_model` and
+    `measure_train` import `gmvae_keras.model` when called, so they use the
+    package of the tree under test.
+    """
+    spec = importlib.util.spec_from_file_location("gmvae_benchmark_tool", TOOLS / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def worker(setting, steps, warmup):
+    """Runs inside the tree under test; prints one RESULT_MARK line.
+
+    `setting` is a `gmvae_keras.benchmarks.SETTINGS` entry, passed in by the
+    parent process: the tree under test may predate that module.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, str(TOOLS))
     import tensorflow as tf  # noqa: PLC0415
 
-    from benchmark import SETTINGS, build_model, measure_train  # noqa: PLC0415
     import gmvae_keras  # noqa: PLC0415
 
-    setting = SETTINGS[setting_name]
+    benchmark = _load_benchmark_tool()
+    setting = dict(setting, image_shape=tuple(setting["image_shape"]))
     timing = argparse.Namespace(steps_per_execution=1, warmup=warmup, steps=steps, repeats=1, repeat_seconds=None)
-    measured = measure_train(tf, build_model(setting), setting, timing)
+    measured = benchmark.measure_train(tf, benchmark.build_model(setting), setting, timing)
     result = {
         "images_per_second": measured["train_images_per_second"],
         "cpu_utilization": measured["train_cpu_utilization"],
@@ -75,8 +100,9 @@ def worker(setting_name, steps, warmup):
 
 
 def sample(tree, setting, steps, warmup):
+    # The worker imports gmvae_keras from `tree`: its PYTHONPATH puts the tree first.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", setting, "--steps", str(steps),
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(setting), "--steps", str(steps),
                "--warmup", str(warmup)]
     proc = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
@@ -89,6 +115,8 @@ def sample(tree, setting, steps, warmup):
 
 
 def compare(args, setting):
+    from gmvae_keras.benchmarks import SETTINGS  # noqa: PLC0415
+
     steps = args.steps or {"mnist": 15, "svhn": 3}[setting]
     trees = {"a": Path(args.a).resolve(), "b": Path(args.b).resolve()}
     samples = {"a": [], "b": []}
@@ -97,7 +125,7 @@ def compare(args, setting):
         order = ("a", "b") if round_index % 2 == 0 else ("b", "a")
         rates = {}
         for name in order:
-            result = sample(trees[name], setting, steps, args.warmup)
+            result = sample(trees[name], SETTINGS[setting], steps, args.warmup)
             samples[name].append(result)
             rates[name] = result["images_per_second"]
         ratios.append(rates["b"] / rates["a"])
@@ -118,7 +146,7 @@ def compare(args, setting):
 def main(argv=None):
     args = parse_args(argv)
     if args.worker is not None:
-        worker(args.worker, args.steps or 1, args.warmup)
+        worker(json.loads(args.worker), args.steps or 1, args.warmup)
         return 0
     result = {
         "a": str(Path(args.a).resolve()),

@@ -32,9 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 
 def assignment_report(model, data, train_subset, val_subset, k, weighting, batch_size=1000):
     """Validation error and per-class k-NN assignment figures of `model`, as a dict."""

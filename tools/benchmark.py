@@ -3,7 +3,8 @@
     python tools/benchmark.py [--out FILE] [--quick] [--settings mnist svhn] [--no-torch] [--jit_compile]
 
 Prints one JSON object (and writes it to --out) with, for each setting
-(`SETTINGS`: the paper's MNIST and SVHN batch layouts and network sizes):
+(`gmvae_keras.benchmarks.SETTINGS`: the paper's MNIST and SVHN batch layouts
+and network sizes):
 
 * `train_images_per_second`: steady-state images/s of `GMVAE.train_step` with
   all five losses on a synthetic batch (`tf.data.Dataset.from_tensors(batch)
@@ -46,43 +47,19 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
 
-# The paper's settings (flags/<name>.cfg) and the real data sets' sizes.
-SETTINGS = {
-    "mnist": dict(
-        image_shape=(28, 28, 1),
-        num_classes=10,
-        batch_size=200,  # 100 unlabeled + 100 labeled
-        feature_size=100,
-        latent_size=100,
-        k=5,
-        margin=2.0,
-        gaussian_weight=1.0,
-        categorical_weight=1.0,
-        assignment_weight=1.0,
-        metric_weight=1.0,
-        temperature=1.0,
-        num_train=60000,
-        num_test=10000,
-        num_labeled=100,
-    ),
-    "svhn": dict(
-        image_shape=(32, 32, 3),
-        num_classes=10,
-        batch_size=400,  # 200 unlabeled + 200 labeled
-        feature_size=100,
-        latent_size=150,
-        k=3,
-        margin=0.5,
-        gaussian_weight=1.0,
-        categorical_weight=1.0,
-        assignment_weight=5.0,
-        metric_weight=3.0,
-        temperature=1.0,
-        num_train=73257,
-        num_test=26032,
-        num_labeled=1000,
-    ),
-}
+
+
+def _settings():
+    """`gmvae_keras.benchmarks.SETTINGS`, the paper's MNIST and SVHN settings.
+
+    Imported on use, not with this file: `tools/ab_benchmark.py`'s worker loads
+    this file to build and time the model of a source tree that may predate
+    `gmvae_keras.benchmarks`, and passes the setting in itself.
+    """
+    from gmvae_keras.benchmarks import SETTINGS  # noqa: PLC0415
+
+    return SETTINGS
+
 
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates (MACs) of the Conv2D, Conv2DTranspose and Dense layers only "
@@ -111,7 +88,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--quick", action="store_true", help="very few steps: a smoke test of the tool")
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["mnist", "svhn"])
+    parser.add_argument("--settings", nargs="+", choices=sorted(_settings()), default=["mnist", "svhn"])
     parser.add_argument("--no-torch", dest="no_torch", action="store_true", help="skip the PyTorch port")
     parser.add_argument("--jit_compile", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--steps_per_execution", type=int, default=1, help="Keras steps_per_execution")
@@ -219,7 +196,7 @@ def synthetic_batch(setting, seed=0):
 
 
 def build_model(setting, jit_compile=False, steps_per_execution=1):
-    """The compiled `GMVAE` of a `SETTINGS` entry (seeded), Adam 1e-3."""
+    """The compiled `GMVAE` of a `gmvae_keras.benchmarks.SETTINGS` entry (seeded), Adam 1e-3."""
     import keras  # noqa: PLC0415
 
     from gmvae_keras.model import GMVAE  # noqa: PLC0415
@@ -377,7 +354,7 @@ def run_setting(name, args):
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
 
-    setting = SETTINGS[name]
+    setting = _settings()[name]
     result = {"batch_size": setting["batch_size"], "image_shape": list(setting["image_shape"]),
               "config": {k: v for k, v in setting.items() if k not in ("image_shape", "batch_size")}}
 
@@ -442,8 +419,7 @@ def _worker_argv(args, name):
 
 def _run_json(argv, what, mark=None):
     """Runs `argv`; returns `(json result, None)` or `(None, error)`."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env = dict(os.environ)  # the worker imports the same gmvae_keras as this process
     tail = []
     with tempfile.TemporaryFile("w+") as stdout:
         proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO))
@@ -507,7 +483,7 @@ def main(argv=None):
         torch_result = None
         if not torch_skip:
             _log(f"{name}: PyTorch port in a subprocess")
-            torch_argv = [sys.executable, str(TOOLS / "torch_port.py"), "--bench", json.dumps(SETTINGS[name]),
+            torch_argv = [sys.executable, str(TOOLS / "torch_port.py"), "--bench", json.dumps(_settings()[name]),
                           "--warmup", str(args.warmup), "--repeats", str(args.repeats),
                           "--repeat_seconds", str(args.repeat_seconds), "--threads", str(args.torch_threads)]
             if args.steps is not None:

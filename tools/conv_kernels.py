@@ -29,22 +29,23 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from gmvae_keras import conv, networks  # noqa: E402
-
-BATCH = {"mnist": 200, "svhn": 400}
-IMAGE = {"mnist": (28, 28, 1), "svhn": (32, 32, 3)}
+from gmvae_keras.benchmarks import SETTINGS  # noqa: E402
 
 
-def stride_one_shapes(setting, feature_size=100):
+def stride_one_shapes(setting):
     """(height, in_channels, out_channels, kernel) of each stride-1 encoder conv."""
-    height, _, channels = IMAGE[setting]
+    height, _, channels = SETTINGS[setting]["image_shape"]
+    encoder = networks.Encoder(SETTINGS[setting]["image_shape"], SETTINGS[setting]["feature_size"])
     shapes = []
-    for filters, kernel, stride in networks._ENCODER_SPECS[(height, height)]:
-        out = filters or feature_size
+    for layer in encoder.blocks:
+        if not isinstance(layer, keras.layers.Conv2D):
+            continue
+        (kernel, _), (stride, _), out = layer.kernel_size, layer.strides, layer.filters
         if stride == 1:
             shapes.append((height, channels, out, kernel))
         height, channels = (height - kernel) // stride + 1, out
@@ -64,7 +65,7 @@ def _milliseconds(function, *args, repeats):
 
 
 def measure(setting, repeats):
-    batch = BATCH[setting]
+    batch = SETTINGS[setting]["batch_size"]
     rows = []
     for height, c_in, c_out, k in stride_one_shapes(setting):
         out = height - k + 1
@@ -109,7 +110,7 @@ def measure(setting, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", nargs="+", choices=sorted(BATCH), default=["mnist", "svhn"])
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["mnist", "svhn"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

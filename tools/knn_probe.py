@@ -24,17 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 
 def probe(model, labeled_images, labeled_labels, images, labels, ks, num_classes, weighting, batch_size=1000):
     """The dict printed by the tool, for an already loaded model and data."""
     from gmvae_keras import losses
 
     labeled_features = model.extract_features(labeled_images, batch_size)
-    features, logits = model._infer_batches(images, batch_size)
-    predictions = np.argmax(logits, axis=-1)
+    features = model.extract_features(images, batch_size)
+    predictions = np.argmax(model.predict_proba(images, batch_size), axis=-1)
     result = {
         "images": int(len(labels)),
         "labeled_images": int(len(labeled_labels)),

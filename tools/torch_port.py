@@ -438,10 +438,8 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
 
     from gmvae_keras import losses as K
     from gmvae_keras import networks
+    from gmvae_keras.benchmarks import SETTINGS
     from gmvae_keras.model import GMVAE as KerasGMVAE
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from benchmark import SETTINGS  # noqa: PLC0415
 
     failures = []
 
@@ -583,7 +581,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true", help="compare with gmvae_keras on a random batch")
-    mode.add_argument("--bench", metavar="SETTING", help="benchmark a setting of tools/benchmark.py (mnist, svhn) or a JSON object")
+    mode.add_argument("--bench", metavar="SETTING", help="benchmark a setting of gmvae_keras.benchmarks (mnist, svhn) or a JSON object")
     parser.add_argument("--setting", default="mnist", help="setting of --check (mnist, svhn)")
     parser.add_argument("--float64", action="store_true", help="--check in float64, to tolerance 1e-6")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (at least 1)")
@@ -598,8 +596,7 @@ def main(argv=None):
     if args.bench.lstrip().startswith("{"):
         setting = json.loads(args.bench)
     else:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from benchmark import SETTINGS  # noqa: PLC0415
+        from gmvae_keras.benchmarks import SETTINGS  # noqa: PLC0415
 
         setting = SETTINGS[args.bench]
     setting = dict(setting, image_shape=tuple(setting["image_shape"]))

@@ -1,0 +1,48 @@
+"""Settings of the speed benchmarks (`tools/benchmark.py`, `tools/ab_benchmark.py`,
+`tools/soak.py`, `tools/conv_kernels.py`, `tools/torch_port.py`).
+
+`SETTINGS[name]` holds, for the paper's MNIST and SVHN settings
+(`flags/<name>.cfg`): the image shape, the batch layout (`batch_size` images,
+half unlabeled and half labeled), the network sizes and loss weights of the
+model, and the real data set's sizes (`num_train`, `num_test`,
+`num_labeled`), with which the input-pipeline benchmark draws random data of
+the same size. Kept in the package so that every tool reads the same values;
+plain data, so importing it does not load TensorFlow.
+"""
+
+SETTINGS = {
+    "mnist": dict(
+        image_shape=(28, 28, 1),
+        num_classes=10,
+        batch_size=200,  # 100 unlabeled + 100 labeled
+        feature_size=100,
+        latent_size=100,
+        k=5,
+        margin=2.0,
+        gaussian_weight=1.0,
+        categorical_weight=1.0,
+        assignment_weight=1.0,
+        metric_weight=1.0,
+        temperature=1.0,
+        num_train=60000,
+        num_test=10000,
+        num_labeled=100,
+    ),
+    "svhn": dict(
+        image_shape=(32, 32, 3),
+        num_classes=10,
+        batch_size=400,  # 200 unlabeled + 200 labeled
+        feature_size=100,
+        latent_size=150,
+        k=3,
+        margin=0.5,
+        gaussian_weight=1.0,
+        categorical_weight=1.0,
+        assignment_weight=5.0,
+        metric_weight=3.0,
+        temperature=1.0,
+        num_train=73257,
+        num_test=26032,
+        num_labeled=1000,
+    ),
+}
