@@ -229,7 +229,7 @@ def test_assignment_probe_errors_are_one_line(args, message, capsys):
 def _finished_seed(sweep, seed, flags, test_error):
     model_dir = sweep / f"seed-{seed}"
     model_dir.mkdir(parents=True)
-    from gmvae_keras.main import config_from_args
+    from gmvae_keras.flagfiles import config_from_args
 
     (model_dir / "config.json").write_text(config_from_args(flags).to_json())
     metrics = {"test_error_best": test_error, "epochs": 10, "train_seconds": 1800.0, "seed": seed}

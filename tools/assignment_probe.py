@@ -79,7 +79,7 @@ def main(argv=None):
     from gmvae_keras import data as data_lib
     from gmvae_keras import train
     from gmvae_keras.config import ConfigError
-    from gmvae_keras.main import config_from_args
+    from gmvae_keras.flagfiles import config_from_args
 
     try:
         config = config_from_args(args.flags)

@@ -7,14 +7,13 @@ Each seed trains with `python -m gmvae_keras.main` into its own run directory
 under `--runs_dir`; seeds whose `metrics.json` exists are not rerun, and an
 interrupted seed resumes from its last checkpoint, so rerunning the command
 continues a sweep. A finished seed is read only if its `config.json` matches the
-flags the command would train it with now (a changed `flags/*.cfg` or other
+flags the command would train it with now (a changed recipe or other
 extra flags need another `--runs_dir`). At the end the tool prints a Markdown table in the paper's
 layout (mean ± std of the test error of the best-validation model, the
 paper's number beside it, epochs, wall time) and writes it to `--out`.
 
-With the defaults it follows the paper's protocol (200 epochs, `flags/<dataset>.cfg`).
-`--settings=cpu` adds `flags/<dataset>_cpu.cfg` on top (the CPU-budget settings), and
-`flags/<dataset>_cpu_<num_labeled>.cfg` after it where one exists.
+With the defaults it follows the paper's protocol (200 epochs, the flagfile `<dataset>.cfg`).
+`--settings=cpu` adds the CPU-budget recipe on top (`gmvae_keras.flagfiles`).
 Extra flags after `--` go to every run.
 """
 
@@ -27,7 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from gmvae_keras import flagfiles
+from gmvae_keras.config import Config, ConfigError
+
 
 # Test error (%) of the paper, mean (± std) over 5 seeds.
 PAPER = {
@@ -58,16 +59,15 @@ def parse_args(argv):
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    if args.settings == "cpu" and not (REPO / "flags" / f"{args.dataset}_cpu.cfg").exists():
-        parser.error(f"no CPU settings for {args.dataset}: flags/{args.dataset}_cpu.cfg is missing")
+    try:
+        flagfiles.recipe(args.dataset, settings=args.settings)
+    except ConfigError as e:
+        parser.error(str(e))
     return args
 
 
 def default_num_labeled(dataset):
-    for line in (REPO / "flags" / f"{dataset}.cfg").read_text().splitlines():
-        if line.startswith("--num_labeled="):
-            return int(line.split("=", 1)[1])
-    raise SystemExit(f"flags/{dataset}.cfg has no --num_labeled")
+    return int(flagfiles.read(flagfiles.path(dataset))["num_labeled"])
 
 
 def sweep_name(args):
@@ -99,11 +99,8 @@ def run_flags(args, seed, model_dir):
 
 def stale_flags(run_flags, model_dir):
     """The flags in which a finished run differs from `run_flags` ([] when it matches)."""
-    from gmvae_keras.config import Config
-    from gmvae_keras.main import config_from_args
-
-    previous = Config.from_dict(json.loads((model_dir / "config.json").read_text()))
-    return config_from_args(run_flags).describe_differences(previous)
+    previous = Config.from_dict(json.loads((model_dir / "config.json").read_text()), f"{model_dir}/config.json")
+    return flagfiles.config_from_args(run_flags).describe_differences(previous)
 
 
 def table(args, results):
@@ -146,7 +143,7 @@ def run_seed(command):
     # Installed before the child starts, so a signal in between is not lost.
     previous = {number: signal.signal(number, forward) for number in numbers}
     try:
-        child.append(subprocess.Popen(command, cwd=REPO, env=dict(os.environ)))
+        child.append(subprocess.Popen(command, env=dict(os.environ)))
         if received:
             child[0].send_signal(received[0])
         try:
