@@ -440,7 +440,8 @@ class GMVAE(keras.Model):
     def _infer(self, images):
         return self.classify(images, training=False)
 
-    def _infer_batches(self, images, batch_size):
+    def features_and_logits(self, images, batch_size=1000):
+        """`(x̂, logits of q(y|x̂))` as numpy arrays, `batch_size` images at a time, deterministic."""
         if self._inference_function is None:
             self._inference_function = tf.function(self._infer, reduce_retracing=True)
         images = np.asarray(images)
@@ -457,12 +458,12 @@ class GMVAE(keras.Model):
 
     def predict_proba(self, images, batch_size=1000):
         """q(y|x̂) for images (uint8 0–255 or float in [0, 1]), deterministic."""
-        _, logits = self._infer_batches(images, batch_size)
+        _, logits = self.features_and_logits(images, batch_size)
         return keras.ops.convert_to_numpy(ops.softmax(logits, axis=-1))
 
     def predict_labels(self, images, batch_size=1000):
         """The predicted classes: argmax q(y|x̂), or the k-NN vote with `prediction="knn"`."""
-        features, logits = self._infer_batches(images, batch_size)
+        features, logits = self.features_and_logits(images, batch_size)
         labeled_features = None
         if self.prediction == "knn":
             # Encoded once per call: the vote compares every image with the same labeled features.
@@ -479,7 +480,7 @@ class GMVAE(keras.Model):
 
     def extract_features(self, images, batch_size=1000):
         """The deterministic features x̂ = g(x)."""
-        return self._infer_batches(images, batch_size)[0]
+        return self.features_and_logits(images, batch_size)[0]
 
     def generate(self, category, n, seed=None):
         """Sample `n` images of `category`: z ~ p(z|y), then the decoder's means."""

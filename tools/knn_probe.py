@@ -30,8 +30,8 @@ def probe(model, labeled_images, labeled_labels, images, labels, ks, num_classes
     from gmvae_keras import losses
 
     labeled_features = model.extract_features(labeled_images, batch_size)
-    features = model.extract_features(images, batch_size)
-    predictions = np.argmax(model.predict_proba(images, batch_size), axis=-1)
+    features, logits = model.features_and_logits(images, batch_size)
+    predictions = np.argmax(logits, axis=-1)
     result = {
         "images": int(len(labels)),
         "labeled_images": int(len(labeled_labels)),
