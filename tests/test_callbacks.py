@@ -64,12 +64,12 @@ def test_training_follows_the_raw_weights_and_ends_on_the_average():
     swapped = _model()
     record = RecordWeights()
     _fit(swapped, [AveragedWeights(), record], epochs=3)
-    for got, want in zip(_weights(swapped), _weights(reference)):
+    for got, want in zip(_weights(swapped), _weights(reference), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert not all(np.allclose(a, b) for a, b in zip(_weights(swapped), _weights(raw)))
+    assert not all(np.allclose(a, b) for a, b in zip(_weights(swapped), _weights(raw), strict=True))
     # Between epochs the model holds the average, the optimizer the raw weights.
-    for model_weights, averages in zip(record.model_weights[:-1], record.averages[:-1]):
-        assert not all(np.allclose(a, b) for a, b in zip(model_weights, averages))
+    for model_weights, averages in zip(record.model_weights[:-1], record.averages[:-1], strict=True):
+        assert not all(np.allclose(a, b) for a, b in zip(model_weights, averages, strict=True))
 
 
 def test_a_run_resumed_from_an_epoch_checkpoint_matches_an_uninterrupted_one(tmp_path):
@@ -82,7 +82,7 @@ def test_a_run_resumed_from_an_epoch_checkpoint_matches_an_uninterrupted_one(tmp
     first.save(tmp_path / "epoch-2.keras")
     resumed = keras.saving.load_model(tmp_path / "epoch-2.keras")
     _fit(resumed, [AveragedWeights()], epochs=3, initial_epoch=2)
-    for got, want in zip(_weights(resumed), _weights(whole)):
+    for got, want in zip(_weights(resumed), _weights(whole), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, datasets_root, write_idx_dataset, write_svhn_dataset
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.data import DataError
 from gmvae_keras.main import config_from_args, with_dataset_flagfile
 from gmvae_keras.train import RunError, train_and_evaluate
+
+from conftest import REPO_ROOT, datasets_root, write_idx_dataset, write_svhn_dataset
 
 
 def tiny_config(data_dir, **overrides):
@@ -123,7 +124,9 @@ def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
         x = np.load({str(tmp_path / 'images.npy')!r})
         f = loaded.signatures["serving_default"](images=tf.constant(x.astype("float32") / 255.0))
         u = loaded.signatures["serving_uint8"](images=tf.constant(x))
-        np.savez({str(tmp_path / 'out.npz')!r}, **{{"f_" + k: v.numpy() for k, v in f.items()}}, **{{"u_" + k: v.numpy() for k, v in u.items()}})
+        f_out = {{"f_" + k: v.numpy() for k, v in f.items()}}
+        u_out = {{"u_" + k: v.numpy() for k, v in u.items()}}
+        np.savez({str(tmp_path / 'out.npz')!r}, **f_out, **u_out)
         assert "gmvae_keras" not in sys.modules
         try:
             loaded.signatures["serving_default"](images=tf.constant(x.astype("float32")))
