@@ -34,7 +34,7 @@ def cluster_to_class(labels_true, labels_pred):
     """
     table = contingency(labels_true, labels_pred)
     rows, cols = linear_sum_assignment(table, maximize=True)
-    return dict(zip(rows.tolist(), cols.tolist()))
+    return dict(zip(rows.tolist(), cols.tolist(), strict=True))
 
 
 def clustering_accuracy(labels_true, labels_pred):

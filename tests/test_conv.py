@@ -1,9 +1,9 @@
 """gmvae_keras.conv: drop-in Conv2D / Conv2DTranspose with a faster stride-1 gradient."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from gmvae_keras import conv
 from gmvae_keras.conv import Conv2D, Conv2DTranspose, filter_gradient
@@ -66,7 +66,7 @@ def test_same_outputs_and_gradients_as_keras(ours, theirs, kwargs, shape, on_cpu
     layer.build(shape)
     layer.set_weights([w + 0.1 for w in reference.get_weights()])  # non-zero biases too
     reference.set_weights(layer.get_weights())
-    for got, expected in zip(_outputs_and_gradients(layer, x), _outputs_and_gradients(reference, x)):
+    for got, expected in zip(_outputs_and_gradients(layer, x), _outputs_and_gradients(reference, x), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 

@@ -377,7 +377,7 @@ def test_train_batches(split):
     batches = collect(ds)
     assert len(batches) == steps
 
-    code_to_label = dict(zip(decode_index(split.train_images), split.train_labels))
+    code_to_label = dict(zip(decode_index(split.train_images), split.train_labels, strict=True))
     train_codes = set(code_to_label)
     labeled_codes = set(decode_index(split.labeled_images).tolist())
     seen_unlabeled = []
@@ -452,7 +452,7 @@ def test_validate_batch():
 
 def test_eval_dataset(split):
     ds = gd.make_eval_dataset(split.test_images, split.test_labels, 25)
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
     assert [len(y) for y in ys] == [25, 25, 10]
     x, y = np.concatenate(xs), np.concatenate(ys)
     assert x.dtype == np.float32 and y.dtype == np.int32
@@ -490,7 +490,7 @@ def test_random_shift_translates_each_image_within_the_bound():
     out = random_shift(tf.constant(images), 2, tf.constant([3, 4], tf.int64)).numpy()
     assert out.shape == images.shape
     offsets = set()
-    for original, shifted in zip(images, out):
+    for original, shifted in zip(images, out, strict=True):
         padded = np.pad(original, ((2, 2), (2, 2), (0, 0)))
         matches = [
             (dy, dx) for dy in range(5) for dx in range(5)
@@ -509,9 +509,9 @@ def test_random_flip_mirrors_about_half_the_images():
     rng = np.random.default_rng(1)
     images = rng.random((64, 6, 6, 1)).astype("float32")
     out = random_flip(tf.constant(images), tf.constant([7, 8], tf.int64)).numpy()
-    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
-    kept = [np.array_equal(o, i) for o, i in zip(out, images)]
-    assert all(m != k for m, k in zip(mirrored, kept))  # each image is one or the other
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images, strict=True)]
+    kept = [np.array_equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # each image is one or the other
     assert 16 < sum(mirrored) < 48
     again = random_flip(tf.constant(images), tf.constant([7, 8], tf.int64)).numpy()
     np.testing.assert_array_equal(out, again)
@@ -524,13 +524,13 @@ def test_flip_leaves_the_shifts_as_they_were(tmp_path):
     splits = data_lib.load_dataset("mnist", data_dir=tmp_path, num_labeled=20, seed=0)
     plain = next(iter(data_lib.make_train_dataset(splits, 40, seed=5)))["images"].numpy()
     flipped = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_flip=True)))["images"].numpy()
-    mirrored = [np.array_equal(f, p[:, ::-1]) and not np.array_equal(f, p) for f, p in zip(flipped, plain)]
+    mirrored = [np.array_equal(f, p[:, ::-1]) and not np.array_equal(f, p) for f, p in zip(flipped, plain, strict=True)]
     assert 0 < sum(mirrored) < len(plain)
-    assert all(np.array_equal(f, p) or m for f, p, m in zip(flipped, plain, mirrored))
+    assert all(np.array_equal(f, p) or m for f, p, m in zip(flipped, plain, mirrored, strict=True))
     shifted = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_shift=2)))["images"].numpy()
     both = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_shift=2, augment_flip=True)))
     both = both["images"].numpy()
-    assert all(np.array_equal(b, s) or np.array_equal(b, s[:, ::-1]) for b, s in zip(both, shifted))
+    assert all(np.array_equal(b, s) or np.array_equal(b, s[:, ::-1]) for b, s in zip(both, shifted, strict=True))
 
 
 def test_augmented_pipeline_keeps_labels_and_layout(tmp_path):
@@ -559,9 +559,9 @@ def test_consistency_views_perturb_a_copy_and_leave_the_images(tmp_path):
     flipped = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, consistency_flip=True)))
     np.testing.assert_array_equal(flipped["images"].numpy(), plain)
     views = flipped["views"].numpy()
-    mirrored = [np.array_equal(v, p[:, ::-1]) and not np.array_equal(v, p) for v, p in zip(views, plain)]
+    mirrored = [np.array_equal(v, p[:, ::-1]) and not np.array_equal(v, p) for v, p in zip(views, plain, strict=True)]
     assert 0 < sum(mirrored) < len(plain)
-    assert all(np.array_equal(v, p) or m for v, p, m in zip(views, plain, mirrored))
+    assert all(np.array_equal(v, p) or m for v, p, m in zip(views, plain, mirrored, strict=True))
     shifted = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, consistency_shift=2)))
     np.testing.assert_array_equal(shifted["images"].numpy(), plain)
     assert shifted["views"].shape == shifted["images"].shape

@@ -70,7 +70,7 @@ def test_mirrored_loss_matches_single_device_on_the_same_data(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    line = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")][-1]
     values = json.loads(line[len("RESULT "):])
     mirrored, single = values["mirrored"], values["single"]
     # Deterministic given the weights: the auxiliary losses of each replica's slice.
@@ -113,7 +113,7 @@ def test_multi_worker_trains_on_two_local_workers(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, (out, err) in zip(processes, outputs):
+    for p, (_, err) in zip(processes, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     chief_out, worker_out = outputs[0][0], outputs[1][0]
     assert "epoch 2/2" in chief_out and "done: test error" in chief_out

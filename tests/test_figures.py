@@ -1,9 +1,7 @@
 import struct
 
-import numpy as np
-import pytest
-
-from gmvae_keras.figures import DPI, main as figures_main
+from gmvae_keras.figures import DPI
+from gmvae_keras.figures import main as figures_main
 
 
 def png_size(path):

@@ -1,7 +1,7 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from gmvae_keras import (
     CategoricalInference,
@@ -118,13 +118,13 @@ def test_layer_config_and_keras_file_round_trip(name, tmp_path):
     assert clone.get_config() == layer.get_config()
     clone_model = _wrap(clone, arrays)
     clone_model.set_weights(model.get_weights())
-    for a, b in zip(expected, _as_list(clone_model(feed, training=False))):
+    for a, b in zip(expected, _as_list(clone_model(feed, training=False)), strict=True):
         np.testing.assert_array_equal(a, b)
 
     path = tmp_path / f"{name}.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    for a, b in zip(expected, _as_list(loaded(feed, training=False))):
+    for a, b in zip(expected, _as_list(loaded(feed, training=False)), strict=True):
         np.testing.assert_array_equal(a, b)
     assert all(sub.built for sub in loaded._flatten_layers())
 

@@ -1,7 +1,7 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from gmvae_keras import GMVAE, TemperatureAnnealing
 

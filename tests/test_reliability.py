@@ -1,7 +1,6 @@
 """Survive a kill, refuse bad input, never lose a run."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gmvae_keras.model  # noqa: F401  registers the custom layers
-from conftest import datasets_root, write_idx_dataset
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
 from gmvae_keras import losses
@@ -24,6 +22,8 @@ from gmvae_keras.checkpoint import CheckpointWriteError
 from gmvae_keras.config import Config
 from gmvae_keras.export import export_saved_model
 from gmvae_keras.train import build_model, train_and_evaluate
+
+from conftest import datasets_root, write_idx_dataset
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,9 @@ def test_deterministic_runs_are_identical(mnist_files, tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append([line for line in result.stdout.splitlines() if line.startswith("epoch ")])
     # Every loss term and metric of every epoch (the summary lines, minus timings).
-    strip = lambda lines: [line.split(" time=")[0] for line in lines]
+    def strip(lines):
+        return [line.split(" time=")[0] for line in lines]
+
     assert strip(outputs[0]) == strip(outputs[1]) and len(outputs[0]) == 2
     first = json.loads((tmp_path / "a" / "metrics.json").read_text())
     second = json.loads((tmp_path / "b" / "metrics.json").read_text())
@@ -112,7 +114,7 @@ def test_deterministic_runs_are_identical(mnist_files, tmp_path):
         if "seconds" not in key and "per_second" not in key:
             assert first[key] == second[key], key
     for a, b in zip(_weights(tmp_path / "a" / "checkpoints" / "epoch-0002.keras"),
-                    _weights(tmp_path / "b" / "checkpoints" / "epoch-0002.keras")):
+                    _weights(tmp_path / "b" / "checkpoints" / "epoch-0002.keras"), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, datasets_root, write_idx_dataset, write_svhn_dataset
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.data import DataError
 from gmvae_keras import flagfiles
 from gmvae_keras.flagfiles import config_from_args, with_recipe
 from gmvae_keras.train import RunError, train_and_evaluate
+
+from conftest import REPO_ROOT, datasets_root, write_idx_dataset, write_svhn_dataset
 
 FLAGS_DIR = REPO_ROOT / "gmvae_keras" / "flags"
 
@@ -126,7 +127,9 @@ def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
         x = np.load({str(tmp_path / 'images.npy')!r})
         f = loaded.signatures["serving_default"](images=tf.constant(x.astype("float32") / 255.0))
         u = loaded.signatures["serving_uint8"](images=tf.constant(x))
-        np.savez({str(tmp_path / 'out.npz')!r}, **{{"f_" + k: v.numpy() for k, v in f.items()}}, **{{"u_" + k: v.numpy() for k, v in u.items()}})
+        f_out = {{"f_" + k: v.numpy() for k, v in f.items()}}
+        u_out = {{"u_" + k: v.numpy() for k, v in u.items()}}
+        np.savez({str(tmp_path / 'out.npz')!r}, **f_out, **u_out)
         assert "gmvae_keras" not in sys.modules
         try:
             loaded.signatures["serving_default"](images=tf.constant(x.astype("float32")))
