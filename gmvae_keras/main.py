@@ -6,11 +6,12 @@ user overrides them. `--helpfull` lists every flag.
 """
 
 import datetime
-import os
 import sys
 
-# TensorFlow's C++ start-up chatter (no CUDA, oneDNN notices) hides the progress output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from gmvae_keras._quiet import quiet_tensorflow
+
+# TensorFlow's C++ start-up notices (no CUDA, oneDNN) hide the progress output; before any import of it.
+quiet_tensorflow()
 
 from absl import app, flags, logging  # noqa: E402
 
