@@ -71,10 +71,10 @@ class EpochSummary(keras.callbacks.Callback):
         ("assignment_accuracy", "assign_acc"),
     )
 
-    def __init__(self, epochs, print_fn=functools.partial(print, flush=True)):
+    def __init__(self, epochs, print_fn=None):
         super().__init__()
         self.epochs = epochs
-        self.print_fn = print_fn
+        self.print_fn = print_fn or functools.partial(print, flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -135,9 +135,7 @@ class ImageSummaries(keras.callbacks.Callback):
         recon = keras.ops.convert_to_numpy(model(self.images, training=False)["reconstruction"])
         columns = len(self.images)
         pairs = np.concatenate([self.images, recon])
-        generated = np.concatenate(
-            [model.generate(c, self.samples, seed=self.seed) for c in range(model.num_classes)]
-        )
+        generated = np.concatenate([model.generate(c, self.samples, seed=self.seed) for c in range(model.num_classes)])
         with self._writer.as_default(step=epoch):
             tf.summary.image("reconstructions", image_grid(pairs, columns)[None])
             tf.summary.image("generated_per_category", image_grid(generated, self.samples)[None])

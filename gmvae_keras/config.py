@@ -8,7 +8,6 @@ flags; tests and library users build a `Config` directly.
 
 import dataclasses
 import json
-from typing import Optional
 
 from gmvae_keras.settings import ConfigError, ModelSettings, check_choice, drop_removed_options
 from gmvae_keras.settings import field as _field
@@ -20,11 +19,19 @@ __all__ = ["Config", "ConfigError"]
 class Config(ModelSettings):
     """Every setting of a run: the model's (`ModelSettings`) and the data, schedule and run directory's."""
 
-    mode: str = _field("semi_supervised", "semi_supervised, or clustering (no labels; loads the flagfile <dataset>_clustering.cfg).", choices=["semi_supervised", "clustering"])
+    mode: str = _field(
+        "semi_supervised",
+        "semi_supervised, or clustering (no labels; loads the flagfile <dataset>_clustering.cfg).",
+        choices=["semi_supervised", "clustering"],
+    )
     # Data.
     dataset: str = _field("mnist", "mnist, fashion_mnist, svhn, or a tensorflow-datasets image classification name.")
-    data_dir: Optional[str] = _field(None, "Folder with the dataset's original files (IDX .gz or SVHN .mat) instead of tensorflow-datasets.")
-    num_labeled: int = _field(100, "Labeled training images, drawn class-balanced and fixed for the run; 0 for clustering.")
+    data_dir: str | None = _field(
+        None, "Folder with the dataset's original files (IDX .gz or SVHN .mat) instead of tensorflow-datasets."
+    )
+    num_labeled: int = _field(
+        100, "Labeled training images, drawn class-balanced and fixed for the run; 0 for clustering."
+    )
     validation_fraction: float = _field(0.2, "Share of the official train set held out, stratified, for validation.")
     seed: int = _field(0, "Seed of the split, the labeled set, the shuffling and the weights' initialisation.")
     # Batches and schedule.
@@ -34,30 +41,65 @@ class Config(ModelSettings):
     steps_per_epoch: int = _field(0, "Batches per epoch; 0 means one full pass over the unlabeled stream.")
     eval_batch_size: int = _field(1000, "Batch size of validation and test evaluation.")
     learning_rate: float = _field(1e-3, "Adam learning rate.")
-    lr_schedule: str = _field("constant", "Learning-rate schedule: constant (paper), cosine decay to 0 over the run, or step decay (an option of the authors' released code).", choices=["constant", "cosine", "step"])
+    lr_schedule: str = _field(
+        "constant",
+        "Learning-rate schedule: constant (paper), cosine decay to 0 over the run, or step decay (an option of the "
+        "authors' released code).",
+        choices=["constant", "cosine", "step"],
+    )
     lr_decay_epochs: int = _field(30, "With --lr_schedule=step: epochs between decays.")
     lr_decay_rate: float = _field(0.5, "With --lr_schedule=step: factor of each decay.")
     augment_shift: int = _field(0, "Translate training images randomly by up to N pixels per axis; 0 (paper) disables.")
-    augment_flip: bool = _field(False, "Mirror each training image left-right with probability 1/2 (not in the paper); for mirror-symmetric classes such as clothes, not digits.")
-    consistency_shift: int = _field(0, "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, while its label is still assigned on the image itself (consistency; not in the paper); 0 (paper) disables.")
-    consistency_flip: bool = _field(False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits.")
-    auxiliary_warmup_epochs: float = _field(0.0, "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count fully from the start); 0 (paper) disables.")
+    augment_flip: bool = _field(
+        False,
+        "Mirror each training image left-right with probability 1/2 (not in the paper); for mirror-symmetric "
+        "classes such as clothes, not digits.",
+    )
+    consistency_shift: int = _field(
+        0,
+        "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, "
+        "while its label is still assigned on the image itself (consistency; not in the paper); 0 (paper) disables.",
+    )
+    consistency_flip: bool = _field(
+        False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits."
+    )
+    auxiliary_warmup_epochs: float = _field(
+        0.0,
+        "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count "
+        "fully from the start); 0 (paper) disables.",
+    )
     # Gumbel-Softmax.
     temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
     temperature_end: float = _field(0.5, "Gumbel-Softmax temperature after the annealing.")
     temperature_epochs: int = _field(50, "Epochs over which the temperature is annealed linearly.")
     # Run.
-    image_summary_every: int = _field(5, "Write reconstruction and generation image grids to TensorBoard every N epochs; 0 disables.")
+    image_summary_every: int = _field(
+        5, "Write reconstruction and generation image grids to TensorBoard every N epochs; 0 disables."
+    )
     jit_compile: bool = _field(False, "Compile the train step with XLA.")
-    strategy: str = _field("default", "tf.distribute strategy: default (one device), mirrored (the local devices), multi_worker (the machines of TF_CONFIG).", choices=["default", "mirrored", "multi_worker"])
+    strategy: str = _field(
+        "default",
+        "tf.distribute strategy: default (one device), mirrored (the local devices), multi_worker (the machines of "
+        "TF_CONFIG).",
+        choices=["default", "mirrored", "multi_worker"],
+    )
     deterministic: bool = _field(False, "Deterministic TensorFlow ops (same seed, same losses); slower.")
     overwrite: bool = _field(False, "Start afresh in a model_dir that holds a run made with other flags.")
-    verbose: int = _field(1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.", choices=[0, 1, 2])
+    verbose: int = _field(
+        1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.", choices=[0, 1, 2]
+    )
 
     # Fields that may differ when a run is resumed with the same model_dir.
     RESUMABLE_CHANGES = (
-        "epochs", "verbose", "overwrite", "data_dir", "eval_batch_size", "image_summary_every", "deterministic",
-        "jit_compile", "strategy",
+        "epochs",
+        "verbose",
+        "overwrite",
+        "data_dir",
+        "eval_batch_size",
+        "image_summary_every",
+        "deterministic",
+        "jit_compile",
+        "strategy",
     )
 
     def resolved_labeled_per_batch(self):
@@ -75,8 +117,14 @@ class Config(ModelSettings):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
         for name in (
-            "num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed", "augment_shift",
-            "consistency_shift", "auxiliary_warmup_epochs",
+            "num_labeled",
+            "labeled_per_batch",
+            "steps_per_epoch",
+            "image_summary_every",
+            "seed",
+            "augment_shift",
+            "consistency_shift",
+            "auxiliary_warmup_epochs",
         ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
@@ -90,17 +138,27 @@ class Config(ModelSettings):
             raise ConfigError(f"--mode=clustering uses no labeled data; got --num_labeled={self.num_labeled}")
         if self.mode == "semi_supervised" and not self.num_labeled:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
-        if (self.consistency_shift or self.consistency_flip) and (self.mode == "clustering" or not self.assignment_weight):
-            raise ConfigError("--consistency_shift/--consistency_flip change L_A, which --mode=clustering and --assignment_weight=0 leave out")
+        if (self.consistency_shift or self.consistency_flip) and (
+            self.mode == "clustering" or not self.assignment_weight
+        ):
+            raise ConfigError(
+                "--consistency_shift/--consistency_flip change L_A, which --mode=clustering and "
+                "--assignment_weight=0 leave out"
+            )
         if self.consistency_share < 1.0 and not (self.consistency_shift or self.consistency_flip):
-            raise ConfigError("--consistency_share splits L_A between the image and its second view; set --consistency_shift or --consistency_flip")
+            raise ConfigError(
+                "--consistency_share splits L_A between the image and its second view; set --consistency_shift or "
+                "--consistency_flip"
+            )
         if self.prediction == "knn" and self.mode == "clustering":
             raise ConfigError("--prediction=knn votes among labeled images; --mode=clustering has none")
         if self.prediction == "knn" and self.k > self.num_labeled:
             raise ConfigError(f"--prediction=knn: --k={self.k} is larger than --num_labeled={self.num_labeled}")
         labeled = self.resolved_labeled_per_batch()
         if labeled >= self.batch_size:
-            raise ConfigError(f"--labeled_per_batch={labeled} leaves no unlabeled image in a batch of {self.batch_size}")
+            raise ConfigError(
+                f"--labeled_per_batch={labeled} leaves no unlabeled image in a batch of {self.batch_size}"
+            )
         if self.num_labeled > 0 and self.k > labeled:
             raise ConfigError(f"--k={self.k} is larger than the labeled part of a batch ({labeled})")
         # A labeled count not divisible by the classes is refused by the data loader.

@@ -114,7 +114,7 @@ def conv2d_valid(inputs, kernel, strides=(1, 1)):
 
 def transposed_output_size(input_size, kernel_size, strides):
     """Keras' spatial output size of a "valid" transposed convolution."""
-    return tuple(n * s + max(k - s, 0) for n, k, s in zip(input_size, kernel_size, strides))
+    return tuple(n * s + max(k - s, 0) for n, k, s in zip(input_size, kernel_size, strides, strict=True))
 
 
 def conv2d_transpose_valid(inputs, kernel, strides=(1, 1)):
@@ -213,7 +213,9 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
         if not (_fast_path(self, inputs) and self.output_padding is None):
             return super().call(inputs)
         kernel = tf.convert_to_tensor(self.kernel)
-        if tuple(inputs.shape[1:3]) == (1, 1) and all(k >= st for k, st in zip(self.kernel_size, self.strides)):
+        if tuple(inputs.shape[1:3]) == (1, 1) and all(
+            k >= st for k, st in zip(self.kernel_size, self.strides, strict=True)
+        ):
             outputs = conv2d_transpose_from_1x1(inputs, kernel)
         else:
             outputs = conv2d_transpose_valid(inputs, kernel, self.strides)

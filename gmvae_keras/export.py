@@ -71,7 +71,9 @@ def export_saved_model(model, export_dir):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")])
+    archive.add_endpoint(
+        "serving_default", serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")]
+    )
     archive.add_endpoint("serving_uint8", serve_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
 
     tmp = export_dir.with_name(f".{export_dir.name}.tmp-{os.getpid()}")

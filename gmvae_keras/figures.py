@@ -106,7 +106,9 @@ def save_png(fig, path):
     return (plt.imread(buffer, format="png") * 255).astype(np.uint8)
 
 
-def write_figures(model, images, labels, out_dir, log_dir=None, mode="semi_supervised", tsne_points=3000, samples=10, seed=0):
+def write_figures(
+    model, images, labels, out_dir, log_dir=None, mode="semi_supervised", tsne_points=3000, samples=10, seed=0
+):
     """Renders every figure of a model on test `images` (uint8 or [0, 1] floats).
 
     Returns:
@@ -189,8 +191,15 @@ def main(argv=None):
     (_, _), (test_images, test_labels), _, _ = raw
     model = keras.saving.load_model(path)
     paths = write_figures(
-        model, test_images, test_labels, model_dir / "figures", model_dir / "logs" / "figures",
-        mode=config.mode, tsne_points=args.tsne_points, samples=args.samples, seed=config.seed,
+        model,
+        test_images,
+        test_labels,
+        model_dir / "figures",
+        model_dir / "logs" / "figures",
+        mode=config.mode,
+        tsne_points=args.tsne_points,
+        samples=args.samples,
+        seed=config.seed,
     )
     for name, p in paths.items():
         print(f"{name}: {p}")

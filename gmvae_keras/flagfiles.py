@@ -46,7 +46,9 @@ def recipe(dataset, mode="semi_supervised", settings="paper", num_labeled=None):
     if settings == "cpu":
         cpu = path(f"{name}_cpu")
         if cpu is None:
-            raise ConfigError(f"--settings=cpu: there are no CPU settings for {name} (gmvae_keras/flags/{name}_cpu.cfg)")
+            raise ConfigError(
+                f"--settings=cpu: there are no CPU settings for {name} (gmvae_keras/flags/{name}_cpu.cfg)"
+            )
         files.append(cpu)
         per_label_count = path(f"{name}_cpu_{num_labeled}") if num_labeled is not None else None
         if per_label_count is not None:

@@ -54,9 +54,7 @@ class GumbelSoftmax(keras.layers.Layer):
         temperature = ops.cast(self.temperature, logits.dtype)
         sample = ops.softmax((logits + gumbel) / temperature, axis=-1)
         if self.hard:
-            one_hot = ops.one_hot(
-                ops.argmax(sample, axis=-1), ops.shape(logits)[-1], dtype=sample.dtype
-            )
+            one_hot = ops.one_hot(ops.argmax(sample, axis=-1), ops.shape(logits)[-1], dtype=sample.dtype)
             sample = sample + ops.stop_gradient(one_hot - sample)
         return sample
 
@@ -96,9 +94,7 @@ class GaussianSample(keras.layers.Layer):
         mean, variance = inputs
         if not training:
             return mean
-        noise = keras.random.normal(
-            ops.shape(mean), dtype=mean.dtype, seed=self.seed_generator
-        )
+        noise = keras.random.normal(ops.shape(mean), dtype=mean.dtype, seed=self.seed_generator)
         return mean + ops.sqrt(variance) * noise
 
     def compute_output_shape(self, input_shape):

@@ -171,9 +171,7 @@ def class_votes_from_distances(distances, labeled_labels, num_classes, k, weight
     return ops.sum(ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None], axis=1)
 
 
-def assign_labels(
-    unlabeled_features, labeled_features, labeled_labels, num_classes, k, weighting="distance"
-):
+def assign_labels(unlabeled_features, labeled_features, labeled_labels, num_classes, k, weighting="distance"):
     """Label each unlabeled sample by a k-NN vote among the labeled ones (eq. 8).
 
     Each unlabeled feature vector takes the class with the largest vote among
@@ -197,9 +195,7 @@ def assign_labels(
     Raises:
         ValueError: for k < 1, k > n_labeled or an unknown weighting.
     """
-    distances = pairwise_distance(
-        ops.stop_gradient(unlabeled_features), ops.stop_gradient(labeled_features)
-    )
+    distances = pairwise_distance(ops.stop_gradient(unlabeled_features), ops.stop_gradient(labeled_features))
     return assign_labels_from_distances(distances, labeled_labels, num_classes, k, weighting)
 
 
@@ -211,7 +207,12 @@ def assign_labels_in_batches(
         [
             np.asarray(
                 assign_labels(
-                    unlabeled_features[start : start + batch_size], labeled_features, labeled_labels, num_classes, k, weighting
+                    unlabeled_features[start : start + batch_size],
+                    labeled_features,
+                    labeled_labels,
+                    num_classes,
+                    k,
+                    weighting,
                 )
             )
             for start in range(0, len(unlabeled_features), batch_size)

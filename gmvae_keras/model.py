@@ -4,8 +4,8 @@ import dataclasses
 
 import keras
 import numpy as np
-from keras import ops
 import tensorflow as tf
+from keras import ops
 
 from gmvae_keras import losses
 from gmvae_keras.layers import GaussianSample, GumbelSoftmax
@@ -17,6 +17,7 @@ from gmvae_keras.networks import (
     GaussianPrior,
 )
 from gmvae_keras.settings import ModelSettings, drop_removed_options
+
 
 def _multi_worker(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -153,19 +154,14 @@ class GMVAE(keras.Model):
         self.categorical_inference = CategoricalInference(
             self.num_classes, self.feature_size, name="categorical_inference"
         )
-        self.gumbel_softmax = GumbelSoftmax(
-            self.temperature, hard=self.hard_gumbel, seed=seed, name="gumbel_softmax"
-        )
+        self.gumbel_softmax = GumbelSoftmax(self.temperature, hard=self.hard_gumbel, seed=seed, name="gumbel_softmax")
         self.gaussian_inference = GaussianInference(self.latent_size, name="gaussian_inference")
-        self.gaussian_sample = GaussianSample(
-            seed=None if seed is None else seed + 1, name="gaussian_sample"
-        )
+        self.gaussian_sample = GaussianSample(seed=None if seed is None else seed + 1, name="gaussian_sample")
         self.gaussian_prior = GaussianPrior(self.latent_size, name="gaussian_prior")
         self.decoder = Decoder(self.image_shape, self.latent_size, name="decoder")
 
         self.trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
+            name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
         }
         self.error_tracker = keras.metrics.Mean(name="error")
         self._inference_function = None
@@ -312,9 +308,7 @@ class GMVAE(keras.Model):
         outputs = self(images, training=training)
         zero = ops.zeros((), dtype=outputs["logits"].dtype)
         terms = {
-            "reconstruction_loss": losses.reconstruction_loss(
-                images, outputs["reconstruction"], self.reconstruction
-            ),
+            "reconstruction_loss": losses.reconstruction_loss(images, outputs["reconstruction"], self.reconstruction),
             "gaussian_loss": losses.gaussian_loss(
                 outputs["z"],
                 outputs["z_mean"],
@@ -362,9 +356,7 @@ class GMVAE(keras.Model):
                     if self.consistency_share < 1.0:
                         terms["assignment_loss"] += (1.0 - self.consistency_share) * assignment(outputs["logits"])
             if self.metric_weight > 0:
-                terms["metric_loss"] = losses.lifted_structured_loss_from_distances(
-                    all_labels, distances, self.margin
-                )
+                terms["metric_loss"] = losses.lifted_structured_loss_from_distances(all_labels, distances, self.margin)
                 if trust is not None:
                     labeled_only = losses.lifted_structured_loss_from_distances(
                         labels, distances[num_unlabeled:, num_unlabeled:], self.margin
@@ -399,9 +391,7 @@ class GMVAE(keras.Model):
             step = ops.cast(self.optimizer.iterations + 1, "float32")
             trust = ops.minimum(step / float(self.warmup_steps), 1.0)
         with tf.GradientTape() as tape:
-            terms, total, assigned = self.compute_losses(
-                images, labels, training=True, trust=trust, views=views
-            )
+            terms, total, assigned = self.compute_losses(images, labels, training=True, trust=trust, views=views)
             # Optimizers sum the replicas' gradients: scale each replica's mean
             # loss so that the sum is the mean over the global batch.
             scaled = total / replicas
@@ -449,9 +439,11 @@ class GMVAE(keras.Model):
             images = images.astype("float32") / 255.0
         features, logits = [], []
         for start in range(0, len(images), batch_size):
-            f, l = self._inference_function(tf.constant(images[start : start + batch_size], "float32"))
-            features.append(f.numpy())
-            logits.append(l.numpy())
+            batch_features, batch_logits = self._inference_function(
+                tf.constant(images[start : start + batch_size], "float32")
+            )
+            features.append(batch_features.numpy())
+            logits.append(batch_logits.numpy())
         if not features:
             return np.zeros((0, self.feature_size), "float32"), np.zeros((0, self.num_classes), "float32")
         return np.concatenate(features), np.concatenate(logits)

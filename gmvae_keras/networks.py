@@ -91,9 +91,7 @@ class Encoder(keras.layers.Layer):
             self.blocks += [
                 # No bias: the BatchNormalization that follows cancels it and its beta
                 # takes its place.
-                Conv2D(
-                    filters or self.feature_size, kernel, strides=stride, padding="valid", use_bias=False
-                ),
+                Conv2D(filters or self.feature_size, kernel, strides=stride, padding="valid", use_bias=False),
                 keras.layers.BatchNormalization(),
                 keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE),
             ]

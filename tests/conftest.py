@@ -70,9 +70,7 @@ def _balanced_labels(rng, n, num_classes):
     return rng.permutation(np.arange(n) % num_classes).astype(np.int64)
 
 
-def write_idx_dataset(
-    dir, n_train, n_test, shape=(28, 28), num_classes=10, seed=0, gz=True
-):
+def write_idx_dataset(dir, n_train, n_test, shape=(28, 28), num_classes=10, seed=0, gz=True):
     """Writes the four MNIST-style IDX files of a synthetic data set.
 
     Labels are as balanced as `n` allows; image `i` of each split encodes
@@ -138,8 +136,18 @@ def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     write_idx_dataset(folder, n_train=200, n_test=60, seed=3)
     config = Config(
-        dataset="mnist", data_dir=str(folder), num_labeled=20, batch_size=40, epochs=1, steps_per_epoch=2,
-        feature_size=8, latent_size=4, k=3, eval_batch_size=64, image_summary_every=0, verbose=0,
+        dataset="mnist",
+        data_dir=str(folder),
+        num_labeled=20,
+        batch_size=40,
+        epochs=1,
+        steps_per_epoch=2,
+        feature_size=8,
+        latent_size=4,
+        k=3,
+        eval_batch_size=64,
+        image_summary_every=0,
+        verbose=0,
     )
     model_dir = tmp_path_factory.mktemp("run") / "run"
     train_and_evaluate(config, model_dir)

@@ -46,7 +46,10 @@ def test_a_model_saved_by_0_1_0_loads_and_predicts_as_it_did():
 
 @pytest.mark.parametrize(
     "changes, named",
-    [({"assignment_confidence": 0.5}, "--assignment_confidence=0.5"), ({"assignment_balance": "distance"}, "--assignment_balance='distance'")],
+    [
+        ({"assignment_confidence": 0.5}, "--assignment_confidence=0.5"),
+        ({"assignment_balance": "distance"}, "--assignment_balance='distance'"),
+    ],
 )
 def test_a_model_that_used_a_removed_option_is_refused_naming_it(tmp_path, changes, named):
     path = _with_config(FIXTURES / "model-0.1.0.keras", tmp_path / "old.keras", **changes)
@@ -80,7 +83,9 @@ def test_a_run_directory_of_0_1_0_resumes(tmp_path):
     assert "ema_momentum" not in json.loads((run / "config.json").read_text())
 
 
-@pytest.mark.parametrize("changes", [{"ema_momentum": 0.999}, {"assignment_confidence": 0.9}, {"assignment_balance": "distance"}])
+@pytest.mark.parametrize(
+    "changes", [{"ema_momentum": 0.999}, {"assignment_confidence": 0.9}, {"assignment_balance": "distance"}]
+)
 def test_a_run_directory_that_used_a_removed_option_is_refused_and_left_alone(tmp_path, changes):
     from gmvae_keras.config import Config, ConfigError
     from gmvae_keras.train import train_and_evaluate

@@ -42,7 +42,12 @@ def _outputs_and_gradients(layer, x):
         # The kernel covers the input: a matrix product.
         (Conv2D, keras.layers.Conv2D, dict(filters=5, kernel_size=(3, 4)), (2, 3, 4, 6)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=7, kernel_size=5), (3, 6, 6, 4)),
-        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=1, kernel_size=3, activation="sigmoid"), (2, 5, 5, 6)),
+        (
+            Conv2DTranspose,
+            keras.layers.Conv2DTranspose,
+            dict(filters=1, kernel_size=3, activation="sigmoid"),
+            (2, 5, 5, 6),
+        ),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=6, kernel_size=5, strides=2), (2, 3, 3, 4)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=2, kernel_size=(4, 2)), (1, 5, 3, 3)),
         # Strided: the phase decomposition, with kernels longer, shorter and
@@ -51,7 +56,12 @@ def _outputs_and_gradients(layer, x):
         (Conv2D, keras.layers.Conv2D, dict(filters=3, kernel_size=(4, 3), strides=(2, 3)), (2, 12, 13, 2)),
         (Conv2D, keras.layers.Conv2D, dict(filters=3, kernel_size=2, strides=3), (1, 10, 8, 2)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=4, kernel_size=4, strides=2), (2, 9, 9, 3)),
-        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=2, kernel_size=(3, 5), strides=(3, 2)), (1, 4, 3, 3)),
+        (
+            Conv2DTranspose,
+            keras.layers.Conv2DTranspose,
+            dict(filters=2, kernel_size=(3, 5), strides=(3, 2)),
+            (1, 4, 3, 3),
+        ),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=2, kernel_size=2, strides=3), (2, 3, 4, 2)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=3, kernel_size=2, strides=3), (2, 1, 1, 2)),
         # A 1×1 input: a matrix product.
@@ -129,7 +139,10 @@ def test_one_by_one_maps_are_matrix_products(cls, input_shape, on_cpu):
     assert not {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"} & op_types
 
 
-@pytest.mark.parametrize("batch, height, width, k_h, k_w, c_in, c_out", [(1, 5, 5, 3, 3, 1, 1), (4, 9, 7, 2, 5, 3, 6), (200, 28, 28, 5, 5, 1, 16)])
+@pytest.mark.parametrize(
+    "batch, height, width, k_h, k_w, c_in, c_out",
+    [(1, 5, 5, 3, 3, 1, 1), (4, 9, 7, 2, 5, 3, 6), (200, 28, 28, 5, 5, 1, 16)],
+)
 def test_filter_gradient_equals_tensorflow_kernel(batch, height, width, k_h, k_w, c_in, c_out):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(batch, height, width, c_in)).astype("float32")
@@ -148,7 +161,10 @@ def test_the_device_check_reads_the_logical_devices():
 
 
 # The Keras methods the layers defer to off the fast path.
-_KERAS_METHOD = {Conv2D: (keras.layers.Conv2D, "convolution_op"), Conv2DTranspose: (keras.layers.Conv2DTranspose, "call")}
+_KERAS_METHOD = {
+    Conv2D: (keras.layers.Conv2D, "convolution_op"),
+    Conv2DTranspose: (keras.layers.Conv2DTranspose, "call"),
+}
 
 
 def _spy_on_keras(monkeypatch, cls):
@@ -170,7 +186,12 @@ def _spy_on_keras(monkeypatch, cls):
         (Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=3), (2, 7, 7, 3)),
         (Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=4, strides=2), (2, 9, 9, 3)),
         (Conv2D, keras.layers.Conv2D, dict(filters=4, kernel_size=3), (2, 3, 3, 5)),  # kernel covers the input
-        (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=4, kernel_size=3, activation="sigmoid"), (2, 5, 5, 3)),
+        (
+            Conv2DTranspose,
+            keras.layers.Conv2DTranspose,
+            dict(filters=4, kernel_size=3, activation="sigmoid"),
+            (2, 5, 5, 3),
+        ),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=4, kernel_size=4, strides=2), (2, 4, 4, 3)),
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=4, kernel_size=3), (2, 1, 1, 5)),  # 1×1 input
     ],
@@ -186,7 +207,7 @@ def test_on_a_gpu_the_keras_layer_runs(cls, theirs, kwargs, shape, on_gpu, monke
     callers = _spy_on_keras(monkeypatch, cls)
     got = _outputs_and_gradients(layer, x)
     assert any(caller is layer for caller in callers)
-    for a, b in zip(got, _outputs_and_gradients(reference, x)):
+    for a, b in zip(got, _outputs_and_gradients(reference, x), strict=True):
         np.testing.assert_array_equal(a, b)
     # Traced in a tf.function too: the graph holds TensorFlow's own gradient kernels.
     assert {"Conv2DBackpropInput", "Conv2DBackpropFilter"} <= _gradient_graph_op_types(layer, shape)

@@ -287,9 +287,7 @@ def test_split_sizes_and_stratification(idx_dir, split):
     assert split.test_images.shape == (60, 8, 8, 1)
     # Labels travel with their images.
     labels = expected["train"][1]
-    np.testing.assert_array_equal(
-        split.train_labels, labels[decode_index(split.train_images)]
-    )
+    np.testing.assert_array_equal(split.train_labels, labels[decode_index(split.train_images)])
     # Stratified: 50 images per class -> 40 train / 10 validation.
     assert np.bincount(split.train_labels, minlength=10).tolist() == [40] * 10
     assert np.bincount(split.val_labels, minlength=10).tolist() == [10] * 10
@@ -310,12 +308,8 @@ def test_same_seed_same_splits(idx_dir):
     c = gd.load_dataset("mnist", folder, num_labeled=30, seed=8)
     for field in ("train_images", "train_labels", "val_images", "labeled_indices"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-    assert not np.array_equal(
-        decode_index(a.val_images), decode_index(c.val_images)
-    )
-    assert not np.array_equal(
-        decode_index(a.labeled_images), decode_index(c.labeled_images)
-    )
+    assert not np.array_equal(decode_index(a.val_images), decode_index(c.val_images))
+    assert not np.array_equal(decode_index(a.labeled_images), decode_index(c.labeled_images))
 
 
 def test_validation_fraction(idx_dir):
@@ -473,9 +467,7 @@ def test_real_mnist():
     assert (name, k) == ("mnist", 10)
     assert tx.shape == (60000, 28, 28, 1) and vx.shape == (10000, 28, 28, 1)
     assert ty.tolist()[:10] == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
-    assert np.bincount(ty).tolist() == [
-        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949
-    ]
+    assert np.bincount(ty).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(vy).sum() == 10000 and len(np.unique(vy)) == 10
     assert abs(tx.mean() / 255.0 - 0.1307) < 5e-4
 
@@ -493,8 +485,7 @@ def test_random_shift_translates_each_image_within_the_bound():
     for original, shifted in zip(images, out, strict=True):
         padded = np.pad(original, ((2, 2), (2, 2), (0, 0)))
         matches = [
-            (dy, dx) for dy in range(5) for dx in range(5)
-            if np.array_equal(padded[dy:dy + 8, dx:dx + 8], shifted)
+            (dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(padded[dy : dy + 8, dx : dx + 8], shifted)
         ]
         assert len(matches) == 1
         offsets.add(matches[0])

@@ -71,7 +71,7 @@ def test_mirrored_loss_matches_single_device_on_the_same_data(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")][-1]
-    values = json.loads(line[len("RESULT "):])
+    values = json.loads(line[len("RESULT ") :])
     mirrored, single = values["mirrored"], values["single"]
     # Deterministic given the weights: the auxiliary losses of each replica's slice.
     for name in ("assignment_loss", "metric_loss"):
@@ -94,9 +94,21 @@ def test_multi_worker_trains_on_two_local_workers(tmp_path):
     workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     model_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "gmvae_keras.main", "--dataset=mnist", f"--data_dir={data_dir}",
-        "--strategy=multi_worker", "--num_labeled=20", "--batch_size=40", "--k=3", "--feature_size=8",
-        "--latent_size=4", "--epochs=2", "--steps_per_epoch=2", "--verbose=0", "--image_summary_every=0",
+        sys.executable,
+        "-m",
+        "gmvae_keras.main",
+        "--dataset=mnist",
+        f"--data_dir={data_dir}",
+        "--strategy=multi_worker",
+        "--num_labeled=20",
+        "--batch_size=40",
+        "--k=3",
+        "--feature_size=8",
+        "--latent_size=4",
+        "--epochs=2",
+        "--steps_per_epoch=2",
+        "--verbose=0",
+        "--image_summary_every=0",
         f"--model_dir={model_dir}",
     ]
     processes = []
@@ -105,7 +117,9 @@ def test_multi_worker_trains_on_two_local_workers(tmp_path):
             tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
             env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))
             processes.append(
-                subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+                subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT
+                )
             )
         outputs = [p.communicate(timeout=600) for p in processes]
     finally:
@@ -127,9 +141,20 @@ def test_resume_under_a_strategy(tmp_path):
     data_dir = tmp_path / "data"
     write_idx_dataset(data_dir, n_train=200, n_test=50, seed=7)
     base = [
-        sys.executable, "-m", "gmvae_keras.main", "--dataset=mnist", f"--data_dir={data_dir}",
-        "--strategy=mirrored", "--num_labeled=20", "--batch_size=40", "--k=3", "--feature_size=8",
-        "--latent_size=4", "--steps_per_epoch=2", "--verbose=0", "--image_summary_every=0",
+        sys.executable,
+        "-m",
+        "gmvae_keras.main",
+        "--dataset=mnist",
+        f"--data_dir={data_dir}",
+        "--strategy=mirrored",
+        "--num_labeled=20",
+        "--batch_size=40",
+        "--k=3",
+        "--feature_size=8",
+        "--latent_size=4",
+        "--steps_per_epoch=2",
+        "--verbose=0",
+        "--image_summary_every=0",
         f"--model_dir={tmp_path / 'run'}",
     ]
     first = subprocess.run(base + ["--epochs=1"], capture_output=True, text=True, timeout=600)

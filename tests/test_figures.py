@@ -11,7 +11,6 @@ def png_size(path):
     return struct.unpack(">II", data[16:24])
 
 
-
 def test_figures_are_pngs_of_the_expected_size(tiny_run, capsys):
     assert figures_main(["--model_dir", str(tiny_run), "--tsne_points", "40", "--samples", "5"]) == 0
     figures = tiny_run / "figures"

@@ -17,8 +17,21 @@ def test_installed_package_trains_with_its_flagfiles_outside_the_source_tree(tmp
     shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info"))
     target = tmp_path / "site"
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if install.returncode != 0 and "setuptools" in install.stderr and "No module named" in install.stderr:
         pytest.skip(f"no setuptools to build the package offline: {install.stderr.strip().splitlines()[-1]}")
@@ -31,16 +44,36 @@ def test_installed_package_trains_with_its_flagfiles_outside_the_source_tree(tmp
     env = dict(os.environ, PYTHONPATH=str(target), CUDA_VISIBLE_DEVICES="")
     where = subprocess.run(
         [sys.executable, "-c", "import gmvae_keras; print(gmvae_keras.__file__)"],
-        capture_output=True, text=True, cwd=elsewhere, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+        timeout=300,
     )
     assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
     run = subprocess.run(
         [
-            sys.executable, "-m", "gmvae_keras.main", "--dataset=mnist", f"--data_dir={tmp_path / 'mnist'}",
-            "--num_labeled=20", "--batch_size=40", "--k=3", "--epochs=1", "--steps_per_epoch=2", "--feature_size=8",
-            "--latent_size=4", "--verbose=0", "--image_summary_every=0", "--model_dir=run",
+            sys.executable,
+            "-m",
+            "gmvae_keras.main",
+            "--dataset=mnist",
+            f"--data_dir={tmp_path / 'mnist'}",
+            "--num_labeled=20",
+            "--batch_size=40",
+            "--k=3",
+            "--epochs=1",
+            "--steps_per_epoch=2",
+            "--feature_size=8",
+            "--latent_size=4",
+            "--verbose=0",
+            "--image_summary_every=0",
+            "--model_dir=run",
         ],
-        capture_output=True, text=True, cwd=elsewhere, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     config = json.loads((elsewhere / "run" / "config.json").read_text())

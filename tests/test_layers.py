@@ -146,7 +146,10 @@ def test_variance_heads_are_a_softplus_of_their_dense_layer_plus_the_floor():
     _, inference_variance = inference([features, y])
     _, prior_variance = prior(y)
     hidden = inference.activation(inference.hidden(np.concatenate([features, y], axis=-1)))
-    for variance, dense_output in ((inference_variance, inference.variance(hidden)), (prior_variance, prior.variance(y))):
+    for variance, dense_output in (
+        (inference_variance, inference.variance(hidden)),
+        (prior_variance, prior.variance(y)),
+    ):
         np.testing.assert_allclose(variance.numpy(), np.logaddexp(0.0, dense_output.numpy()) + 1e-3, rtol=1e-6)
     # The heads own no variable of their own: a `.keras` file keeps its layout.
     assert [len(layer.weights) for layer in (inference, prior)] == [6, 4]

@@ -199,9 +199,7 @@ def test_reconstruction_loss_reductions():
     recon = np.full((2, 2, 2, 1), 0.5, "float32")
     # Sum over the 4 pixels, mean over the batch.
     np.testing.assert_allclose(float(losses.reconstruction_loss(images, recon, "mse")), 1.0)
-    np.testing.assert_allclose(
-        float(losses.reconstruction_loss(images, recon, "bce")), 4 * np.log(2.0), rtol=1e-5
-    )
+    np.testing.assert_allclose(float(losses.reconstruction_loss(images, recon, "bce")), 4 * np.log(2.0), rtol=1e-5)
     with pytest.raises(ValueError):
         losses.reconstruction_loss(images, recon, "l1")
 

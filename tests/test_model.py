@@ -77,10 +77,18 @@ def test_k_larger_than_labeled_part_is_a_clear_error():
 
 def test_invalid_constructor_arguments():
     for bad in (
-        {"metric_weight": -1.0}, {"margin": -0.1}, {"k": 0}, {"reconstruction": "l1"}, {"assignment_weighting": "x"},
-        {"warmup_steps": -1}, {"prediction": "vote"}, {"prediction": "knn", "labeled_set_size": 1},
-        {"prediction": "classifier", "labeled_set_size": 6}, {"assignment_balance": "distance"},
-        {"consistency_share": 0.0}, {"consistency_share": 1.5},
+        {"metric_weight": -1.0},
+        {"margin": -0.1},
+        {"k": 0},
+        {"reconstruction": "l1"},
+        {"assignment_weighting": "x"},
+        {"warmup_steps": -1},
+        {"prediction": "vote"},
+        {"prediction": "knn", "labeled_set_size": 1},
+        {"prediction": "classifier", "labeled_set_size": 6},
+        {"assignment_balance": "distance"},
+        {"consistency_share": 0.0},
+        {"consistency_share": 1.5},
     ):
         with pytest.raises(ValueError):
             tiny_model(**bad)
@@ -147,7 +155,9 @@ def test_inference_methods_are_deterministic():
     np.testing.assert_allclose(p1.sum(-1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(model.predict_labels(images), p1.argmax(-1))
     uint8 = (images * 255).astype("uint8")
-    np.testing.assert_allclose(model.predict_proba(uint8), model.predict_proba(uint8.astype("float32") / 255), atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict_proba(uint8), model.predict_proba(uint8.astype("float32") / 255), atol=1e-6
+    )
     assert model.extract_features(images).shape == (len(images), 16)
     g1, g2 = model.generate(1, 4, seed=3), model.generate(1, 4, seed=3)
     assert g1.shape == (4,) + SHAPE
@@ -163,7 +173,11 @@ def _outputs(model, images):
 
 def test_model_config_and_keras_file_round_trip(tmp_path):
     model = tiny_model(
-        hard_gumbel=True, reconstruction="bce", assignment_weighting="majority", warmup_steps=7, assignment_balance="vote",
+        hard_gumbel=True,
+        reconstruction="bce",
+        assignment_weighting="majority",
+        warmup_steps=7,
+        assignment_balance="vote",
         consistency_share=0.5,
     )
     ds, images, _ = batches()

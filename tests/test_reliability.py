@@ -35,8 +35,18 @@ def mnist_files(tmp_path_factory):
 
 def tiny_config(data_dir, **overrides):
     values = dict(
-        dataset="mnist", data_dir=str(data_dir), num_labeled=20, batch_size=40, epochs=3, steps_per_epoch=3,
-        feature_size=8, latent_size=4, k=3, eval_batch_size=64, image_summary_every=0, verbose=0,
+        dataset="mnist",
+        data_dir=str(data_dir),
+        num_labeled=20,
+        batch_size=40,
+        epochs=3,
+        steps_per_epoch=3,
+        feature_size=8,
+        latent_size=4,
+        k=3,
+        eval_batch_size=64,
+        image_summary_every=0,
+        verbose=0,
     )
     values.update(overrides)
     return Config(**values)
@@ -45,9 +55,21 @@ def tiny_config(data_dir, **overrides):
 def test_sigkill_mid_epoch_then_resume(mnist_files, tmp_path):
     model_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "gmvae_keras.main", "--dataset=mnist", f"--data_dir={mnist_files}",
-        "--num_labeled=20", "--batch_size=40", "--k=3", "--feature_size=8", "--latent_size=4",
-        "--epochs=3", "--steps_per_epoch=60", "--verbose=0", "--image_summary_every=0", f"--model_dir={model_dir}",
+        sys.executable,
+        "-m",
+        "gmvae_keras.main",
+        "--dataset=mnist",
+        f"--data_dir={mnist_files}",
+        "--num_labeled=20",
+        "--batch_size=40",
+        "--k=3",
+        "--feature_size=8",
+        "--latent_size=4",
+        "--epochs=3",
+        "--steps_per_epoch=60",
+        "--verbose=0",
+        "--image_summary_every=0",
+        f"--model_dir={model_dir}",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -94,15 +116,30 @@ def _weights(path):
 def test_deterministic_runs_are_identical(mnist_files, tmp_path):
     """Two runs (two processes, as a user would start them) with one seed."""
     command = [
-        sys.executable, "-m", "gmvae_keras.main", "--dataset=mnist", f"--data_dir={mnist_files}",
-        "--num_labeled=20", "--batch_size=40", "--k=3", "--feature_size=8", "--latent_size=4",
-        "--epochs=2", "--steps_per_epoch=3", "--verbose=0", "--image_summary_every=0", "--deterministic",
+        sys.executable,
+        "-m",
+        "gmvae_keras.main",
+        "--dataset=mnist",
+        f"--data_dir={mnist_files}",
+        "--num_labeled=20",
+        "--batch_size=40",
+        "--k=3",
+        "--feature_size=8",
+        "--latent_size=4",
+        "--epochs=2",
+        "--steps_per_epoch=3",
+        "--verbose=0",
+        "--image_summary_every=0",
+        "--deterministic",
     ]
     outputs = []
     for name in ("a", "b"):
-        result = subprocess.run(command + [f"--model_dir={tmp_path / name}"], capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            command + [f"--model_dir={tmp_path / name}"], capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append([line for line in result.stdout.splitlines() if line.startswith("epoch ")])
+
     # Every loss term and metric of every epoch (the summary lines, minus timings).
     def strip(lines):
         return [line.split(" time=")[0] for line in lines]
@@ -113,8 +150,11 @@ def test_deterministic_runs_are_identical(mnist_files, tmp_path):
     for key in first:
         if "seconds" not in key and "per_second" not in key:
             assert first[key] == second[key], key
-    for a, b in zip(_weights(tmp_path / "a" / "checkpoints" / "epoch-0002.keras"),
-                    _weights(tmp_path / "b" / "checkpoints" / "epoch-0002.keras"), strict=True):
+    for a, b in zip(
+        _weights(tmp_path / "a" / "checkpoints" / "epoch-0002.keras"),
+        _weights(tmp_path / "b" / "checkpoints" / "epoch-0002.keras"),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -219,8 +259,16 @@ def test_round_trips_on_real_test_images(tmp_path):
 def test_fuzz_assign_labels(data, num_labeled, num_unlabeled, num_classes, dims, duplicate):
     labels = np.array(data.draw(st.lists(st.integers(0, num_classes - 1), min_size=num_labeled, max_size=num_labeled)))
     values = st.floats(-1e3, 1e3, allow_nan=False, width=32)
-    labeled = np.array(data.draw(st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=num_labeled, max_size=num_labeled)), "float32")
-    unlabeled = np.array(data.draw(st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=num_unlabeled, max_size=num_unlabeled)), "float32")
+    labeled = np.array(
+        data.draw(st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=num_labeled, max_size=num_labeled)),
+        "float32",
+    )
+    unlabeled = np.array(
+        data.draw(
+            st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=num_unlabeled, max_size=num_unlabeled)
+        ),
+        "float32",
+    )
     if duplicate:
         unlabeled[0] = labeled[0]  # a zero distance
     k = data.draw(st.integers(1, num_labeled + 2))
@@ -233,9 +281,7 @@ def test_fuzz_assign_labels(data, num_labeled, num_unlabeled, num_classes, dims,
         assert assigned.shape == (num_unlabeled,)
         assert set(assigned.tolist()) <= set(labels.tolist())
         if duplicate and k == 1:
-            assert assigned[0] == labels[0] or np.any(
-                np.all(labeled == labeled[0], axis=1) & (labels != labels[0])
-            )
+            assert assigned[0] == labels[0] or np.any(np.all(labeled == labeled[0], axis=1) & (labels != labels[0]))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -257,7 +303,9 @@ def test_fuzz_lifted_structured_loss(data, batch, dims, pattern, duplicates, mar
     else:
         labels = list(range(batch))
     values = st.floats(-100, 100, allow_nan=False, width=32)
-    embeddings = np.array(data.draw(st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=batch, max_size=batch)), "float32")
+    embeddings = np.array(
+        data.draw(st.lists(st.lists(values, min_size=dims, max_size=dims), min_size=batch, max_size=batch)), "float32"
+    )
     if duplicates and batch > 1:
         embeddings[1] = embeddings[0]
     x = tf.Variable(embeddings)

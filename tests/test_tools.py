@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import gmvae_keras
+
 from conftest import REPO_ROOT
 
 SETTING_FIELDS = (
@@ -49,9 +50,20 @@ def test_no_tool_edits_sys_path():
 def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
     out = tmp_path / "bench.json"
     command = [
-        sys.executable, str(TOOLS / "benchmark.py"),
-        "--quick", "--no-torch", "--settings", "mnist",
-        "--steps", "1", "--repeats", "1", "--matmul_size", "256", "--out", str(out),
+        sys.executable,
+        str(TOOLS / "benchmark.py"),
+        "--quick",
+        "--no-torch",
+        "--settings",
+        "mnist",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+        "--matmul_size",
+        "256",
+        "--out",
+        str(out),
     ]
     proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -78,7 +90,16 @@ def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
 
 def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
     out = tmp_path / "kernels.json"
-    command = [sys.executable, str(TOOLS / "conv_kernels.py"), "--settings", "mnist", "--repeats", "1", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(TOOLS / "conv_kernels.py"),
+        "--settings",
+        "mnist",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["settings"]["mnist"]
@@ -90,18 +111,44 @@ def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
     ]
     for row in rows:
         assert row["relative_difference"] < 1e-5
-        assert all(row[key] > 0 for key in ("forward", "input_gradient_tf", "input_gradient_forward_conv", "filter_gradient", "filter_gradient_forward_conv"))
+        assert all(
+            row[key] > 0
+            for key in (
+                "forward",
+                "input_gradient_tf",
+                "input_gradient_forward_conv",
+                "filter_gradient",
+                "filter_gradient_forward_conv",
+            )
+        )
 
 
 def test_ab_benchmark_alternates_two_trees_and_reports_paired_ratios(tmp_path):
     # Tree A stands for an older commit: its package has no gmvae_keras.benchmarks.
     older = tmp_path / "older"
-    shutil.copytree(pathlib.Path(gmvae_keras.__file__).parent, older / "gmvae_keras",
-                    ignore=shutil.ignore_patterns("__pycache__", "benchmarks.py"))
+    shutil.copytree(
+        pathlib.Path(gmvae_keras.__file__).parent,
+        older / "gmvae_keras",
+        ignore=shutil.ignore_patterns("__pycache__", "benchmarks.py"),
+    )
     current = pathlib.Path(gmvae_keras.__file__).resolve().parents[1]
     out = tmp_path / "ab.json"
-    command = [sys.executable, str(TOOLS / "ab_benchmark.py"), "--a", str(older), "--b", str(current),
-               "--rounds", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
+    command = [
+        sys.executable,
+        str(TOOLS / "ab_benchmark.py"),
+        "--a",
+        str(older),
+        "--b",
+        str(current),
+        "--rounds",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -136,7 +183,9 @@ def test_knn_probe_agrees_with_an_independent_nearest_neighbour(tiny_run, capsys
     assert set(result["knn_error"]) == {"1", "3"} and result["agreement_k"] == 1
 
     config = Config.from_dict(json.loads((tiny_run / "config.json").read_text()))
-    data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, num_labeled=config.num_labeled, seed=config.seed)
+    data = data_lib.load_dataset(
+        config.dataset, data_dir=config.data_dir, num_labeled=config.num_labeled, seed=config.seed
+    )
     model = keras.saving.load_model(tiny_run / "best.keras")
     labeled = np.load(tiny_run / "labeled_indices.npy")
     labeled_features = model.extract_features(data.train_images[labeled])
@@ -161,8 +210,15 @@ def test_knn_probe_errors_are_one_line(tmp_path, capsys):
 def _tiny_flags(tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
     return [
-        "--dataset=mnist", f"--data_dir={config['data_dir']}", "--num_labeled=20", "--batch_size=40",
-        "--feature_size=8", "--latent_size=4", "--k=3", "--epochs=1", "--steps_per_epoch=2",
+        "--dataset=mnist",
+        f"--data_dir={config['data_dir']}",
+        "--num_labeled=20",
+        "--batch_size=40",
+        "--feature_size=8",
+        "--latent_size=4",
+        "--k=3",
+        "--epochs=1",
+        "--steps_per_epoch=2",
     ]
 
 
@@ -191,7 +247,9 @@ def test_assignment_report_matches_an_independent_nearest_neighbour(tiny_run):
     from gmvae_keras.config import Config
 
     config = Config.from_dict(json.loads((tiny_run / "config.json").read_text()))
-    data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, num_labeled=config.num_labeled, seed=config.seed)
+    data = data_lib.load_dataset(
+        config.dataset, data_dir=config.data_dir, num_labeled=config.num_labeled, seed=config.seed
+    )
     model = keras.saving.load_model(tiny_run / "best.keras")
     subset, val_subset = np.arange(0, 120, 2), np.arange(10)
     report = _load_tool("assignment_probe").assignment_report(model, data, subset, val_subset, 1, "distance")
@@ -264,7 +322,8 @@ def test_reproduce_passes_a_sigterm_on_to_the_training(tmp_path):
     tool = _load_tool("reproduce")
     # Stands in for a seed's training: it records the SIGTERM and exits 0, or sleeps a minute.
     child = [
-        sys.executable, "-c",
+        sys.executable,
+        "-c",
         "import pathlib, signal, sys, time\n"
         f"d = pathlib.Path({str(tmp_path)!r})\n"
         "signal.signal(signal.SIGTERM, lambda *a: ((d / 'terminated').touch(), sys.exit(0)))\n"
@@ -279,6 +338,7 @@ def test_reproduce_passes_a_sigterm_on_to_the_training(tmp_path):
         os.kill(os.getpid(), signal.SIGTERM)
 
     stray = []
+
     def outer(signum, frame):  # a SIGTERM that misses run_seed's handler lands here, not on pytest
         stray.append(signum)
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gmvae_keras import flagfiles
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.data import DataError
-from gmvae_keras import flagfiles
 from gmvae_keras.flagfiles import config_from_args, with_recipe
 from gmvae_keras.train import RunError, train_and_evaluate
 
@@ -89,9 +89,17 @@ def _event_tags(folder):
 def test_tensorboard_logs_scalars_and_images(finished_run):
     model_dir = finished_run[0]
     train = _event_tags(model_dir / "logs" / "train")
-    for tag in ("epoch_reconstruction_loss", "epoch_gaussian_loss", "epoch_categorical_loss",
-                "epoch_assignment_loss", "epoch_metric_loss", "epoch_loss", "epoch_assignment_accuracy",
-                "epoch_temperature", "epoch_learning_rate"):
+    for tag in (
+        "epoch_reconstruction_loss",
+        "epoch_gaussian_loss",
+        "epoch_categorical_loss",
+        "epoch_assignment_loss",
+        "epoch_metric_loss",
+        "epoch_loss",
+        "epoch_assignment_accuracy",
+        "epoch_temperature",
+        "epoch_learning_rate",
+    ):
         assert tag in train, tag
     # The resumed run continues the curve: epochs 0 and 1, once each.
     assert sorted(train["epoch_loss"]) == [0, 1]
@@ -112,7 +120,6 @@ def test_finished_run_is_not_retrained(finished_run, capsys):
 
 
 def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
-    import keras
 
     import gmvae_keras.model  # noqa: F401
 
@@ -123,13 +130,13 @@ def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, numpy as np, tensorflow as tf
-        loaded = tf.saved_model.load({str(model_dir / 'export')!r})
-        x = np.load({str(tmp_path / 'images.npy')!r})
+        loaded = tf.saved_model.load({str(model_dir / "export")!r})
+        x = np.load({str(tmp_path / "images.npy")!r})
         f = loaded.signatures["serving_default"](images=tf.constant(x.astype("float32") / 255.0))
         u = loaded.signatures["serving_uint8"](images=tf.constant(x))
         f_out = {{"f_" + k: v.numpy() for k, v in f.items()}}
         u_out = {{"u_" + k: v.numpy() for k, v in u.items()}}
-        np.savez({str(tmp_path / 'out.npz')!r}, **f_out, **u_out)
+        np.savez({str(tmp_path / "out.npz")!r}, **f_out, **u_out)
         assert "gmvae_keras" not in sys.modules
         try:
             loaded.signatures["serving_default"](images=tf.constant(x.astype("float32")))
@@ -149,9 +156,16 @@ def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
         np.testing.assert_allclose(out[prefix + "features"], model.extract_features(images), rtol=1e-5, atol=1e-5)
 
     shown = subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--dir",
-         str(model_dir / "export"), "--all"],
-        capture_output=True, text=True, check=True,
+        [
+            os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
+            "show",
+            "--dir",
+            str(model_dir / "export"),
+            "--all",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "signature_def['serving_default']" in shown and "probabilities" in shown
 
@@ -159,7 +173,9 @@ def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
 def test_export_command_reexports_a_run(finished_run, tmp_path):
     from gmvae_keras.export import main as export_main
 
-    assert export_main(["--model_dir", str(finished_run[0]), "--export_dir", str(tmp_path / "e"), "--which", "last"]) == 0
+    assert (
+        export_main(["--model_dir", str(finished_run[0]), "--export_dir", str(tmp_path / "e"), "--which", "last"]) == 0
+    )
     assert (tmp_path / "e" / "saved_model.pb").exists()
     assert export_main(["--model_dir", str(tmp_path / "nothing")]) == 2
 
@@ -193,8 +209,16 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"consistency_share": 0.5}, ConfigError, "set --consistency_shift or --consistency_flip"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
-        ({"prediction": "knn", "mode": "clustering", "num_labeled": 0}, ConfigError, "--prediction=knn votes among labeled"),
-        ({"prediction": "knn", "num_labeled": 10, "batch_size": 60, "k": 15}, ConfigError, "larger than --num_labeled=10"),
+        (
+            {"prediction": "knn", "mode": "clustering", "num_labeled": 0},
+            ConfigError,
+            "--prediction=knn votes among labeled",
+        ),
+        (
+            {"prediction": "knn", "num_labeled": 10, "batch_size": 60, "k": 15},
+            ConfigError,
+            "larger than --num_labeled=10",
+        ),
     ],
 )
 def test_bad_input_fails_before_writing(mnist_files, tmp_path, overrides, error, message):
@@ -241,8 +265,16 @@ def test_cli_bad_input_is_one_line_and_nonzero(mnist_files, tmp_path):
 
 def test_cli_trains_with_dataset_flagfile_and_overrides(mnist_files, tmp_path):
     result = _cli(
-        "--dataset=mnist", f"--data_dir={mnist_files}", "--num_labeled=20", "--batch_size=40", "--k=3",
-        "--epochs=1", "--steps_per_epoch=2", "--feature_size=8", "--latent_size=4", "--verbose=0",
+        "--dataset=mnist",
+        f"--data_dir={mnist_files}",
+        "--num_labeled=20",
+        "--batch_size=40",
+        "--k=3",
+        "--epochs=1",
+        "--steps_per_epoch=2",
+        "--feature_size=8",
+        "--latent_size=4",
+        "--verbose=0",
         f"--model_dir={tmp_path / 'r'}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -275,12 +307,19 @@ def test_cpu_settings_flagfile_follows_the_papers():
 
 def test_cpu_settings_for_one_label_count_come_last():
     flags_dir = FLAGS_DIR
-    files = [f"--flagfile={flags_dir / n}" for n in ("fashion_mnist.cfg", "fashion_mnist_cpu.cfg", "fashion_mnist_cpu_1000.cfg")]
+    files = [
+        f"--flagfile={flags_dir / n}"
+        for n in ("fashion_mnist.cfg", "fashion_mnist_cpu.cfg", "fashion_mnist_cpu_1000.cfg")
+    ]
     argv = with_recipe(["prog", "--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
     assert argv[1:4] == files
     assert argv[4:] == ["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"]
     # No file for 100 labels, none with the paper's settings, none for a malformed count.
-    for extra in (["--settings=cpu", "--num_labeled=100"], ["--num_labeled=1000"], ["--settings=cpu", "--num_labeled=1e3"]):
+    for extra in (
+        ["--settings=cpu", "--num_labeled=100"],
+        ["--num_labeled=1000"],
+        ["--settings=cpu", "--num_labeled=1e3"],
+    ):
         argv = with_recipe(["prog", "--dataset=fashion_mnist"] + extra)
         assert [a for a in argv if a.startswith("--flagfile=")] == files[: 1 + ("--settings=cpu" in extra)]
     config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
@@ -289,7 +328,9 @@ def test_cpu_settings_for_one_label_count_come_last():
     config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=100"])
     assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
     assert (config.consistency_shift, config.consistency_flip, config.consistency_share) == (2, True, 1.0)
-    config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000", "--batch_size=200", "--labeled_per_batch=0"])
+    config = config_from_args(
+        ["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000", "--batch_size=200", "--labeled_per_batch=0"]
+    )
     assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
 
 
@@ -297,7 +338,10 @@ def test_the_recipe_follows_dataset_and_labels_given_in_a_users_flagfile(tmp_pat
     own = tmp_path / "mine.cfg"
     own.write_text("# my settings\n--dataset=fashion_mnist\n--num_labeled=1000\n--k=4\n")
     argv = with_recipe(["prog", f"--flagfile={own}", "--settings=cpu"])
-    assert argv[1:4] == [f"--flagfile={FLAGS_DIR / n}" for n in ("fashion_mnist.cfg", "fashion_mnist_cpu.cfg", "fashion_mnist_cpu_1000.cfg")]
+    assert argv[1:4] == [
+        f"--flagfile={FLAGS_DIR / n}"
+        for n in ("fashion_mnist.cfg", "fashion_mnist_cpu.cfg", "fashion_mnist_cpu_1000.cfg")
+    ]
     config = config_from_args([f"--flagfile={own}", "--settings=cpu"])
     # The user's file overrides the recipe (k), and the command line the user's file.
     assert (config.dataset, config.num_labeled, config.k, config.batch_size) == ("fashion_mnist", 1000, 4, 150)
@@ -310,7 +354,13 @@ def test_helpfull_lists_no_removed_option_and_says_where_kept_ones_come_from():
     assert "--learning_rate" in result.stdout, result.stderr[-2000:]  # absl exits 1 after help
     for removed in ("--ema_momentum", "--assignment_confidence", "distance (over the distances"):
         assert removed not in result.stdout
-    for kept in ("hard_gumbel:", "--lr_schedule:", "--assignment_balance:", "--auxiliary_warmup_epochs:", "--augment_shift:"):
+    for kept in (
+        "hard_gumbel:",
+        "--lr_schedule:",
+        "--assignment_balance:",
+        "--auxiliary_warmup_epochs:",
+        "--augment_shift:",
+    ):
         assert kept in result.stdout
     assert result.stdout.count("authors' released code") >= 2
 
@@ -351,7 +401,13 @@ def test_per_label_count_cpu_flagfiles_change_only_the_batch():
         parsed = _read_flagfile(path)
         # The label count's file is picked by --num_labeled; the budget (epochs) is the dataset's.
         # It may also change how a dataset-wide setting acts on L_A, not switch it on.
-        assert set(parsed) <= {"batch_size", "labeled_per_batch", "consistency_shift", "consistency_flip", "consistency_share"}, (path.name, parsed)
+        assert set(parsed) <= {
+            "batch_size",
+            "labeled_per_batch",
+            "consistency_shift",
+            "consistency_flip",
+            "consistency_share",
+        }, (path.name, parsed)
         assert parsed.get("consistency_shift", "0") == "0" and parsed.get("consistency_flip", "false") == "false"
 
 
@@ -359,9 +415,36 @@ def test_per_label_count_cpu_flagfiles_change_only_the_batch():
 def test_flagfiles_hold_the_papers_settings(name):
     parsed = _read_flagfile(FLAGS_DIR / f"{name}.cfg")
     expected = {
-        "mnist": dict(batch_size="200", feature_size="100", latent_size="100", k="5", assignment_weight="1", metric_weight="1", margin="2", num_labeled="100"),
-        "fashion_mnist": dict(batch_size="200", feature_size="200", latent_size="50", k="3", assignment_weight="1", metric_weight="0.1", margin="1", num_labeled="100"),
-        "svhn": dict(batch_size="400", feature_size="100", latent_size="150", k="3", assignment_weight="5", metric_weight="3", margin="0.5", num_labeled="1000"),
+        "mnist": dict(
+            batch_size="200",
+            feature_size="100",
+            latent_size="100",
+            k="5",
+            assignment_weight="1",
+            metric_weight="1",
+            margin="2",
+            num_labeled="100",
+        ),
+        "fashion_mnist": dict(
+            batch_size="200",
+            feature_size="200",
+            latent_size="50",
+            k="3",
+            assignment_weight="1",
+            metric_weight="0.1",
+            margin="1",
+            num_labeled="100",
+        ),
+        "svhn": dict(
+            batch_size="400",
+            feature_size="100",
+            latent_size="150",
+            k="3",
+            assignment_weight="5",
+            metric_weight="3",
+            margin="0.5",
+            num_labeled="1000",
+        ),
     }[name]
     for key, value in expected.items():
         assert parsed[key] == value, key
@@ -372,16 +455,22 @@ def test_flagfiles_hold_the_papers_settings(name):
 def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
     write_svhn_dataset(tmp_path / "svhn", n_train=120, n_test=30)
     config = tiny_config(
-        tmp_path / "svhn", dataset="svhn", epochs=1, steps_per_epoch=2, image_summary_every=0,
+        tmp_path / "svhn",
+        dataset="svhn",
+        epochs=1,
+        steps_per_epoch=2,
+        image_summary_every=0,
         # The flags beyond the paper that act inside the train step ride along.
-        consistency_shift=1, consistency_flip=True, consistency_share=0.5, assignment_balance="vote",
+        consistency_shift=1,
+        consistency_flip=True,
+        consistency_share=0.5,
+        assignment_balance="vote",
     )
     metrics = train_and_evaluate(config, tmp_path / "run")
     assert metrics["dataset"] == "svhn" and 0 <= metrics["test_error_best"] <= 100
 
 
 def test_knn_prediction_run_scores_and_exports_the_vote(mnist_files, tmp_path):
-    import keras
 
     from gmvae_keras.train import load_data
 
@@ -405,8 +494,16 @@ def test_short_real_mnist_run(tmp_path):
     if root is None or not (root / "mnist").is_dir():
         pytest.skip("real MNIST files not found (set GMVAE_DATASETS)")
     config = tiny_config(
-        root / "mnist", num_labeled=100, batch_size=100, feature_size=32, latent_size=16,
-        epochs=1, steps_per_epoch=20, eval_batch_size=2000, image_summary_every=0, learning_rate=3e-3,
+        root / "mnist",
+        num_labeled=100,
+        batch_size=100,
+        feature_size=32,
+        latent_size=16,
+        epochs=1,
+        steps_per_epoch=20,
+        eval_batch_size=2000,
+        image_summary_every=0,
+        learning_rate=3e-3,
     )
     metrics = train_and_evaluate(config, tmp_path / "run")
     # 20 steps are far from convergence, but clearly better than chance (90%).
@@ -442,17 +539,33 @@ def test_interrupted_run_resumes_after_its_last_complete_epoch(mnist_files, tmp_
 @pytest.mark.parametrize("name, feature_size, latent_size", [("mnist", "100", "150"), ("fashion_mnist", "200", "50")])
 def test_clustering_flagfiles_hold_the_papers_settings(name, feature_size, latent_size):
     parsed = _read_flagfile(FLAGS_DIR / f"{name}_clustering.cfg")
-    expected = dict(mode="clustering", num_labeled="0", batch_size="64", feature_size=feature_size,
-                    latent_size=latent_size, gaussian_weight="5", reconstruction="bce",
-                    assignment_weight="0", metric_weight="0")
+    expected = dict(
+        mode="clustering",
+        num_labeled="0",
+        batch_size="64",
+        feature_size=feature_size,
+        latent_size=latent_size,
+        gaussian_weight="5",
+        reconstruction="bce",
+        assignment_weight="0",
+        metric_weight="0",
+    )
     for key, value in expected.items():
         assert parsed[key] == value, key
 
 
 def test_clustering_run_reports_accuracy_and_nmi(mnist_files, tmp_path):
     config = tiny_config(
-        mnist_files, mode="clustering", num_labeled=0, batch_size=32, assignment_weight=0.0,
-        metric_weight=0.0, gaussian_weight=5.0, reconstruction="bce", epochs=2, steps_per_epoch=3,
+        mnist_files,
+        mode="clustering",
+        num_labeled=0,
+        batch_size=32,
+        assignment_weight=0.0,
+        metric_weight=0.0,
+        gaussian_weight=5.0,
+        reconstruction="bce",
+        epochs=2,
+        steps_per_epoch=3,
         image_summary_every=0,
     )
     metrics = train_and_evaluate(config, tmp_path / "run")

@@ -102,12 +102,20 @@ def worker(setting, steps, warmup):
 def sample(tree, setting, steps, warmup):
     # The worker imports gmvae_keras from `tree`: its PYTHONPATH puts the tree first.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(setting), "--steps", str(steps),
-               "--warmup", str(warmup)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        json.dumps(setting),
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+    ]
     proc = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
+            result = json.loads(line[len(RESULT_MARK) :])
             if Path(result["package"]) != (Path(tree) / "gmvae_keras").resolve():
                 raise SystemExit(f"error: the worker for {tree} imported {result['package']}")
             return result
@@ -129,8 +137,11 @@ def compare(args, setting):
             samples[name].append(result)
             rates[name] = result["images_per_second"]
         ratios.append(rates["b"] / rates["a"])
-        print(f"[ab] {setting} round {round_index + 1}/{args.rounds}: a {rates['a']:.1f}, b {rates['b']:.1f} img/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"[ab] {setting} round {round_index + 1}/{args.rounds}: a {rates['a']:.1f}, b {rates['b']:.1f} img/s",
+            file=sys.stderr,
+            flush=True,
+        )
     return {
         "steps_per_sample": steps,
         "a_images_per_second": [s["images_per_second"] for s in samples["a"]],

@@ -106,7 +106,9 @@ def main(argv=None):
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, block, logs=None):
             row = {"step": (block + 1) * args.every}
-            row.update(assignment_report(self.model, data, train_subset, val_subset, config.k, config.assignment_weighting))
+            row.update(
+                assignment_report(self.model, data, train_subset, val_subset, config.k, config.assignment_weighting)
+            )
             # The training logs' running means over the block, apart from the report's own fields.
             row.update({f"train_{name}": float(value) for name, value in (logs or {}).items()})
             line = json.dumps(row)
@@ -117,7 +119,9 @@ def main(argv=None):
 
     try:
         # One fit, so that the stream's iterator carries on from block to block.
-        model.fit(stream, epochs=args.reports, steps_per_epoch=args.every, verbose=0, shuffle=False, callbacks=[Report()])
+        model.fit(
+            stream, epochs=args.reports, steps_per_epoch=args.every, verbose=0, shuffle=False, callbacks=[Report()]
+        )
     finally:
         if out is not None:
             out.close()

@@ -48,7 +48,6 @@ TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
 
 
-
 def _settings():
     """`gmvae_keras.benchmarks.SETTINGS`, the paper's MNIST and SVHN settings.
 
@@ -92,15 +91,26 @@ def parse_args(argv):
     parser.add_argument("--no-torch", dest="no_torch", action="store_true", help="skip the PyTorch port")
     parser.add_argument("--jit_compile", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--steps_per_execution", type=int, default=1, help="Keras steps_per_execution")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="warm-up train steps before timing (the first one traces the step)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="train calls per timed repeat (default: about --repeat_seconds; quick 1)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="warm-up train steps before timing (the first one traces the step)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train calls per timed repeat (default: about --repeat_seconds; quick 1)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, quick 2)")
     parser.add_argument("--repeat_seconds", type=float, default=8.0, help="target length of a timed repeat")
-    parser.add_argument("--pipeline_batches", type=int, default=None, help="timed pipeline batches (default 60, quick 5)")
-    parser.add_argument("--inference_batches", type=int, default=None,
-                        help="timed serving calls of 1000 images per repeat (default 5, quick 1)")
+    parser.add_argument(
+        "--pipeline_batches", type=int, default=None, help="timed pipeline batches (default 60, quick 5)"
+    )
+    parser.add_argument(
+        "--inference_batches",
+        type=int,
+        default=None,
+        help="timed serving calls of 1000 images per repeat (default 5, quick 1)",
+    )
     parser.add_argument("--matmul_size", type=int, default=2048)
     parser.add_argument("--intra_op_threads", type=int, default=0, help="TensorFlow intra-op threads (0: its default)")
     parser.add_argument("--inter_op_threads", type=int, default=0, help="TensorFlow inter-op threads (0: its default)")
@@ -156,7 +166,7 @@ def count_macs(model):
         if isinstance(layer, keras.layers.Conv2DTranspose):
             decoder += prod(shape[1:3]) * prod(layer.kernel.shape)
         shape = out
-    dense = lambda *layers: sum(prod(l.kernel.shape) for l in layers)  # noqa: E731
+    dense = lambda *layers: sum(prod(layer.kernel.shape) for layer in layers)  # noqa: E731
     categorical = dense(model.categorical_inference.hidden, model.categorical_inference.logits)
     gaussian = dense(model.gaussian_inference.hidden, model.gaussian_inference.mean, model.gaussian_inference.variance)
     prior = dense(model.gaussian_prior.mean, model.gaussian_prior.variance)
@@ -270,10 +280,14 @@ def measure_pipeline(setting_name, setting, args):
     rng = np.random.default_rng(0)
     shape, c = tuple(setting["image_shape"]), setting["num_classes"]
     start = time.perf_counter()
-    train = (rng.integers(0, 256, (setting["num_train"],) + shape, dtype=np.uint8),
-             rng.integers(0, c, setting["num_train"]))
-    test = (rng.integers(0, 256, (setting["num_test"],) + shape, dtype=np.uint8),
-            rng.integers(0, c, setting["num_test"]))
+    train = (
+        rng.integers(0, 256, (setting["num_train"],) + shape, dtype=np.uint8),
+        rng.integers(0, c, setting["num_train"]),
+    )
+    test = (
+        rng.integers(0, 256, (setting["num_test"],) + shape, dtype=np.uint8),
+        rng.integers(0, c, setting["num_test"]),
+    )
     split = data_lib.split_data(setting_name, train, test, c, setting["num_labeled"], seed=0)
     del train, test
     ds = data_lib.make_train_dataset(split, setting["batch_size"], seed=0)
@@ -301,7 +315,9 @@ def measure_inference(tf, model, setting, args, batch_size=1000):
 
     from gmvae_keras.export import export_saved_model  # noqa: PLC0415
 
-    images = tf.constant(np.random.default_rng(1).random((batch_size,) + tuple(setting["image_shape"]), dtype=np.float32))
+    images = tf.constant(
+        np.random.default_rng(1).random((batch_size,) + tuple(setting["image_shape"]), dtype=np.float32)
+    )
     with tempfile.TemporaryDirectory(prefix="gmvae-benchmark-") as tmp:
         start = time.perf_counter()
         export_dir = export_saved_model(model, Path(tmp) / "export")
@@ -355,8 +371,11 @@ def run_setting(name, args):
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
 
     setting = _settings()[name]
-    result = {"batch_size": setting["batch_size"], "image_shape": list(setting["image_shape"]),
-              "config": {k: v for k, v in setting.items() if k not in ("image_shape", "batch_size")}}
+    result = {
+        "batch_size": setting["batch_size"],
+        "image_shape": list(setting["image_shape"]),
+        "config": {k: v for k, v in setting.items() if k not in ("image_shape", "batch_size")},
+    }
 
     _log(f"{name}: matmul peak")
     result["matmul_peak_gflops"] = matmul_peak_gflops(tf, args.matmul_size, 2 if args.quick else 5)
@@ -409,8 +428,18 @@ def _worker_argv(args, name):
         argv.append("--quick")
     if args.jit_compile:
         argv.append("--jit_compile")
-    for option in ("steps_per_execution", "warmup", "steps", "repeats", "repeat_seconds", "pipeline_batches",
-                   "inference_batches", "matmul_size", "intra_op_threads", "inter_op_threads"):
+    for option in (
+        "steps_per_execution",
+        "warmup",
+        "steps",
+        "repeats",
+        "repeat_seconds",
+        "pipeline_batches",
+        "inference_batches",
+        "matmul_size",
+        "intra_op_threads",
+        "inter_op_threads",
+    ):
         value = getattr(args, option)
         if value is not None:
             argv += [f"--{option}", str(value)]
@@ -430,9 +459,9 @@ def _run_json(argv, what, mark=None):
                 tail = (tail + [line.strip()])[-5:]
         returncode = proc.wait()
         stdout.seek(0)
-        lines = [l for l in stdout.read().splitlines() if l.strip()]
+        lines = [line for line in stdout.read().splitlines() if line.strip()]
     if mark:
-        lines = [l[len(mark):] for l in lines if l.startswith(mark)]
+        lines = [line[len(mark) :] for line in lines if line.startswith(mark)]
     if returncode == 0 and lines:
         try:
             return json.loads(lines[-1]), None
@@ -483,9 +512,20 @@ def main(argv=None):
         torch_result = None
         if not torch_skip:
             _log(f"{name}: PyTorch port in a subprocess")
-            torch_argv = [sys.executable, str(TOOLS / "torch_port.py"), "--bench", json.dumps(_settings()[name]),
-                          "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-                          "--repeat_seconds", str(args.repeat_seconds), "--threads", str(args.torch_threads)]
+            torch_argv = [
+                sys.executable,
+                str(TOOLS / "torch_port.py"),
+                "--bench",
+                json.dumps(_settings()[name]),
+                "--warmup",
+                str(args.warmup),
+                "--repeats",
+                str(args.repeats),
+                "--repeat_seconds",
+                str(args.repeat_seconds),
+                "--threads",
+                str(args.torch_threads),
+            ]
             if args.steps is not None:
                 torch_argv += ["--steps", str(args.steps)]
             torch_result, error = _run_json(torch_argv, f"{name} torch port")

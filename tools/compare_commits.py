@@ -26,7 +26,14 @@ RECIPES = {
     "fashion_mnist-cpu-100": ("fashion_mnist", ["--settings=cpu", "--num_labeled=100"]),
     "fashion_mnist-cpu-1000": ("fashion_mnist", ["--settings=cpu", "--num_labeled=1000"]),
 }
-RUN_FLAGS = ["--deterministic", "--epochs=1", "--steps_per_epoch=50", "--seed=0", "--verbose=2", "--image_summary_every=0"]
+RUN_FLAGS = [
+    "--deterministic",
+    "--epochs=1",
+    "--steps_per_epoch=50",
+    "--seed=0",
+    "--verbose=2",
+    "--image_summary_every=0",
+]
 VALIDATION_KEYS = ("val_error_last", "val_cluster_accuracy_last", "val_nmi_last")
 
 
@@ -62,8 +69,15 @@ def run_recipe(tree, name, datasets_dir, runs_dir):
     model_dir = runs_dir / name
     if not (model_dir / "metrics.json").exists():
         command = [
-            sys.executable, "-m", "gmvae_keras.main", f"--dataset={dataset}", *extra, *RUN_FLAGS,
-            f"--data_dir={datasets_dir / dataset}", f"--model_dir={model_dir}", "--overwrite",
+            sys.executable,
+            "-m",
+            "gmvae_keras.main",
+            f"--dataset={dataset}",
+            *extra,
+            *RUN_FLAGS,
+            f"--data_dir={datasets_dir / dataset}",
+            f"--model_dir={model_dir}",
+            "--overwrite",
         ]
         env = dict(os.environ, PYTHONPATH=str(tree), CUDA_VISIBLE_DEVICES="")
         print(f"[compare] {tree.name} {name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)

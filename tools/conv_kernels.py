@@ -75,20 +75,28 @@ def measure(setting, repeats):
         forward = tf.function(lambda x, w: tf.nn.conv2d(x, w, 1, "VALID"))
         input_gradient = tf.function(
             lambda dy, w: tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=[batch, height, height, c_in], filter=w, out_backprop=dy,
-                strides=[1, 1, 1, 1], padding="VALID",
+                input_sizes=[batch, height, height, c_in],
+                filter=w,
+                out_backprop=dy,
+                strides=[1, 1, 1, 1],
+                padding="VALID",
             )
         )
         as_forward = tf.function(
             lambda dy, w: tf.nn.conv2d(
                 tf.pad(dy, [[0, 0], [k - 1, k - 1], [k - 1, k - 1], [0, 0]]),
-                tf.transpose(tf.reverse(w, [0, 1]), [0, 1, 3, 2]), 1, "VALID",
+                tf.transpose(tf.reverse(w, [0, 1]), [0, 1, 3, 2]),
+                1,
+                "VALID",
             )
         )
         filter_gradient = tf.function(
             lambda x, dy: tf.raw_ops.Conv2DBackpropFilter(
-                input=x, filter_sizes=[k, k, c_in, c_out], out_backprop=dy,
-                strides=[1, 1, 1, 1], padding="VALID",
+                input=x,
+                filter_sizes=[k, k, c_in, c_out],
+                out_backprop=dy,
+                strides=[1, 1, 1, 1],
+                padding="VALID",
             )
         )
         filter_gradient_as_forward = tf.function(conv.filter_gradient)

@@ -54,7 +54,13 @@ def main(argv=None):
     parser.add_argument("--model_dir", required=True, help="run directory of gmvae_keras.main")
     parser.add_argument("--which", choices=["best", "last"], default="best")
     parser.add_argument("--split", choices=["val", "test"], default="val")
-    parser.add_argument("--k", type=int, nargs="+", default=None, help="default: the run's --k, then 1 and 10; the first is used for `agreement`")
+    parser.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=None,
+        help="default: the run's --k, then 1 and 10; the first is used for `agreement`",
+    )
     parser.add_argument("--data_dir", default=None, help="override the run's --data_dir")
     args = parser.parse_args(argv)
 
@@ -82,8 +88,11 @@ def main(argv=None):
         parser.exit(2, f"error: --k must be between 1 and the run's {config.num_labeled} labeled images\n")
     try:
         data = data_lib.load_dataset(
-            config.dataset, data_dir=args.data_dir or config.data_dir, num_labeled=config.num_labeled,
-            seed=config.seed, validation_fraction=config.validation_fraction,
+            config.dataset,
+            data_dir=args.data_dir or config.data_dir,
+            num_labeled=config.num_labeled,
+            seed=config.seed,
+            validation_fraction=config.validation_fraction,
         )
     except data_lib.DataError as e:
         parser.exit(2, f"error: {e}\n")
@@ -95,8 +104,15 @@ def main(argv=None):
     result = {"model": str(path), "split": args.split}
     result.update(
         probe(
-            model, data.train_images[labeled], data.train_labels[labeled], images, labels, ks,
-            data.num_classes, config.assignment_weighting, config.eval_batch_size,
+            model,
+            data.train_images[labeled],
+            data.train_labels[labeled],
+            images,
+            labels,
+            ks,
+            data.num_classes,
+            config.assignment_weighting,
+            config.eval_batch_size,
         )
     )
     print(json.dumps(result, indent=2))

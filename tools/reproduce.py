@@ -1,7 +1,8 @@
 """Reproduce a row of the paper's Table 1 (or 2, with --ablation), one run per seed.
 
     python tools/reproduce.py --dataset=mnist --num_labeled=100 --seeds=5
-    python tools/reproduce.py --dataset=mnist --num_labeled=100 --seeds=3 --settings=cpu --data_dir=../shared/datasets/mnist
+    python tools/reproduce.py --dataset=mnist --seeds=3 --settings=cpu \
+        --data_dir=../shared/datasets/mnist
 
 Each seed trains with `python -m gmvae_keras.main` into its own run directory
 under `--runs_dir`; seeds whose `metrics.json` exists are not rerun, and an
@@ -28,7 +29,6 @@ from pathlib import Path
 
 from gmvae_keras import flagfiles
 from gmvae_keras.config import Config, ConfigError
-
 
 # Test error (%) of the paper, mean (± std) over 5 seeds.
 PAPER = {
@@ -112,7 +112,8 @@ def table(args, results):
     label = "w_M = 0 (ablation)" if args.ablation else "full model"
     paper = PAPER.get((args.dataset, args.num_labeled, args.ablation), "n/a")
     lines = [
-        "| Dataset | Labels | Model | Settings | Paper test error (%) | Ours test error (%) | Seeds | Epochs | Train time per run (h) |",
+        "| Dataset | Labels | Model | Settings | Paper test error (%) | Ours test error (%) | Seeds | Epochs "
+        "| Train time per run (h) |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| {args.dataset} | {args.num_labeled} | {label} | {args.settings} | {paper} | {mean:.2f} (± {std:.2f}) "
         f"| {len(results)} | {', '.join(map(str, epochs))} | {hours:.2f} |",

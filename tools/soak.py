@@ -57,7 +57,15 @@ def main(argv=None):
             "unlabeled_labels": np.zeros((4, half), "int32"),
         }
     ).repeat()
-    model = GMVAE(s["image_shape"], c, feature_size=s["feature_size"], latent_size=s["latent_size"], k=s["k"], margin=s["margin"], seed=0)
+    model = GMVAE(
+        s["image_shape"],
+        c,
+        feature_size=s["feature_size"],
+        latent_size=s["latent_size"],
+        k=s["k"],
+        margin=s["margin"],
+        seed=0,
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
     out = open(args.out, "w") if args.out else None
     reports = []
@@ -65,8 +73,14 @@ def main(argv=None):
     epochs = -(-args.steps // args.every)
     for epoch in range(epochs):
         steps = min(args.every, args.steps - epoch * args.every)
-        model.fit(dataset, steps_per_epoch=steps, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                  callbacks=[TemperatureAnnealing(1.0, 0.5, 50)])
+        model.fit(
+            dataset,
+            steps_per_epoch=steps,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            verbose=0,
+            callbacks=[TemperatureAnnealing(1.0, 0.5, 50)],
+        )
         report = {
             "step": epoch * args.every + steps,
             "rss_mb": round(rss_mb(), 1),

@@ -380,10 +380,16 @@ def copy_weights(keras_model, port):
     pairs = []
 
     def chain(keras_layers, torch_layers):
-        keras_layers = [l for l in keras_layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.BatchNormalization))]
-        torch_layers = [l for l in torch_layers if isinstance(l, (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d))]
+        keras_layers = [
+            layer
+            for layer in keras_layers
+            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.BatchNormalization))
+        ]
+        torch_layers = [
+            layer for layer in torch_layers if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d))
+        ]
         assert len(keras_layers) == len(torch_layers), (len(keras_layers), len(torch_layers))
-        for kl, tl in zip(keras_layers, torch_layers):
+        for kl, tl in zip(keras_layers, torch_layers, strict=True):
             if isinstance(tl, nn.BatchNorm2d):
                 _copy_bn(kl, tl)
                 pairs.extend([(kl.gamma, tl.weight), (kl.beta, tl.bias)])
@@ -394,7 +400,10 @@ def copy_weights(keras_model, port):
                     pairs.append((kl.bias, tl.bias))
 
     chain(keras_model.encoder.blocks, port.encoder.blocks)
-    chain(keras_model.decoder.blocks + [keras_model.decoder.output_conv], list(port.decoder.blocks) + [port.decoder.output_conv])
+    chain(
+        keras_model.decoder.blocks + [keras_model.decoder.output_conv],
+        list(port.decoder.blocks) + [port.decoder.output_conv],
+    )
     for kl, tl in (
         (keras_model.categorical_inference.hidden, port.cat_hidden),
         (keras_model.categorical_inference.logits, port.cat_logits),
@@ -453,11 +462,14 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
         ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
         scale = max(1.0, float(np.max(np.abs(theirs))) if theirs.size else 1.0)
         error = float(np.max(np.abs(ours - theirs))) / scale if theirs.size else 0.0
-        report(name, ours.shape == theirs.shape and error <= tol, f"max error {error:.2e} (relative to max(1, max|value|))")
+        report(
+            name, ours.shape == theirs.shape and error <= tol, f"max error {error:.2e} (relative to max(1, max|value|))"
+        )
 
     report(
         "network tables",
-        ENCODER_SPECS == networks._ENCODER_SPECS and DECODER_SPECS == networks._DECODER_SPECS
+        ENCODER_SPECS == networks._ENCODER_SPECS
+        and DECODER_SPECS == networks._DECODER_SPECS
         and NEGATIVE_SLOPE == networks.NEGATIVE_SLOPE,
         "ENCODER_SPECS, DECODER_SPECS, NEGATIVE_SLOPE equal gmvae_keras.networks'",
     )
@@ -482,20 +494,31 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
     close("pairwise_distance", d_torch[far], d_keras[far])
     near_bound = 1e-2 * float(np.max(d_keras))
     near = float(max(np.max(d_keras[~far]), np.max(d_torch[~far])))
-    report("pairwise_distance of coinciding points", near <= near_bound,
-           f"largest {near:.2e} (both), bound {near_bound:.2e}")
+    report(
+        "pairwise_distance of coinciding points",
+        near <= near_bound,
+        f"largest {near:.2e} (both), bound {near_bound:.2e}",
+    )
     assigned_keras = K.assign_labels_from_distances(d_keras[:n_u, n_u:], labels, c, setting["k"]).numpy()
     assigned_torch = assign_labels_from_distances(t(d_keras[:n_u, n_u:]), t(labels), c, setting["k"]).numpy()
-    report("assign_labels", np.array_equal(assigned_keras, assigned_torch),
-           f"{int(np.sum(assigned_keras != assigned_torch))} of {n_u} assignments differ")
+    report(
+        "assign_labels",
+        np.array_equal(assigned_keras, assigned_torch),
+        f"{int(np.sum(assigned_keras != assigned_torch))} of {n_u} assignments differ",
+    )
     all_labels = np.concatenate([assigned_keras, labels])
-    close("lifted_structured_loss",
-          lifted_structured_loss_from_distances(t(all_labels), t(d_keras), setting["margin"]).item(),
-          K.lifted_structured_loss_from_distances(all_labels, d_keras, setting["margin"]).numpy())
+    close(
+        "lifted_structured_loss",
+        lifted_structured_loss_from_distances(t(all_labels), t(d_keras), setting["margin"]).item(),
+        K.lifted_structured_loss_from_distances(all_labels, d_keras, setting["margin"]).numpy(),
+    )
     logits = rng.normal(size=(batch, c)).astype(dt) * 3
     close("categorical_loss", categorical_loss(t(logits)).item(), K.categorical_loss(logits).numpy())
-    close("assignment_loss", F.cross_entropy(t(logits), t(all_labels)).item(),
-          K.assignment_loss(all_labels.astype(np.int32), logits).numpy())
+    close(
+        "assignment_loss",
+        F.cross_entropy(t(logits), t(all_labels)).item(),
+        K.assignment_loss(all_labels.astype(np.int32), logits).numpy(),
+    )
     z, m, v, pm, pv = (rng.normal(size=(batch, 8)).astype(dt) for _ in range(5))
     v, pv = np.exp(v), np.exp(pv)
     close("gaussian_loss", gaussian_loss(*map(t, (z, m, v, pm, pv))).item(), K.gaussian_loss(z, m, v, pm, pv).numpy())
@@ -507,13 +530,22 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
     keras.utils.set_random_seed(seed)
     weights = {k: setting[k] for k in ("gaussian_weight", "categorical_weight", "assignment_weight", "metric_weight")}
     kmodel = KerasGMVAE(
-        image_shape=setting["image_shape"], num_classes=c, feature_size=f, latent_size=setting["latent_size"],
-        margin=setting["margin"], k=setting["k"], seed=seed, **weights,
+        image_shape=setting["image_shape"],
+        num_classes=c,
+        feature_size=f,
+        latent_size=setting["latent_size"],
+        margin=setting["margin"],
+        k=setting["k"],
+        seed=seed,
+        **weights,
     )
     port = build(setting)
     pairs = copy_weights(kmodel, port)
-    report("trainable weights", len(pairs) == len(kmodel.trainable_variables) == len(list(port.parameters())),
-           f"{len(pairs)} pairs, keras {len(kmodel.trainable_variables)}, torch {len(list(port.parameters()))}")
+    report(
+        "trainable weights",
+        len(pairs) == len(kmodel.trainable_variables) == len(list(port.parameters())),
+        f"{len(pairs)} pairs, keras {len(kmodel.trainable_variables)}, torch {len(list(port.parameters()))}",
+    )
     images = rng.random((batch,) + tuple(setting["image_shape"]), dtype=dt)
     images_nchw = t(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
@@ -523,8 +555,11 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
     out_keras = kmodel(images, training=False)
     for name in ("features", "logits", "z_mean", "z_variance", "prior_mean", "prior_variance"):
         close(f"inference {name}", out_torch[name].numpy(), out_keras[name].numpy())
-    close("inference reconstruction", out_torch["reconstruction"].numpy().transpose(0, 2, 3, 1),
-          out_keras["reconstruction"].numpy())
+    close(
+        "inference reconstruction",
+        out_torch["reconstruction"].numpy().transpose(0, 2, 3, 1),
+        out_keras["reconstruction"].numpy(),
+    )
 
     gumbel = -np.log(-np.log(rng.uniform(1e-7, 1 - 1e-7, (batch, c)))).astype(dt)
     noise = rng.normal(size=(batch, setting["latent_size"])).astype(dt)
@@ -565,12 +600,16 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
         close(f"training {name}", terms_torch[name].item(), terms_keras[name].numpy())
     close("training total loss", total_torch.item(), total_keras.numpy())
     worst, worst_name = 0.0, ""
-    for (kv, tp), g in zip(pairs, grads):
+    for (kv, tp), g in zip(pairs, grads, strict=True):
         ours, theirs = _to_keras_layout(kv.path, tp.grad.numpy()), np.asarray(g)
         error = float(np.linalg.norm(ours - theirs)) / max(float(np.linalg.norm(theirs)), 1e-30)
         if error > worst:
             worst, worst_name = error, kv.path
-    report("training gradients", worst <= gradient_tolerance, f"worst |difference| / |gradient| (Frobenius) {worst:.2e}, at {worst_name}")
+    report(
+        "training gradients",
+        worst <= gradient_tolerance,
+        f"worst |difference| / |gradient| (Frobenius) {worst:.2e}, at {worst_name}",
+    )
     if failures:
         raise SystemExit(f"{len(failures)} check(s) failed: {', '.join(failures)}")
     if verbose:
@@ -581,11 +620,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--check", action="store_true", help="compare with gmvae_keras on a random batch")
-    mode.add_argument("--bench", metavar="SETTING", help="benchmark a setting of gmvae_keras.benchmarks (mnist, svhn) or a JSON object")
+    mode.add_argument(
+        "--bench",
+        metavar="SETTING",
+        help="benchmark a setting of gmvae_keras.benchmarks (mnist, svhn) or a JSON object",
+    )
     parser.add_argument("--setting", default="mnist", help="setting of --check (mnist, svhn)")
     parser.add_argument("--float64", action="store_true", help="--check in float64, to tolerance 1e-6")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (at least 1)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per timed repeat (default: about --repeat_seconds)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per timed repeat (default: about --repeat_seconds)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--repeat_seconds", type=float, default=8.0)
     parser.add_argument("--threads", type=int, default=2)

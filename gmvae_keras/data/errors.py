@@ -21,9 +21,7 @@ def check_integer(name, value, minimum=None):
     bool is refused although it is an `int`: `True` as a batch size or seed is
     a mistake, not 1. `minimum` of 0 reads "non-negative", 1 "positive".
     """
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
-        minimum is not None and value < minimum
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum is not None and value < minimum):
         if minimum is None:
             kind = "an integer"
         elif minimum == 0:

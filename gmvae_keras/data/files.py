@@ -40,9 +40,7 @@ def _read_maybe_gzip(path):
     except FileNotFoundError:
         raise DataError(f"missing file {path}") from None
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(
-            f"corrupt or truncated file {path}: {_one_line(e, 150)}"
-        ) from None
+        raise DataError(f"corrupt or truncated file {path}: {_one_line(e, 150)}") from None
 
 
 def read_idx(path):
@@ -63,14 +61,9 @@ def read_idx(path):
     if len(data) < 4:
         raise DataError(f"corrupt IDX file {path}: only {len(data)} bytes")
     if data[0] != 0 or data[1] != 0:
-        raise DataError(
-            f"not an IDX file {path}: bad magic number 0x{data[:4].hex()}"
-        )
+        raise DataError(f"not an IDX file {path}: bad magic number 0x{data[:4].hex()}")
     if data[2] != 0x08:
-        raise DataError(
-            f"unsupported IDX file {path}: data type code 0x{data[2]:02x}, "
-            "expected 0x08 (unsigned byte)"
-        )
+        raise DataError(f"unsupported IDX file {path}: data type code 0x{data[2]:02x}, expected 0x08 (unsigned byte)")
     ndim = data[3]
     if ndim == 0:
         raise DataError(f"corrupt IDX file {path}: zero dimensions")
@@ -81,10 +74,7 @@ def read_idx(path):
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "corrupt"
-        raise DataError(
-            f"{kind} IDX file {path}: {len(data)} bytes for dimensions "
-            f"{dims}, expected {expected}"
-        )
+        raise DataError(f"{kind} IDX file {path}: {len(data)} bytes for dimensions {dims}, expected {expected}")
     array = np.frombuffer(data, np.uint8, offset=header).reshape(dims)
     return array.copy()
 
@@ -109,27 +99,17 @@ def read_svhn_mat(path):
     try:
         content = scipy.io.loadmat(path, variable_names=("X", "y"))
     except Exception as e:  # scipy raises many types for bad files.
-        raise DataError(
-            f"corrupt or unreadable .mat file {path}: {_one_line(e, 150)}"
-        ) from None
+        raise DataError(f"corrupt or unreadable .mat file {path}: {_one_line(e, 150)}") from None
     if "X" not in content or "y" not in content:
         raise DataError(f"bad SVHN file {path}: variables X and y required")
     x, y = content["X"], content["y"]
     if x.ndim != 4 or x.dtype != np.uint8:
-        raise DataError(
-            f"bad SVHN file {path}: X must be uint8 (H, W, C, N), got "
-            f"{x.dtype} {x.shape}"
-        )
+        raise DataError(f"bad SVHN file {path}: X must be uint8 (H, W, C, N), got {x.dtype} {x.shape}")
     y = np.asarray(y).reshape(-1)
     if y.shape[0] != x.shape[3]:
-        raise DataError(
-            f"bad SVHN file {path}: {y.shape[0]} labels for {x.shape[3]} images"
-        )
+        raise DataError(f"bad SVHN file {path}: {y.shape[0]} labels for {x.shape[3]} images")
     if y.size and (y.min() < 1 or y.max() > 10):
-        raise DataError(
-            f"bad SVHN file {path}: labels must be in 1..10, got "
-            f"{y.min()}..{y.max()}"
-        )
+        raise DataError(f"bad SVHN file {path}: labels must be in 1..10, got {y.min()}..{y.max()}")
     images = np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2)))
     labels = y.astype(np.int64) % 10
     return images, labels
@@ -146,36 +126,24 @@ def _find_file(dirs, base, extensions):
 
 def _search_dirs(data_dir, canonical):
     data_dir = os.fspath(data_dir)
-    return [data_dir] + [
-        os.path.join(data_dir, sub) for sub in _SUBDIRS.get(canonical, ())
-    ]
+    return [data_dir] + [os.path.join(data_dir, sub) for sub in _SUBDIRS.get(canonical, ())]
 
 
 def _idx_paths(dirs):
     """Paths of the four IDX files in the first of `dirs` holding each."""
-    return {
-        key: _find_file(dirs, base, (".gz", ""))
-        for key, base in IDX_FILES.items()
-    }
+    return {key: _find_file(dirs, base, (".gz", "")) for key, base in IDX_FILES.items()}
 
 
 def _check_images_labels(images, labels, images_path, labels_path):
     if labels.ndim != 1:
-        raise DataError(
-            f"bad label file {labels_path}: expected 1 dimension, got "
-            f"{labels.shape}"
-        )
+        raise DataError(f"bad label file {labels_path}: expected 1 dimension, got {labels.shape}")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
-        raise DataError(
-            f"bad image file {images_path}: expected (N, H, W[, C]), got "
-            f"{images.shape}"
-        )
+        raise DataError(f"bad image file {images_path}: expected (N, H, W[, C]), got {images.shape}")
     if images.shape[0] != labels.shape[0]:
         raise DataError(
-            f"{labels_path} holds {labels.shape[0]} labels but {images_path} "
-            f"holds {images.shape[0]} images"
+            f"{labels_path} holds {labels.shape[0]} labels but {images_path} holds {images.shape[0]} images"
         )
     return images, labels.astype(np.int64)
 
@@ -184,14 +152,9 @@ def _load_idx_dir(paths, num_classes=10):
     out = {}
     for part in ("train", "test"):
         ipath, lpath = paths[f"{part}_images"], paths[f"{part}_labels"]
-        images, labels = _check_images_labels(
-            read_idx(ipath), read_idx(lpath), ipath, lpath
-        )
+        images, labels = _check_images_labels(read_idx(ipath), read_idx(lpath), ipath, lpath)
         if labels.size and labels.max() >= num_classes:
-            raise DataError(
-                f"bad label file {lpath}: label {labels.max()} >= "
-                f"{num_classes} classes"
-            )
+            raise DataError(f"bad label file {lpath}: label {labels.max()} >= {num_classes} classes")
         out[part] = (images, labels)
     return out["train"], out["test"]
 
@@ -204,8 +167,7 @@ def _load_original(canonical, data_dir):
             path = _find_file(dirs, base, ("",))
             if path is None:
                 raise DataError(
-                    f"missing file {os.path.join(dirs[0], base)} "
-                    f"(--data_dir must hold the original SVHN files)"
+                    f"missing file {os.path.join(dirs[0], base)} (--data_dir must hold the original SVHN files)"
                 )
             parts.append(read_svhn_mat(path))
         return parts[0], parts[1]
@@ -214,8 +176,6 @@ def _load_original(canonical, data_dir):
         if path is None:
             missing = os.path.join(dirs[0], IDX_FILES[key] + ".gz")
             raise DataError(
-                f"missing file {missing} (or without .gz; --data_dir must "
-                f"hold the original {canonical} IDX files)"
+                f"missing file {missing} (or without .gz; --data_dir must hold the original {canonical} IDX files)"
             )
     return _load_idx_dir(paths)
-

@@ -44,10 +44,7 @@ def validate_batch(
     else:
         n_l = check_integer("labeled_per_batch", labeled_per_batch)
         if not 1 <= n_l < batch_size:
-            raise DataError(
-                f"labeled_per_batch must be in 1..{batch_size - 1} for "
-                f"batch_size={batch_size}, got {n_l}"
-            )
+            raise DataError(f"labeled_per_batch must be in 1..{batch_size - 1} for batch_size={batch_size}, got {n_l}")
     if n_l and n_l < num_classes:
         raise DataError(
             f"the labeled part of a batch ({n_l} of batch_size={batch_size}) "
@@ -55,10 +52,7 @@ def validate_batch(
         )
     n_u = batch_size - n_l
     if num_train is not None and n_u > num_train:
-        raise DataError(
-            f"the unlabeled part of a batch ({n_u}) exceeds the {num_train} "
-            f"train images; lower batch_size"
-        )
+        raise DataError(f"the unlabeled part of a batch ({n_u}) exceeds the {num_train} train images; lower batch_size")
     return n_u, n_l
 
 
@@ -182,9 +176,7 @@ def make_train_dataset(
                 "unlabeled_labels": tf.gather(labels, u_idx),
             }
 
-    ds = ds.map(
-        assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    ds = ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment_shift or augment_flip:
         ds = _with_perturbation(ds, "images", augment_shift, augment_flip, seed_u + 1)
     if consistency_shift or consistency_flip:
@@ -203,9 +195,7 @@ def make_eval_dataset(images, labels, batch_size):
     if images.ndim == 3:
         images = images[..., None]
     if images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{labels.shape[0]} labels for {images.shape[0]} images"
-        )
+        raise DataError(f"{labels.shape[0]} labels for {images.shape[0]} images")
     n = images.shape[0]
     if images.dtype == np.uint8:
         x = tf.convert_to_tensor(images, dtype=tf.uint8)
@@ -219,7 +209,5 @@ def make_eval_dataset(images, labels, batch_size):
         stop = tf.minimum(start + batch_size, n)
         return convert(x[start:stop]), y[start:stop]
 
-    ds = tf.data.Dataset.range(0, n, batch_size).map(
-        take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    ds = tf.data.Dataset.range(0, n, batch_size).map(take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -36,9 +36,7 @@ def load_raw(name, data_dir=None):
             if all(p is not None for p in paths.values()):
                 train, test = _load_idx_dir(paths)
                 return train, test, 10, canonical
-        train, test, num_classes = _load_tfds(
-            KNOWN_DATASETS[canonical], canonical
-        )
+        train, test, num_classes = _load_tfds(KNOWN_DATASETS[canonical], canonical)
         return train, test, num_classes, canonical
     if data_dir is not None:
         # Check the name first so that a typo is reported as such.

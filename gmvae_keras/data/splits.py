@@ -62,29 +62,20 @@ def _as_images_labels(pair, what, num_classes):
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
-        raise DataError(
-            f"{what} images must be (N, H, W[, C]), got shape {images.shape}"
-        )
+        raise DataError(f"{what} images must be (N, H, W[, C]), got shape {images.shape}")
     if images.dtype != np.uint8:
         raise DataError(f"{what} images must be uint8, got {images.dtype}")
     labels = labels.reshape(-1)
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{what} labels must be integers, got {labels.dtype}")
     if labels.shape[0] != images.shape[0]:
-        raise DataError(
-            f"{what} has {labels.shape[0]} labels for {images.shape[0]} images"
-        )
+        raise DataError(f"{what} has {labels.shape[0]} labels for {images.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(
-            f"{what} labels must be in 0..{num_classes - 1}, got "
-            f"{labels.min()}..{labels.max()}"
-        )
+        raise DataError(f"{what} labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
     return images, labels.astype(np.int64)
 
 
-def split_data(
-    name, train, test, num_classes, num_labeled, seed, validation_fraction=0.2
-):
+def split_data(name, train, test, num_classes, num_labeled, seed, validation_fraction=0.2):
     """Splits raw data into train / validation / test and a labeled set.
 
     The official train set is split into train and validation parts,
@@ -115,21 +106,14 @@ def split_data(
     try:
         validation_fraction = float(validation_fraction)
     except (TypeError, ValueError):
-        raise DataError(
-            f"validation_fraction must be a number, got {validation_fraction!r}"
-        ) from None
+        raise DataError(f"validation_fraction must be a number, got {validation_fraction!r}") from None
     if not 0.0 <= validation_fraction < 1.0:
-        raise DataError(
-            f"validation_fraction must be in [0, 1), got {validation_fraction}"
-        )
+        raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
 
     train_x, train_y = _as_images_labels(train, "train set", num_classes)
     test_x, test_y = _as_images_labels(test, "test set", num_classes)
     if train_x.shape[1:] != test_x.shape[1:]:
-        raise DataError(
-            f"train images are {train_x.shape[1:]} but test images are "
-            f"{test_x.shape[1:]}"
-        )
+        raise DataError(f"train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
     if train_x.shape[0] == 0:
         raise DataError(f"the train set of {name!r} is empty")
 
@@ -175,10 +159,7 @@ def split_data(
             f"classes ({num_classes}) for a class-balanced labeled set"
         )
     if num_labeled > n_train:
-        raise DataError(
-            f"num_labeled={num_labeled} exceeds the {n_train} images of the "
-            f"train split of {name!r}"
-        )
+        raise DataError(f"num_labeled={num_labeled} exceeds the {n_train} images of the train split of {name!r}")
     per_class = num_labeled // num_classes
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     chosen = []
@@ -192,11 +173,7 @@ def split_data(
                     f"{per_class}"
                 )
             chosen.append(rng.choice(members, size=per_class, replace=False))
-    labeled = (
-        np.sort(np.concatenate(chosen)).astype(np.int64)
-        if chosen
-        else np.zeros((0,), np.int64)
-    )
+    labeled = np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros((0,), np.int64)
 
     return SplitData(
         name=name,
@@ -212,9 +189,7 @@ def split_data(
     )
 
 
-def load_dataset(
-    name, data_dir=None, num_labeled=100, seed=0, validation_fraction=0.2
-):
+def load_dataset(name, data_dir=None, num_labeled=100, seed=0, validation_fraction=0.2):
     """`load_raw` followed by `split_data`; returns a `SplitData`."""
     train, test, num_classes, canonical = load_raw(name, data_dir=data_dir)
     return split_data(

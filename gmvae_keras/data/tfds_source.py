@@ -20,14 +20,10 @@ _TFDS_READ_BATCH = 4096
 def _fewer_download_retries():
     """Lowers tensorflow-datasets' HTTP retries so offline failure is quick."""
     try:
-        downloader = importlib.import_module(
-            "tensorflow_datasets.core.download.downloader"
-        )
+        downloader = importlib.import_module("tensorflow_datasets.core.download.downloader")
     except Exception:  # layout of another tfds version: keep its defaults.
         downloader = None
-    if downloader is None or not isinstance(
-        getattr(downloader, "MAX_RETRIES", None), int
-    ):
+    if downloader is None or not isinstance(getattr(downloader, "MAX_RETRIES", None), int):
         yield
         return
     saved = downloader.MAX_RETRIES
@@ -64,17 +60,12 @@ def _load_tfds(tfds_name, canonical):
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(_UNKNOWN_MSG.format(canonical)) from None
     except Exception as e:  # bad name syntax, broken builder, ...
-        raise DataError(
-            f"{_UNKNOWN_MSG.format(canonical)} ({_one_line(e, 120)})"
-        ) from None
+        raise DataError(f"{_UNKNOWN_MSG.format(canonical)} ({_one_line(e, 120)})") from None
 
     features = builder.info.features
     keys = getattr(features, "keys", lambda: ())()
     if "image" not in keys or "label" not in keys:
-        raise DataError(
-            f"{_UNKNOWN_MSG.format(canonical)} (tfds {tfds_name!r} has no "
-            f"'image' and 'label' features)"
-        )
+        raise DataError(f"{_UNKNOWN_MSG.format(canonical)} (tfds {tfds_name!r} has no 'image' and 'label' features)")
     num_classes = getattr(features["label"], "num_classes", None)
     shape = tuple(features["image"].shape)
     if not num_classes or len(shape) != 3 or None in shape:
@@ -103,8 +94,7 @@ def _load_tfds(tfds_name, canonical):
     for split in ("train", "test"):
         if splits and split not in splits:
             raise DataError(
-                f"tensorflow-datasets {tfds_name!r} has no {split!r} split "
-                f"(splits: {', '.join(sorted(splits))})"
+                f"tensorflow-datasets {tfds_name!r} has no {split!r} split (splits: {', '.join(sorted(splits))})"
             )
     try:
         ds_train, ds_test = builder.as_dataset(split=["train", "test"])
@@ -116,12 +106,10 @@ def _load_tfds(tfds_name, canonical):
         raise
     except Exception as e:
         raise DataError(
-            f"could not read {canonical!r} with tensorflow-datasets "
-            f"({type(e).__name__}: {_one_line(e, 160)}); {hint}"
+            f"could not read {canonical!r} with tensorflow-datasets ({type(e).__name__}: {_one_line(e, 160)}); {hint}"
         ) from None
     (train_x, train_y), (test_x, test_y) = out
     return (train_x, train_y), (test_x, test_y), int(num_classes)
-
 
 
 def _check_tfds_name(name):
@@ -133,4 +121,3 @@ def _check_tfds_name(name):
         known = False
     if not known:
         raise DataError(_UNKNOWN_MSG.format(name))
-
