@@ -10,6 +10,9 @@ the same size. Kept in the package so that every tool reads the same values;
 plain data, so importing it does not load TensorFlow.
 """
 
+import json
+import pathlib
+
 SETTINGS = {
     "mnist": dict(
         image_shape=(28, 28, 1),
@@ -46,3 +49,12 @@ SETTINGS = {
         num_labeled=1000,
     ),
 }
+
+
+def print_report(result, out=None):
+    """Prints a tool's JSON result, and writes it to the file `out` too when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(out).write_text(text + "\n")

@@ -19,6 +19,17 @@ _EPSILON = 1e-7
 _LOG_ZERO = -1e9
 
 
+def total_loss(terms, gaussian_weight, categorical_weight, assignment_weight, metric_weight):
+    """L = L_R + w_G·L_G + w_C·L_C + w_A·L_A + w_M·L_M, from a dict of the unweighted terms."""
+    return (
+        terms["reconstruction_loss"]
+        + gaussian_weight * terms["gaussian_loss"]
+        + categorical_weight * terms["categorical_loss"]
+        + assignment_weight * terms["assignment_loss"]
+        + metric_weight * terms["metric_loss"]
+    )
+
+
 def reconstruction_loss(images, reconstructions, kind="mse"):
     """L_R: reconstruction error of p(x|z).
 

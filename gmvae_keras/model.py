@@ -362,12 +362,8 @@ class GMVAE(keras.Model):
                         labels, distances[num_unlabeled:, num_unlabeled:], self.margin
                     )
                     terms["metric_loss"] = trust * terms["metric_loss"] + (1.0 - trust) * labeled_only
-        total = (
-            terms["reconstruction_loss"]
-            + self.gaussian_weight * terms["gaussian_loss"]
-            + self.categorical_weight * terms["categorical_loss"]
-            + self.assignment_weight * terms["assignment_loss"]
-            + self.metric_weight * terms["metric_loss"]
+        total = losses.total_loss(
+            terms, self.gaussian_weight, self.categorical_weight, self.assignment_weight, self.metric_weight
         )
         return terms, total, assigned
 

@@ -167,10 +167,9 @@ def main(argv=None):
         "settings": {setting: compare(args, setting) for setting in args.settings},
         "load_average_1min_end": os.getloadavg()[0],
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    from gmvae_keras.benchmarks import print_report  # noqa: PLC0415
+
+    print_report(result, args.out)
     return 0
 
 

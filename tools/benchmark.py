@@ -556,11 +556,9 @@ def main(argv=None):
             "includes the benchmark's own)"
         )
     output["total_seconds"] = time.time() - started
-    text = json.dumps(output, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    from gmvae_keras.benchmarks import print_report  # noqa: PLC0415
+
+    print_report(output, args.out)
     return 1 if failed else 0
 
 

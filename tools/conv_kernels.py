@@ -21,12 +21,10 @@ on a quiet machine: the numbers are wall-clock medians.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -34,7 +32,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from gmvae_keras import conv, networks  # noqa: E402
-from gmvae_keras.benchmarks import SETTINGS  # noqa: E402
+from gmvae_keras.benchmarks import SETTINGS, print_report  # noqa: E402
 
 
 def stride_one_shapes(setting):
@@ -129,10 +127,7 @@ def main(argv=None):
         "load_average_1min": os.getloadavg()[0],
         "settings": {name: measure(name, args.repeats) for name in args.settings},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_report(result, args.out)
     return 0
 
 

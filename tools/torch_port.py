@@ -586,13 +586,7 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
             "assignment_loss": K.assignment_loss(lab, lg),
             "metric_loss": K.lifted_structured_loss_from_distances(lab, dist, setting["margin"]),
         }
-        total_keras = (
-            terms_keras["reconstruction_loss"]
-            + weights["gaussian_weight"] * terms_keras["gaussian_loss"]
-            + weights["categorical_weight"] * terms_keras["categorical_loss"]
-            + weights["assignment_weight"] * terms_keras["assignment_loss"]
-            + weights["metric_weight"] * terms_keras["metric_loss"]
-        )
+        total_keras = K.total_loss(terms_keras, **weights)
     grads = tape.gradient(total_keras, [kv for kv, _ in pairs])
     same_assigned = int(np.sum(assigned.numpy() != assigned_torch.numpy()))
     report("training assignment", same_assigned == 0, f"{same_assigned} of {n_u} assignments differ")
