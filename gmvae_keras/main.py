@@ -24,6 +24,8 @@ from gmvae_keras.train import RunError, train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
 flagfiles.define_flags(FLAGS)
+# --helpshort lists the key flags of the main module; these are defined in flagfiles.
+flags.adopt_module_key_flags(flagfiles)
 
 
 def main(argv):

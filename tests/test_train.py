@@ -363,6 +363,8 @@ def test_helpfull_lists_no_removed_option_and_says_where_kept_ones_come_from():
     ):
         assert kept in result.stdout
     assert result.stdout.count("authors' released code") >= 2
+    short = _cli("--helpshort").stdout
+    assert "--dataset:" in short and "--settings:" in short and "--model_dir:" in short
 
 
 def test_cli_refuses_a_flagfile_it_cannot_read_in_one_line(tmp_path):
