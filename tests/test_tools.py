@@ -363,3 +363,15 @@ def test_the_speed_tools_read_one_set_of_settings():
     assert _load_tool("conv_kernels").SETTINGS is SETTINGS
     for setting in SETTINGS.values():
         assert setting["batch_size"] % 2 == 0  # half unlabeled, half labeled
+
+
+def test_compare_commits_compares_within_a_relative_tolerance_and_refuses_bad_input(tmp_path, capsys):
+    tool = _load_tool("compare_commits")
+    rows = tool.compare({"loss": 100.0, "error": 5.0, "only": 1.0}, {"loss": 100.0005, "error": 5.1}, 1e-5)
+    assert rows["loss"]["same"] and not rows["error"]["same"] and not rows["only"]["same"]
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["HEAD", "HEAD", f"--datasets_dir={tmp_path}", "--recipes=cifar"])
+    assert exit_info.value.code == 2 and "unknown recipes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["HEAD", "HEAD", f"--datasets_dir={tmp_path}", "--recipes=mnist-paper"])
+    assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err

@@ -51,11 +51,15 @@ def worktree(repo, commit, workdir):
 
 def epoch_scalars(log_dir):
     """`{tag: value}` of the last step of every scalar in a TensorBoard folder."""
+    from gmvae_keras._quiet import quiet_tensorflow
+
+    quiet_tensorflow()
     import tensorflow as tf
 
     values = {}
     for event_file in sorted(Path(log_dir).glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+        for record in tf.data.TFRecordDataset(str(event_file)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 if value.HasField("tensor"):
                     values[value.tag] = float(tf.make_ndarray(value.tensor))
