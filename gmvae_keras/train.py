@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
-from gmvae_keras import distribute
+from gmvae_keras import distribute, paths
 from gmvae_keras.callbacks import (
     EpochSummary,
     ImageSummaries,
@@ -144,7 +144,8 @@ def train_and_evaluate(config, model_dir):
         The dict written to `metrics.json`.
 
     Raises:
-        ConfigError, data.DataError, RunError: bad input, one-line messages.
+        ConfigError, data.DataError, RunError, paths.PathError: bad input,
+            one-line messages.
         callbacks.NonFiniteLoss: a loss term became NaN or infinite.
         checkpoint.CheckpointWriteError: a checkpoint could not be written.
     """
@@ -153,6 +154,10 @@ def train_and_evaluate(config, model_dir):
     # Created before any other TensorFlow work: multi-worker collectives need it.
     strategy = distribute.make_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
+    if chief:  # the other workers only read the run directory
+        paths.check_output_dir(model_dir, "--model_dir")
+    if config.data_dir is not None:
+        paths.check_input_dir(config.data_dir, "--data_dir")
     start_afresh = _check_run_dir(config, model_dir)
     data = load_data(config)
     if strategy.num_replicas_in_sync > 1:
