@@ -50,6 +50,32 @@ def learning_rate(config, steps_per_epoch):
     return config.learning_rate
 
 
+def _refit_schedule(model, config, steps_per_epoch):
+    """Gives a resumed model's optimizer the schedule of the run's length now.
+
+    The checkpoint holds the schedule built for the `--epochs` the run began
+    with; a run resumed with more (allowed) would train the extra epochs at the
+    end of a cosine decay, at learning rate 0. Only the schedule object is
+    replaced: the step count and Adam's moments are variables of their own.
+
+    Returns:
+        What was rebuilt, for the resume line ("20 epochs (was 10)"), or None
+        when the restored schedule already fits.
+    """
+    wanted = learning_rate(config, steps_per_epoch)
+    restored = model.optimizer.get_config()["learning_rate"]
+    schedules = keras.optimizers.schedules
+    if not isinstance(wanted, schedules.LearningRateSchedule) or not isinstance(restored, dict):
+        return None
+    if restored.get("config") == wanted.get_config():
+        return None
+    model.optimizer.learning_rate = wanted
+    old_steps = restored.get("config", {}).get("decay_steps")
+    if isinstance(wanted, schedules.CosineDecay) and old_steps:
+        return f"{config.epochs} epochs (was {old_steps / steps_per_epoch:g})"
+    return f"{steps_per_epoch} steps per epoch"
+
+
 def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=None):
     """A compiled GMVAE for `config`.
 
@@ -194,6 +220,11 @@ def train_and_evaluate(config, model_dir):
             model = build_model(
                 config, data.num_classes, data.image_shape, steps, (data.labeled_images, data.labeled_labels)
             )
+
+    if last is not None and state["epoch"] < config.epochs:
+        rebuilt = _refit_schedule(model, config, steps)
+        if rebuilt:
+            print(f"resuming {model_dir}: learning-rate schedule rebuilt for {rebuilt}", flush=True)
 
     # Cluster ids are arbitrary without labels: clustering runs keep the best ACC.
     if config.mode == "clustering":
