@@ -92,13 +92,27 @@ def main(argv=None):
     import argparse
 
     from gmvae_keras import checkpoint as ckpt
+    from gmvae_keras import paths
 
     parser = argparse.ArgumentParser(prog="python -m gmvae_keras.export", description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", required=True, help="run directory of gmvae_keras.main")
     parser.add_argument("--which", choices=["best", "last"], default="best", help="model to export")
     parser.add_argument("--export_dir", default=None, help="where to write (default MODEL_DIR/export)")
     args = parser.parse_args(argv)
-    model_dir = Path(args.model_dir)
+    try:
+        model_dir = paths.check_input_dir(args.model_dir, "--model_dir")
+        shown = paths.check_output_dir(args.export_dir or model_dir / "export", "--export_dir")
+        # The export is written beside the folder and replaces it whole: only an earlier export may go.
+        export_dir = shown.absolute()
+        if export_dir.is_dir():
+            if any(export_dir.iterdir()) and not (export_dir / "saved_model.pb").is_file():
+                raise paths.PathError(f"--export_dir={shown} holds files other than a SavedModel")
+            problem = paths.output_dir_problem(export_dir.parent)
+            if problem:
+                raise paths.PathError(f"--export_dir={shown} cannot be replaced: {export_dir.parent} {problem}")
+    except paths.PathError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     path = ckpt.saved_model_path(model_dir, args.which)
     if path is None:
         print(f"error: no {args.which} model in {model_dir}", file=sys.stderr)
@@ -106,7 +120,7 @@ def main(argv=None):
     import gmvae_keras.model  # noqa: F401  registers the custom layers
 
     model = keras.saving.load_model(path)
-    out = export_saved_model(model, args.export_dir or model_dir / "export")
+    out = export_saved_model(model, export_dir)
     print(f"exported {path} to {out}")
     return 0
 

@@ -165,6 +165,19 @@ def main(argv=None):
     if args.tsne_points < 2 or args.samples < 1:
         print("error: --tsne_points must be >= 2 and --samples >= 1", file=sys.stderr)
         return 2
+    from gmvae_keras import paths
+
+    try:
+        model_dir = paths.check_input_dir(args.model_dir, "--model_dir", writable=True)
+        for folder in (model_dir / "figures", model_dir / "logs" / "figures"):
+            problem = paths.output_dir_problem(folder)
+            if problem:
+                raise paths.PathError(f"--model_dir={model_dir}: {folder} {problem}")
+        if args.data_dir is not None:
+            paths.check_input_dir(args.data_dir, "--data_dir")
+    except paths.PathError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import keras
 
@@ -173,7 +186,6 @@ def main(argv=None):
     from gmvae_keras import data as data_lib
     from gmvae_keras.config import Config
 
-    model_dir = Path(args.model_dir)
     values = ckpt.read_json(model_dir / "config.json")
     if values is None:
         print(f"error: {model_dir} holds no run (config.json is missing)", file=sys.stderr)
@@ -190,7 +202,7 @@ def main(argv=None):
         return 2
     (_, _), (test_images, test_labels), _, _ = raw
     model = keras.saving.load_model(path)
-    paths = write_figures(
+    written = write_figures(
         model,
         test_images,
         test_labels,
@@ -201,7 +213,7 @@ def main(argv=None):
         samples=args.samples,
         seed=config.seed,
     )
-    for name, p in paths.items():
+    for name, p in written.items():
         print(f"{name}: {p}")
     return 0
 

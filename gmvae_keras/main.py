@@ -20,6 +20,7 @@ from gmvae_keras.callbacks import NonFiniteLoss  # noqa: E402
 from gmvae_keras.checkpoint import CheckpointWriteError  # noqa: E402
 from gmvae_keras.config import ConfigError  # noqa: E402
 from gmvae_keras.data import DataError  # noqa: E402
+from gmvae_keras.paths import PathError  # noqa: E402
 from gmvae_keras.train import RunError, train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -36,7 +37,7 @@ def main(argv):
     model_dir = FLAGS.model_dir or f"runs/{config.dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     try:
         train_and_evaluate(config, model_dir)
-    except (ConfigError, DataError, RunError, NonFiniteLoss, CheckpointWriteError) as e:
+    except (ConfigError, DataError, PathError, RunError, NonFiniteLoss, CheckpointWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
-from gmvae_keras import distribute
+from gmvae_keras import distribute, paths
 from gmvae_keras.callbacks import (
     EpochSummary,
     ImageSummaries,
@@ -48,6 +48,32 @@ def learning_rate(config, steps_per_epoch):
             staircase=True,
         )
     return config.learning_rate
+
+
+def _refit_schedule(model, config, steps_per_epoch):
+    """Gives a resumed model's optimizer the schedule of the run's length now.
+
+    The checkpoint holds the schedule built for the `--epochs` the run began
+    with; a run resumed with more (allowed) would train the extra epochs at the
+    end of a cosine decay, at learning rate 0. Only the schedule object is
+    replaced: the step count and Adam's moments are variables of their own.
+
+    Returns:
+        What was rebuilt, for the resume line ("20 epochs (was 10)"), or None
+        when the restored schedule already fits.
+    """
+    wanted = learning_rate(config, steps_per_epoch)
+    restored = model.optimizer.get_config()["learning_rate"]
+    schedules = keras.optimizers.schedules
+    if not isinstance(wanted, schedules.LearningRateSchedule) or not isinstance(restored, dict):
+        return None
+    if restored.get("config") == wanted.get_config():
+        return None
+    model.optimizer.learning_rate = wanted
+    old_steps = restored.get("config", {}).get("decay_steps")
+    if isinstance(wanted, schedules.CosineDecay) and old_steps:
+        return f"{config.epochs} epochs (was {old_steps / steps_per_epoch:g})"
+    return f"{steps_per_epoch} steps per epoch"
 
 
 def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=None):
@@ -144,7 +170,8 @@ def train_and_evaluate(config, model_dir):
         The dict written to `metrics.json`.
 
     Raises:
-        ConfigError, data.DataError, RunError: bad input, one-line messages.
+        ConfigError, data.DataError, RunError, paths.PathError: bad input,
+            one-line messages.
         callbacks.NonFiniteLoss: a loss term became NaN or infinite.
         checkpoint.CheckpointWriteError: a checkpoint could not be written.
     """
@@ -153,6 +180,10 @@ def train_and_evaluate(config, model_dir):
     # Created before any other TensorFlow work: multi-worker collectives need it.
     strategy = distribute.make_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
+    if chief:  # the other workers only read the run directory
+        paths.check_output_dir(model_dir, "--model_dir")
+    if config.data_dir is not None:
+        paths.check_input_dir(config.data_dir, "--data_dir")
     start_afresh = _check_run_dir(config, model_dir)
     data = load_data(config)
     if strategy.num_replicas_in_sync > 1:
@@ -189,6 +220,11 @@ def train_and_evaluate(config, model_dir):
             model = build_model(
                 config, data.num_classes, data.image_shape, steps, (data.labeled_images, data.labeled_labels)
             )
+
+    if last is not None and state["epoch"] < config.epochs:
+        rebuilt = _refit_schedule(model, config, steps)
+        if rebuilt:
+            print(f"resuming {model_dir}: learning-rate schedule rebuilt for {rebuilt}", flush=True)
 
     # Cluster ids are arbitrary without labels: clustering runs keep the best ACC.
     if config.mode == "clustering":

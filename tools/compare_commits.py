@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gmvae_keras import paths
+
 # name -> (dataset, extra flags)
 RECIPES = {
     "mnist-paper": ("mnist", []),
@@ -117,7 +119,11 @@ def main(argv=None):
     unknown = [name for name in recipes if name not in RECIPES]
     if unknown or not recipes:
         parser.exit(2, f"error: unknown recipes {unknown}; choose from {', '.join(RECIPES)}\n")
-    datasets_dir = Path(args.datasets_dir).resolve()
+    try:
+        datasets_dir = paths.check_input_dir(args.datasets_dir, "--datasets_dir").resolve()
+        paths.check_output_dir(args.workdir, "--workdir")
+    except paths.PathError as e:
+        parser.exit(2, f"error: {e}\n")
     for dataset in {RECIPES[name][0] for name in recipes}:
         if not (datasets_dir / dataset).is_dir():
             parser.exit(2, f"error: {datasets_dir / dataset} is not a folder\n")

@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gmvae_keras import flagfiles
+from gmvae_keras import flagfiles, paths
 from gmvae_keras.config import Config, ConfigError
 
 # Test error (%) of the paper, mean (± std) over 5 seeds.
@@ -166,6 +166,15 @@ def run_seed(command):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:  # before the first seed: a sweep runs for hours before --out is written
+        paths.check_output_dir(args.runs_dir, "--runs_dir")
+        if args.out:
+            paths.check_output_file(args.out, "--out")
+        if args.data_dir:
+            paths.check_input_dir(args.data_dir, "--data_dir")
+    except paths.PathError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.num_labeled is None:
         args.num_labeled = default_num_labeled(args.dataset)
     if args.data_dir:
