@@ -535,7 +535,7 @@ def test_augmented_pipeline_keeps_labels_and_layout(tmp_path):
     np.testing.assert_array_equal(plain["unlabeled_labels"].numpy(), shifted["unlabeled_labels"].numpy())
     assert shifted["images"].shape == plain["images"].shape
     assert not np.array_equal(plain["images"].numpy(), shifted["images"].numpy())
-    with pytest.raises(data_lib.DataError):
+    with pytest.raises(data_lib.DataError, match="augment_shift must be >= 0, got -1"):
         data_lib.make_train_dataset(splits, 40, augment_shift=-1)
 
 
