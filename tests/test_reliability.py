@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gmvae_keras.model  # noqa: F401  registers the custom layers
@@ -23,7 +23,7 @@ from gmvae_keras.config import Config
 from gmvae_keras.export import export_saved_model
 from gmvae_keras.train import build_model, train_and_evaluate
 
-from conftest import datasets_root, write_idx_dataset
+from conftest import write_idx_dataset
 
 
 @pytest.fixture(scope="module")
@@ -263,11 +263,8 @@ def test_export_rejects_wrong_shape_dtype_and_range(tmp_path):
     assert serve(images=tf.zeros((3, 28, 28, 1)))["label"].shape == (3,)
 
 
-def test_round_trips_on_real_test_images(tmp_path):
-    root = datasets_root()
-    if root is None or not (root / "mnist").is_dir():
-        pytest.skip("real MNIST files not found (set GMVAE_DATASETS)")
-    (_, _), (test_images, _), _, _ = data_lib.load_raw("mnist", data_dir=root / "mnist")
+def test_round_trips_on_real_test_images(tmp_path, real_dataset):
+    (_, _), (test_images, _), _, _ = data_lib.load_raw("mnist", data_dir=real_dataset("mnist"))
     images = test_images[:500]
     model = build_model(Config(feature_size=16, latent_size=8, k=3), 10, (28, 28, 1), steps_per_epoch=1)
     batch = {
@@ -284,7 +281,6 @@ def test_round_trips_on_real_test_images(tmp_path):
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
     num_labeled=st.integers(1, 12),
@@ -321,7 +317,6 @@ def test_fuzz_assign_labels(data, num_labeled, num_unlabeled, num_classes, dims,
             assert assigned[0] == labels[0] or np.any(np.all(labeled == labeled[0], axis=1) & (labels != labels[0]))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
     batch=st.integers(1, 14),
