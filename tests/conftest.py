@@ -4,6 +4,9 @@ Synthetic images encode their index in the official split in their first
 three pixels (little-endian), so tests can tell which image a pipeline row
 came from: `decode_index(images)` inverts the encoding, for uint8 images or
 float images scaled to [0, 1].
+
+Tests of the real data sets take the `real_dataset` fixture. Hypothesis runs
+the `ci` settings profile when `CI=true` (fixed examples), else `dev`.
 """
 
 import gzip
@@ -13,8 +16,34 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# CI draws the same examples on every run, so that a failure there is a failure of the change;
+# local runs draw new and more examples, to find what CI's fixed ones miss.
+# Both start from Hypothesis' defaults: the profile it loads itself under any `CI` variable is not inherited.
+settings.register_profile(
+    "ci",
+    settings.get_profile("default"),
+    derandomize=True,
+    max_examples=30,
+    print_blob=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    settings.get_profile("default"),
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
+
+# Set by CI when the real data sets are beside the clone: a real-data test then fails instead of skipping.
+REQUIRE_DATASETS = "GMVAE_REQUIRE_DATASETS"
 
 
 def datasets_root():
@@ -26,6 +55,27 @@ def datasets_root():
     root = os.environ.get("GMVAE_DATASETS")
     path = pathlib.Path(root) if root else REPO_ROOT.parent / "shared" / "datasets"
     return path if path.is_dir() else None
+
+
+@pytest.fixture
+def real_dataset(request):
+    """`real_dataset(name)`: the folder of the real data set `name`, or a skip that says why.
+
+    Under `GMVAE_REQUIRE_DATASETS=1` the missing folder fails the test instead.
+    """
+
+    def folder(name):
+        root = datasets_root()
+        if root is not None and (root / name).is_dir():
+            return root / name
+        where = os.environ.get("GMVAE_DATASETS") or REPO_ROOT.parent / "shared" / "datasets"
+        # The skip is raised here, so pytest reports this line: the reason names the test.
+        reason = f"{request.node.nodeid} needs the real {name} files: no folder {name} in {where} (set GMVAE_DATASETS)"
+        if os.environ.get(REQUIRE_DATASETS) == "1":
+            pytest.fail(f"{REQUIRE_DATASETS}=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+    return folder
 
 
 def encode_index(images, offset=0):

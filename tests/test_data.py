@@ -5,7 +5,8 @@ import importlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+import tensorflow_datasets as tfds
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gmvae_keras import data as gd
@@ -14,7 +15,6 @@ from gmvae_keras.data.errors import check_integer
 
 try:
     from conftest import (
-        datasets_root,
         decode_index,
         idx_bytes,
         write_idx,
@@ -23,7 +23,6 @@ try:
     )
 except ImportError:  # tests/ imported as a package
     from tests.conftest import (
-        datasets_root,
         decode_index,
         idx_bytes,
         write_idx,
@@ -58,7 +57,6 @@ def split(idx_dir):
 # --------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None)
 @given(
     shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
     compress=st.booleans(),
@@ -235,7 +233,6 @@ def test_data_dir_with_tfds_only_name():
     ],
 )
 def test_tfds_mock(name, canonical, shape):
-    tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=50):
         (tx, ty), (vx, vy), k, got = gd.load_raw(name)
     assert got == canonical and k == 10
@@ -246,14 +243,12 @@ def test_tfds_mock(name, canonical, shape):
 
 
 def test_tfds_not_image_classification():
-    tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=5):
         with pytest.raises(gd.DataError, match="unknown dataset 'imdb_reviews'"):
             gd.load_raw("imdb_reviews")
 
 
 def test_tfds_download_failure(monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
     downloader = importlib.import_module("tensorflow_datasets.core.download.downloader")
     retries = downloader.MAX_RETRIES
     seen = []
@@ -459,11 +454,8 @@ def test_eval_dataset(split):
 # --------------------------------------------------------------------------
 
 
-def test_real_mnist():
-    root = datasets_root()
-    if root is None or not (root / "mnist").is_dir():
-        pytest.skip("real MNIST files absent (set GMVAE_DATASETS)")
-    (tx, ty), (vx, vy), k, name = gd.load_raw("mnist", data_dir=root / "mnist")
+def test_real_mnist(real_dataset):
+    (tx, ty), (vx, vy), k, name = gd.load_raw("mnist", data_dir=real_dataset("mnist"))
     assert (name, k) == ("mnist", 10)
     assert tx.shape == (60000, 28, 28, 1) and vx.shape == (10000, 28, 28, 1)
     assert ty.tolist()[:10] == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
@@ -535,7 +527,7 @@ def test_augmented_pipeline_keeps_labels_and_layout(tmp_path):
     np.testing.assert_array_equal(plain["unlabeled_labels"].numpy(), shifted["unlabeled_labels"].numpy())
     assert shifted["images"].shape == plain["images"].shape
     assert not np.array_equal(plain["images"].numpy(), shifted["images"].numpy())
-    with pytest.raises(data_lib.DataError):
+    with pytest.raises(data_lib.DataError, match="augment_shift must be >= 0, got -1"):
         data_lib.make_train_dataset(splits, 40, augment_shift=-1)
 
 

@@ -200,7 +200,7 @@ def test_reconstruction_loss_reductions():
     # Sum over the 4 pixels, mean over the batch.
     np.testing.assert_allclose(float(losses.reconstruction_loss(images, recon, "mse")), 1.0)
     np.testing.assert_allclose(float(losses.reconstruction_loss(images, recon, "bce")), 4 * np.log(2.0), rtol=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="kind must be 'mse' or 'bce', got 'l1'"):
         losses.reconstruction_loss(images, recon, "l1")
 
 

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -75,23 +77,28 @@ def test_k_larger_than_labeled_part_is_a_clear_error():
         model.fit(ds, epochs=1, verbose=0)
 
 
-def test_invalid_constructor_arguments():
-    for bad in (
-        {"metric_weight": -1.0},
-        {"margin": -0.1},
-        {"k": 0},
-        {"reconstruction": "l1"},
-        {"assignment_weighting": "x"},
-        {"warmup_steps": -1},
-        {"prediction": "vote"},
-        {"prediction": "knn", "labeled_set_size": 1},
-        {"prediction": "classifier", "labeled_set_size": 6},
-        {"assignment_balance": "distance"},
-        {"consistency_share": 0.0},
-        {"consistency_share": 1.5},
-    ):
-        with pytest.raises(ValueError):
-            tiny_model(**bad)
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ({"metric_weight": -1.0}, "--metric_weight must be >= 0, got -1.0"),
+        ({"margin": -0.1}, "--margin must be >= 0, got -0.1"),
+        ({"k": 0}, "--k must be >= 1, got 0"),
+        ({"reconstruction": "l1"}, "--reconstruction must be one of ['mse', 'bce'], got 'l1'"),
+        ({"assignment_weighting": "x"}, "--assignment_weighting must be one of ['distance', 'majority'], got 'x'"),
+        ({"warmup_steps": -1}, "warmup_steps must be >= 0, got -1"),
+        ({"prediction": "vote"}, "--prediction must be one of ['classifier', 'knn'], got 'vote'"),
+        ({"prediction": "knn", "labeled_set_size": 1}, "prediction='knn' needs labeled_set_size >= k=2"),
+        ({"prediction": "classifier", "labeled_set_size": 6}, "labeled_set_size is for prediction='knn'; got 6"),
+        ({"assignment_balance": "distance"}, "--assignment_balance must be one of ['none', 'vote'], got 'distance'"),
+        ({"consistency_share": 0.0}, "--consistency_share must be in (0, 1], got 0.0"),
+        ({"consistency_share": 1.5}, "--consistency_share must be in (0, 1], got 1.5"),
+        ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
+    ],
+)
+def test_invalid_constructor_arguments(bad, words):
+    # Each case must be refused for its own reason, not for another argument's.
+    with pytest.raises(ValueError, match=re.escape(words)):
+        tiny_model(**bad)
 
 
 def _numpy_knn(features, labeled_features, labeled_labels, k):
@@ -163,7 +170,7 @@ def test_inference_methods_are_deterministic():
     assert g1.shape == (4,) + SHAPE
     np.testing.assert_array_equal(g1, g2)
     assert not np.array_equal(g1, model.generate(1, 4, seed=4))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("category must be in [0, 3), got 3")):
         model.generate(3, 1)
 
 
@@ -210,7 +217,7 @@ def test_temperature_annealing_schedule_and_logs():
     ds, _, _ = batches(steps=1)
     history = model.fit(ds, epochs=6, verbose=0, callbacks=[callback]).history
     np.testing.assert_allclose(history["temperature"], [1.0, 0.875, 0.75, 0.625, 0.5, 0.5])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
         TemperatureAnnealing(epochs=0)
 
 

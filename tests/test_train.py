@@ -17,7 +17,7 @@ from gmvae_keras.data import DataError
 from gmvae_keras.flagfiles import config_from_args, with_recipe
 from gmvae_keras.train import RunError, train_and_evaluate
 
-from conftest import REPO_ROOT, datasets_root, write_idx_dataset, write_svhn_dataset
+from conftest import REPO_ROOT, write_idx_dataset, write_svhn_dataset
 
 FLAGS_DIR = REPO_ROOT / "gmvae_keras" / "flags"
 
@@ -491,12 +491,9 @@ def test_knn_prediction_run_scores_and_exports_the_vote(mnist_files, tmp_path):
     np.testing.assert_array_equal(served["label"].numpy(), predicted)
 
 
-def test_short_real_mnist_run(tmp_path):
-    root = datasets_root()
-    if root is None or not (root / "mnist").is_dir():
-        pytest.skip("real MNIST files not found (set GMVAE_DATASETS)")
+def test_short_real_mnist_run(tmp_path, real_dataset):
     config = tiny_config(
-        root / "mnist",
+        real_dataset("mnist"),
         num_labeled=100,
         batch_size=100,
         feature_size=32,
