@@ -45,6 +45,36 @@ class TemperatureAnnealing(keras.callbacks.Callback):
             logs["temperature"] = float(self.model.gumbel_softmax.temperature.numpy())
 
 
+class EpochNoiseSeeds(keras.callbacks.Callback):
+    """Restarts the model's sampling noise at every epoch from the seed and the epoch alone.
+
+    At the start of epoch `e` the state of the `keras.random.SeedGenerator`
+    of each sampling layer (`gumbel_softmax`, `gaussian_sample`) becomes a
+    value drawn from `(seed, e, layer)`. A `.keras` file does not hold these
+    states, so without this a resumed run would draw the noise of its
+    first epoch from the layers' initial seeds.
+
+    Args:
+        seed: the run's seed, >= 0.
+    """
+
+    LAYERS = ("gumbel_softmax", "gaussian_sample")
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.seed = int(seed)
+
+    def state_at(self, epoch, layer):
+        """The `[key, counter]` state of sampling layer number `layer` at the start of `epoch`."""
+        key = np.random.SeedSequence([self.seed, epoch, layer]).generate_state(1)[0] & 0x7FFFFFFF
+        return np.array([key, 0])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for index, name in enumerate(self.LAYERS):
+            state = getattr(self.model, name).seed_generator.state
+            state.assign(keras.ops.convert_to_tensor(self.state_at(epoch, index), dtype=state.dtype))
+
+
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the optimizer's current learning rate to the epoch logs."""
 

@@ -64,13 +64,17 @@ def per_replica_layout(config, replicas, num_classes):
     return batch, labeled
 
 
-def distributed_train_dataset(strategy, data, config, batch, labeled):
-    """The training batches of every replica, and the global steps of one epoch."""
+def distributed_train_dataset(strategy, data, config, batch, labeled, initial_epoch=0):
+    """The training batches of every replica from epoch `initial_epoch` on, and the global steps of one epoch."""
     pipelines = input_pipelines(strategy)
     replicas_per_pipeline = strategy.num_replicas_in_sync // pipelines
+    per_pipeline = len(data.train_labels) // pipelines
+    steps = config.steps_per_epoch or per_pipeline // ((batch - labeled) * replicas_per_pipeline)
 
     def pipeline(context):
-        dataset = data_lib.make_train_dataset(
+        # Keras does not restart a distributed iterator between epochs: the stream holds every epoch left, each
+        # of one batch per replica of this pipeline and global step.
+        return data_lib.make_train_dataset(
             data,
             batch,
             labeled,
@@ -78,11 +82,9 @@ def distributed_train_dataset(strategy, data, config, batch, labeled):
             **config.train_pipeline_options(),
             num_shards=context.num_input_pipelines,
             shard_index=context.input_pipeline_id,
+            epoch=initial_epoch,
+            epochs=config.epochs,
+            steps=steps * replicas_per_pipeline,
         )
-        # Keras does not restart a distributed iterator between epochs: repeat,
-        # and let `steps` end each epoch (a new permutation each pass).
-        return dataset.repeat()
 
-    per_pipeline = len(data.train_labels) // pipelines
-    steps = per_pipeline // ((batch - labeled) * replicas_per_pipeline)
-    return strategy.distribute_datasets_from_function(pipeline), config.steps_per_epoch or steps
+    return strategy.distribute_datasets_from_function(pipeline), steps

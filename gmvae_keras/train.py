@@ -13,6 +13,7 @@ from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
 from gmvae_keras import distribute, paths
 from gmvae_keras.callbacks import (
+    EpochNoiseSeeds,
     EpochSummary,
     ImageSummaries,
     LearningRateLogger,
@@ -143,15 +144,21 @@ def load_data(config):
     return data
 
 
-def train_stream(data, config):
-    """`(dataset, steps per epoch)` of one device; the dataset repeats when `--steps_per_epoch` is set."""
+def train_stream(data, config, initial_epoch=0):
+    """`(dataset, steps per epoch)` of one device: the batches of epochs `initial_epoch` to `config.epochs - 1`."""
     labeled_per_batch = config.resolved_labeled_per_batch()
+    steps = config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
     dataset = data_lib.make_train_dataset(
-        data, config.batch_size, labeled_per_batch, seed=config.seed, **config.train_pipeline_options()
+        data,
+        config.batch_size,
+        labeled_per_batch,
+        seed=config.seed,
+        epoch=initial_epoch,
+        epochs=config.epochs,
+        steps=steps,
+        **config.train_pipeline_options(),
     )
-    if config.steps_per_epoch:
-        dataset = dataset.repeat()
-    return dataset, config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
+    return dataset, steps
 
 
 def _scores(model, images, labels, batch_size, prefix):
@@ -186,11 +193,15 @@ def train_and_evaluate(config, model_dir):
         paths.check_input_dir(config.data_dir, "--data_dir")
     start_afresh = _check_run_dir(config, model_dir)
     data = load_data(config)
+    # The batches start at the epoch the run resumes after; a run started afresh forgets its old state below.
+    state = ckpt.initial_state() if start_afresh else ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
     if strategy.num_replicas_in_sync > 1:
         batch, labeled = distribute.per_replica_layout(config, strategy.num_replicas_in_sync, data.num_classes)
-        train_dataset, steps = distribute.distributed_train_dataset(strategy, data, config, batch, labeled)
+        train_dataset, steps = distribute.distributed_train_dataset(
+            strategy, data, config, batch, labeled, state["epoch"]
+        )
     else:
-        train_dataset, steps = train_stream(data, config)
+        train_dataset, steps = train_stream(data, config, state["epoch"])
 
     # Checks are over: from here on the run directory is written (by the chief only).
     labeled_path = model_dir / "labeled_indices.npy"
@@ -207,8 +218,8 @@ def train_and_evaluate(config, model_dir):
         if not labeled_path.exists():
             np.save(labeled_path, data.labeled_indices)
 
-    state = ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
-    keras.utils.set_random_seed(config.seed + state["epoch"])
+    # Seeds the weights' initialisation; each epoch's data and noise are drawn from the seed and the epoch alone.
+    keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     last = ckpt.last_checkpoint(model_dir, state)
@@ -235,6 +246,7 @@ def train_and_evaluate(config, model_dir):
     callbacks = [
         TerminateOnNonFinite(("loss",) + LOSS_TERMS),
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
+        EpochNoiseSeeds(config.seed),
     ]
     if chief:
         callbacks += [

@@ -384,17 +384,58 @@ def test_train_batches(split):
     assert len(set(seen_unlabeled)) == len(seen_unlabeled) == steps * n_u
 
 
-def test_train_epochs_reshuffle_and_seed(split):
-    def unlabeled_order(ds):
-        return np.concatenate([decode_index(b["images"])[:10] for b in collect(ds)])
+def test_train_epochs_draw_from_the_seed_and_the_epoch_alone(split):
+    def order(ds):
+        return np.concatenate([decode_index(b["images"]) for b in collect(ds)])
 
-    ds = gd.make_train_dataset(split, 20, seed=3)
-    first, second = unlabeled_order(ds), unlabeled_order(ds)
-    assert not np.array_equal(first, second)  # fresh permutation each epoch
-    again = gd.make_train_dataset(split, 20, seed=3)
-    np.testing.assert_array_equal(unlabeled_order(again), first)
-    other = gd.make_train_dataset(split, 20, seed=4)
-    assert not np.array_equal(unlabeled_order(other), first)
+    first = order(gd.make_train_dataset(split, 20, seed=3))
+    second = order(gd.make_train_dataset(split, 20, seed=3, epoch=1))
+    assert not np.array_equal(first, second)  # a fresh permutation each epoch
+    np.testing.assert_array_equal(order(gd.make_train_dataset(split, 20, seed=3, epoch=1)), second)
+    assert not np.array_equal(order(gd.make_train_dataset(split, 20, seed=4, epoch=1)), second)
+
+    # A stream of epochs is its epochs one after the other, whichever epoch it starts at: what a resumed run
+    # reads, perturbations included.
+    def epochs(start, end=None):
+        options = dict(augment_shift=1, augment_flip=True, consistency_shift=1)
+        return collect(gd.make_train_dataset(split, 20, seed=3, **options, epoch=start, epochs=end))
+
+    steps = gd.steps_per_epoch(split, 20)
+    whole, resumed = epochs(0, 3), epochs(1, 3)
+    assert len(whole) == 3 * steps and len(resumed) == 2 * steps
+    for a, b in zip(whole[steps:], resumed, strict=True):
+        assert a.keys() == b.keys() == {"images", "labels", "unlabeled_labels", "views"}
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    for a, b in zip(whole[2 * steps :], epochs(2), strict=True):
+        np.testing.assert_array_equal(a["views"], b["views"])
+    assert not np.array_equal(whole[0]["views"], whole[steps]["views"])
+
+
+def test_train_epoch_of_more_steps_than_a_pass_walks_fresh_permutations(split):
+    steps = gd.steps_per_epoch(split, 20)  # 40 batches of 10 unlabeled rows: the 400 train images
+    ds = gd.make_train_dataset(split, 20, seed=3, steps=2 * steps + 5)
+    assert int(ds.cardinality()) == 2 * steps + 5
+    codes = np.concatenate([decode_index(b["images"])[:10] for b in collect(ds)])
+    passes = [codes[:400], codes[400:800]]
+    assert all(sorted(p.tolist()) == sorted(decode_index(split.train_images).tolist()) for p in passes)
+    assert not np.array_equal(passes[0], passes[1])
+    np.testing.assert_array_equal(
+        passes[0],
+        [c for b in collect(gd.make_train_dataset(split, 20, seed=3)) for c in decode_index(b["images"])[:10]],
+    )
+
+
+def test_train_shards_split_each_pass(split):
+    shards = [collect(gd.make_train_dataset(split, 20, seed=3, num_shards=2, shard_index=i)) for i in range(2)]
+    assert [len(s) for s in shards] == [200 // 10, 200 // 10]
+    unlabeled = [np.concatenate([decode_index(b["images"])[:10] for b in s]) for s in shards]
+    assert not set(unlabeled[0]) & set(unlabeled[1])
+    assert len(set(unlabeled[0]) | set(unlabeled[1])) == 400
+    labeled = [np.concatenate([decode_index(b["images"])[10:] for b in s]) for s in shards]
+    assert not np.array_equal(labeled[0], labeled[1])  # each shard draws its labeled images with its own seed
+    with pytest.raises(gd.DataError, match="shard"):
+        gd.make_train_dataset(split, 20, num_shards=2, shard_index=2)
 
 
 def test_train_labeled_part_covers_labeled_set(split):

@@ -19,9 +19,10 @@ train part. The whole train part is the unlabeled stream.
 
 Pipelines
 ---------
-`make_train_dataset` yields, for one epoch, dicts
+`make_train_dataset` yields, for one epoch or a run of epochs, dicts
 `{"images", "labels", "unlabeled_labels"}` whose image batch holds the
-unlabeled rows first and the labeled rows last. `make_eval_dataset` yields
+unlabeled rows first and the labeled rows last; what an epoch draws depends
+on the seed and the epoch's number alone. `make_eval_dataset` yields
 `(images, labels)` batches in order.
 
 Every bad input raises `DataError`, a `ValueError` with a one-line message.

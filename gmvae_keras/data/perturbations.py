@@ -25,22 +25,14 @@ def random_flip(images, seed):
     return tf.where(flip, tf.reverse(images, axis=[2]), images)
 
 
-def _with_perturbation(ds, key, max_shift, flip, seed):
-    """Sets `key` of each batch to its `images` shifted (`random_shift`) and/or mirrored (`random_flip`).
+def perturb(images, max_shift, flip, seed):
+    """`images` shifted (`random_shift`) and/or mirrored (`random_flip`) with the stateless `seed`.
 
-    Each batch draws from the seeded stream `seed`; the flips have a seed of
-    their own, so turning them on leaves the shifts as they were.
+    The flips draw from a seed of their own, split from `seed`, so turning
+    them on leaves the shifts as they were.
     """
-    step_seeds = tf.data.Dataset.random(seed=seed).batch(2)
-
-    def perturb(element, step_seed):
-        element = dict(element)
-        images = element["images"]
-        if max_shift:
-            images = random_shift(images, max_shift, step_seed)
-        if flip:
-            images = random_flip(images, tf.random.experimental.stateless_split(step_seed, 1)[0])
-        element[key] = images
-        return element
-
-    return tf.data.Dataset.zip((ds, step_seeds)).map(perturb, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if max_shift:
+        images = random_shift(images, max_shift, seed)
+    if flip:
+        images = random_flip(images, tf.random.experimental.stateless_split(seed, 1)[0])
+    return images

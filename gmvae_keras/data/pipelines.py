@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from gmvae_keras.data.errors import DataError, check_integer
-from gmvae_keras.data.perturbations import _with_perturbation
+from gmvae_keras.data.perturbations import perturb
 
 
 def validate_batch(
@@ -72,11 +72,38 @@ def steps_per_epoch(data, batch_size, labeled_per_batch=None):
     return len(data.train_labels) // n_u
 
 
-def _stream_seeds(seed):
-    """Two independent tf.data op seeds derived from `seed`."""
+# The pipeline's random streams, each keyed by the seed and the epoch alone.
+_UNLABELED, _LABELED, _AUGMENT, _CONSISTENCY = range(4)
+
+
+def _stream_key(seed, stream, shard_index=0):
+    """The stateless seed (shape [2]) of one random stream of the pipeline of `seed`."""
     seed = check_integer("seed", seed, minimum=0)
-    state = np.random.SeedSequence([seed, 2]).generate_state(2)
-    return int(state[0] & 0x7FFFFFFF), int(state[1] & 0x7FFFFFFF)
+    state = np.random.SeedSequence([seed, 2, stream, shard_index]).generate_state(2)
+    return tf.constant(state & 0x7FFFFFFF, tf.int64)
+
+
+def _fold(key, *values):
+    for value in values:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+    return key
+
+
+def _walk(key, epoch, n, picked, steps, rows):
+    """`[steps, rows]` indices into `range(n)` for one epoch.
+
+    The rows walk through the `picked` slice of a permutation of `range(n)`,
+    then of a fresh one, and so on: pass `p` of epoch `epoch` permutes with
+    the seed `(key, epoch, p)`, whatever came before.
+    """
+    length = len(range(n)[picked])
+    passes = -(-steps * rows // length)
+
+    def one_pass(p):
+        return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), _fold(key, epoch, p))[picked]
+
+    indices = tf.map_fn(one_pass, tf.range(passes, dtype=tf.int64), fn_output_signature=tf.int64)
+    return tf.reshape(tf.reshape(indices, [-1])[: steps * rows], [steps, rows])
 
 
 def _scale(images_uint8):
@@ -94,8 +121,11 @@ def make_train_dataset(
     shard_index=0,
     consistency_shift=0,
     consistency_flip=False,
+    epoch=0,
+    epochs=None,
+    steps=None,
 ):
-    """One epoch of semi-supervised training batches.
+    """The semi-supervised training batches of epoch `epoch`, or of epochs `epoch` to `epochs - 1` in turn.
 
     Each element is a dict:
       * `images`: float32 [B, H, W, C] in [0, 1]; the first
@@ -105,11 +135,15 @@ def make_train_dataset(
       * `unlabeled_labels`: int32 [n_u], true labels of the unlabeled rows
         (for monitoring only).
 
-    The unlabeled rows walk through a fresh seeded permutation of the train
-    part on every iteration of the dataset (`N_train // n_u` full batches;
-    the remainder is dropped). The labeled rows cycle through seeded
-    permutations of the fixed labeled set, independently of the unlabeled
-    stream. All shapes are static.
+    An epoch is `steps` batches, by default one pass over the unlabeled
+    stream (`N_train // n_u` full batches; the remainder is dropped). The
+    unlabeled rows walk through a seeded permutation of the train part, and
+    through a fresh one for each further pass when `steps` asks for more.
+    The labeled rows cycle through seeded permutations of the fixed labeled
+    set, independently of the unlabeled stream. Every random draw of an
+    epoch (both permutations, the perturbations below) is a function of
+    `seed` and the epoch's number alone, so a run resumed at epoch `e`
+    reads what an uninterrupted run reads there. All shapes are static.
 
     `augment_shift > 0` translates every training image (labeled and
     unlabeled) by a random offset of up to that many pixels per axis
@@ -123,9 +157,9 @@ def make_train_dataset(
     from a random stream of its own (the model's L_A is then taken on it).
 
     With `num_shards > 1` (one input pipeline per worker of a distributed
-    run) every shard walks the same seeded permutation and keeps every
+    run) every shard walks the same seeded permutations and keeps every
     `num_shards`-th unlabeled index starting at `shard_index`, so the shards
-    split each epoch between them; each shard draws its labeled images with
+    split each pass between them; each shard draws its labeled images with
     its own seed.
     """
     if not 0 <= shard_index < num_shards:
@@ -134,53 +168,50 @@ def make_train_dataset(
         if value < 0:
             raise DataError(f"{name} must be >= 0, got {value}")
     n_u, n_l = _batch_layout(data, batch_size, labeled_per_batch)
-    seed_u, seed_l = _stream_seeds(seed)
     n_train = len(data.train_labels)
+    # The unlabeled indices of this shard in a pass, rounded down to full batches.
+    per_pass = len(range(shard_index, n_train, num_shards)) // n_u
+    if per_pass == 0:
+        raise DataError(f"the unlabeled part of a batch ({n_u}) exceeds the train images of one of {num_shards} shards")
+    epoch = check_integer("epoch", epoch, minimum=0)
+    epochs = epoch + 1 if epochs is None else check_integer("epochs", epochs, minimum=0)
+    steps = per_pass if steps is None else check_integer("steps", steps, minimum=1)
+    key_u = _stream_key(seed, _UNLABELED)
+    key_l = _stream_key(seed, _LABELED, shard_index)
+    key_augment = _stream_key(seed, _AUGMENT)
+    key_consistency = _stream_key(seed, _CONSISTENCY)
+    unlabeled_slice = slice(shard_index, shard_index + per_pass * n_u * num_shards, num_shards)
+    labeled_idx = tf.convert_to_tensor(data.labeled_indices if n_l else np.zeros(0), dtype=tf.int64)
+
+    def one_epoch(e):
+        u_idx = _walk(key_u, e, n_train, unlabeled_slice, steps, n_u)
+        if n_l:
+            l_idx = tf.gather(labeled_idx, _walk(key_l, e, data.num_labeled, slice(None), steps, n_l))
+        else:
+            l_idx = tf.zeros((steps, 0), tf.int64)
+        return tf.data.Dataset.from_tensor_slices((tf.fill([steps], e), tf.range(steps, dtype=tf.int64), u_idx, l_idx))
+
     images = tf.convert_to_tensor(data.train_images, dtype=tf.uint8)
     labels = tf.convert_to_tensor(data.train_labels, dtype=tf.int32)
 
-    unlabeled = (
-        tf.data.Dataset.range(n_train)
-        .shuffle(n_train, seed=seed_u, reshuffle_each_iteration=True)
-        .shard(num_shards, shard_index)
-        .batch(n_u, drop_remainder=True)
-    )
-    if n_l:
-        n_lab = data.num_labeled
-        labeled_idx = tf.convert_to_tensor(data.labeled_indices, dtype=tf.int64)
-        labeled = (
-            tf.data.Dataset.range(n_lab)
-            .shuffle(n_lab, seed=seed_l + shard_index, reshuffle_each_iteration=True)
-            .repeat()
-            .batch(n_l, drop_remainder=True)
-        )
-        ds = tf.data.Dataset.zip((unlabeled, labeled))
+    def assemble(e, step, u_idx, l_idx):
+        element = {
+            "images": _scale(tf.gather(images, tf.concat([u_idx, l_idx], axis=0))),
+            "labels": tf.gather(labels, l_idx),
+            "unlabeled_labels": tf.gather(labels, u_idx),
+        }
+        if augment_shift or augment_flip:
+            element["images"] = perturb(element["images"], augment_shift, augment_flip, _fold(key_augment, e, step))
+        if consistency_shift or consistency_flip:
+            element["views"] = perturb(
+                element["images"], consistency_shift, consistency_flip, _fold(key_consistency, e, step)
+            )
+        return element
 
-        def assemble(u_idx, l_pos):
-            l_idx = tf.gather(labeled_idx, l_pos)
-            idx = tf.concat([u_idx, l_idx], axis=0)
-            return {
-                "images": _scale(tf.gather(images, idx)),
-                "labels": tf.gather(labels, l_idx),
-                "unlabeled_labels": tf.gather(labels, u_idx),
-            }
-
-    else:
-        ds = unlabeled
-        empty = tf.zeros((0,), tf.int32)
-
-        def assemble(u_idx):
-            return {
-                "images": _scale(tf.gather(images, u_idx)),
-                "labels": empty,
-                "unlabeled_labels": tf.gather(labels, u_idx),
-            }
-
+    ds = tf.data.Dataset.range(epoch, max(epoch, epochs)).flat_map(one_epoch)
     ds = ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment_shift or augment_flip:
-        ds = _with_perturbation(ds, "images", augment_shift, augment_flip, seed_u + 1)
-    if consistency_shift or consistency_flip:
-        ds = _with_perturbation(ds, "views", consistency_shift, consistency_flip, seed_u + 2)
+    # flat_map hides the length; Keras and the tests read it.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(max(0, epochs - epoch) * steps))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
