@@ -177,28 +177,40 @@ def write_svhn_dataset(dir, n_train, n_test, seed=0):
     return out
 
 
+# The smallest run of the package on `write_idx_dataset` files: 20 labeled images, batches of 40.
+TINY_RUN = dict(
+    dataset="mnist",
+    num_labeled=20,
+    batch_size=40,
+    feature_size=8,
+    latent_size=4,
+    k=3,
+    eval_batch_size=64,
+    image_summary_every=0,
+    verbose=0,
+)
+
+
+def tiny_values(data_dir, **overrides):
+    """The settings of a tiny run on the files in `data_dir`, as a dict (`TINY_RUN` with `overrides`)."""
+    return {**TINY_RUN, "data_dir": str(data_dir), **overrides}
+
+
+def tiny_config(data_dir, **overrides):
+    """The `Config` of `tiny_values`."""
+    from gmvae_keras.config import Config
+
+    return Config(**tiny_values(data_dir, **overrides))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A finished one-epoch run on tiny synthetic MNIST files (shared by the tests that read runs)."""
-    from gmvae_keras.config import Config
     from gmvae_keras.train import train_and_evaluate
 
     folder = tmp_path_factory.mktemp("data")
     write_idx_dataset(folder, n_train=200, n_test=60, seed=3)
-    config = Config(
-        dataset="mnist",
-        data_dir=str(folder),
-        num_labeled=20,
-        batch_size=40,
-        epochs=1,
-        steps_per_epoch=2,
-        feature_size=8,
-        latent_size=4,
-        k=3,
-        eval_batch_size=64,
-        image_summary_every=0,
-        verbose=0,
-    )
+    config = tiny_config(folder, epochs=1, steps_per_epoch=2)
     model_dir = tmp_path_factory.mktemp("run") / "run"
     train_and_evaluate(config, model_dir)
     return model_dir

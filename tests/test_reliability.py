@@ -23,6 +23,7 @@ from gmvae_keras.config import Config
 from gmvae_keras.export import export_saved_model
 from gmvae_keras.train import build_model, train_and_evaluate
 
+from conftest import tiny_config as conftest_tiny_config
 from conftest import write_idx_dataset
 
 
@@ -34,22 +35,7 @@ def mnist_files(tmp_path_factory):
 
 
 def tiny_config(data_dir, **overrides):
-    values = dict(
-        dataset="mnist",
-        data_dir=str(data_dir),
-        num_labeled=20,
-        batch_size=40,
-        epochs=3,
-        steps_per_epoch=3,
-        feature_size=8,
-        latent_size=4,
-        k=3,
-        eval_batch_size=64,
-        image_summary_every=0,
-        verbose=0,
-    )
-    values.update(overrides)
-    return Config(**values)
+    return conftest_tiny_config(data_dir, **{"epochs": 3, "steps_per_epoch": 3, **overrides})
 
 
 # Run by the kill test in place of `python -m gmvae_keras.main` (same flags): a callback writes a

@@ -15,7 +15,7 @@ from gmvae_keras import GMVAE
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras.callbacks import EpochNoiseSeeds
 
-from conftest import REPO_ROOT, write_idx_dataset
+from conftest import REPO_ROOT, tiny_values, write_idx_dataset
 
 # `--deterministic` turns TensorFlow's op determinism on for a whole process, and logical devices must be set
 # before TensorFlow runs any op: the three trainings of a case run in a process of their own. The interrupted
@@ -64,25 +64,9 @@ def mnist_files(tmp_path_factory):
 
 
 def _config(data_dir, **overrides):
-    values = dict(
-        dataset="mnist",
-        data_dir=str(data_dir),
-        num_labeled=20,
-        batch_size=40,
-        epochs=3,
-        feature_size=8,
-        latent_size=4,
-        k=3,
-        # Every random stream of the input pipeline: both permutations, the shifts and flips, the second views.
-        augment_shift=2,
-        augment_flip=True,
-        consistency_shift=2,
-        image_summary_every=0,
-        verbose=0,
-        deterministic=True,
-    )
-    values.update(overrides)
-    return values
+    # Every random stream of the input pipeline: both permutations, the shifts and flips, the second views.
+    perturbed = {"augment_shift": 2, "augment_flip": True, "consistency_shift": 2}
+    return tiny_values(data_dir, epochs=3, deterministic=True, **{**perturbed, **overrides})
 
 
 def _last_weights(model_dir):

@@ -4,10 +4,9 @@ import keras
 import pytest
 
 from gmvae_keras.callbacks import LearningRateLogger
-from gmvae_keras.config import Config
 from gmvae_keras.train import learning_rate, train_and_evaluate
 
-from conftest import write_idx_dataset
+from conftest import tiny_config, write_idx_dataset
 
 
 @pytest.fixture
@@ -27,21 +26,7 @@ def logged_learning_rates(monkeypatch):
 def test_resuming_a_cosine_run_with_more_epochs_rebuilds_its_schedule(tmp_path, logged_learning_rates, capsys):
     write_idx_dataset(tmp_path / "data", n_train=200, n_test=50, seed=1)
     steps = 2
-    config = Config(
-        dataset="mnist",
-        data_dir=str(tmp_path / "data"),
-        num_labeled=20,
-        batch_size=40,
-        epochs=1,
-        steps_per_epoch=steps,
-        feature_size=8,
-        latent_size=4,
-        k=3,
-        eval_batch_size=64,
-        image_summary_every=0,
-        lr_schedule="cosine",
-        verbose=0,
-    )
+    config = tiny_config(tmp_path / "data", epochs=1, steps_per_epoch=steps, lr_schedule="cosine")
     model_dir = tmp_path / "run"
     train_and_evaluate(config, model_dir)
     assert logged_learning_rates[1] == pytest.approx(0.0)  # the 1-epoch schedule has ended

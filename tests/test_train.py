@@ -18,28 +18,14 @@ from gmvae_keras.flagfiles import config_from_args, with_recipe
 from gmvae_keras.train import RunError, train_and_evaluate
 
 from conftest import REPO_ROOT, write_idx_dataset, write_svhn_dataset
+from conftest import tiny_config as conftest_tiny_config
 
 FLAGS_DIR = REPO_ROOT / "gmvae_keras" / "flags"
 
 
 def tiny_config(data_dir, **overrides):
-    values = dict(
-        dataset="mnist",
-        data_dir=str(data_dir),
-        num_labeled=20,
-        batch_size=40,
-        epochs=2,
-        feature_size=8,
-        latent_size=4,
-        k=3,
-        margin=1.0,
-        eval_batch_size=64,
-        image_summary_every=1,
-        temperature_epochs=2,
-        verbose=0,
-    )
-    values.update(overrides)
-    return Config(**values)
+    defaults = {"epochs": 2, "margin": 1.0, "image_summary_every": 1, "temperature_epochs": 2}
+    return conftest_tiny_config(data_dir, **{**defaults, **overrides})
 
 
 @pytest.fixture(scope="module")
