@@ -6,7 +6,7 @@ can configure TensorFlow's logging before TensorFlow loads.
 
 import importlib
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "GMVAE": "gmvae_keras.model",

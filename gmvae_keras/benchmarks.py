@@ -12,6 +12,7 @@ plain data, so importing it does not load TensorFlow.
 
 import json
 import pathlib
+import platform
 
 SETTINGS = {
     "mnist": dict(
@@ -58,3 +59,24 @@ def print_report(result, out=None):
     if out:
         pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(out).write_text(text + "\n")
+
+
+def cpu_info():
+    """`(model name, {flag: present})` of this host's CPU, for the speed figures a run or a tool records.
+
+    The flags say which figures the host can show: AVX-512 and AMX (bfloat16) change the speed a lot.
+    """
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or None
+    return model, {name: name in flags for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")}

@@ -6,11 +6,17 @@ The export needs only TensorFlow to serve:
     out = loaded.signatures["serving_default"](images=float_images)   # [0, 1]
     out = loaded.signatures["serving_uint8"](images=uint8_images)     # 0-255
 
-Both signatures take a batch in the dataset's image shape and return
-`probabilities` (q(y|x̂)), `label` (the model's prediction: argmax q(y|x̂),
-or the k-NN vote of a model trained with `--prediction=knn`, whose export then
-holds the labeled training images) and `features` (x̂),
-deterministically (inference mode: no sampling, BatchNorm moving averages).
+Both signatures take a batch in the dataset's image shape and return,
+deterministically (inference mode: no sampling, BatchNorm moving averages):
+
+- `probabilities`: the distribution the prediction is the argmax of: q(y|x̂),
+  or for a model trained with `--prediction=knn` each class's share of the
+  k-NN vote among the labeled training images (their features are computed
+  once, when the model is exported, and stored in the export);
+- `label`: int64, the argmax of `probabilities`;
+- `classifier_probabilities`: q(y|x̂) in both modes;
+- `features`: x̂.
+
 Images of another shape, and float images outside [0, 1], fail with an
 InvalidArgumentError that says so; another dtype fails when the signature
 binds its arguments.
@@ -25,11 +31,21 @@ import keras
 import tensorflow as tf
 
 
-def _outputs(model, images):
+class _LabeledFeatures(tf.Module):
+    """The labeled images' features, fixed at export so that serving does not re-encode them."""
+
+    def __init__(self, features):
+        super().__init__(name="labeled_features")
+        self.features = tf.Variable(features, trainable=False, name="features")
+
+
+def _outputs(model, images, labeled_features):
     features, logits = model.classify(images, training=False)
+    probabilities = model.probabilities_from_outputs(features, logits, labeled_features)
     return {
-        "probabilities": tf.nn.softmax(logits, axis=-1),
-        "label": tf.cast(model.labels_from_outputs(features, logits), tf.int64),
+        "probabilities": probabilities,
+        "label": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+        "classifier_probabilities": tf.nn.softmax(logits, axis=-1),
         "features": features,
     }
 
@@ -41,6 +57,11 @@ def export_saved_model(model, export_dir):
     an existing export is replaced only by a complete one.
     """
     export_dir = Path(export_dir)
+    stored = None
+    labeled_features = None
+    if model.prediction == "knn":
+        stored = _LabeledFeatures(model.labeled_features())
+        labeled_features = stored.features
     image_shape = tuple(model.image_shape)
     expected = f"[batch, {', '.join(map(str, image_shape))}]"
 
@@ -64,13 +85,15 @@ def export_saved_model(model, export_dir):
             tf.debugging.assert_less_equal(images, 1.0, message=message),
         ]
         with tf.control_dependencies(checks):
-            return _outputs(model, tf.identity(images))
+            return _outputs(model, tf.identity(images), labeled_features)
 
     def serve_uint8(images):
-        return _outputs(model, tf.cast(checked(images), tf.float32) / 255.0)
+        return _outputs(model, tf.cast(checked(images), tf.float32) / 255.0, labeled_features)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    if stored is not None:
+        archive.track(stored)
     archive.add_endpoint(
         "serving_default", serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")]
     )

@@ -182,6 +182,16 @@ def class_votes_from_distances(distances, labeled_labels, num_classes, k, weight
     return ops.sum(ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None], axis=1)
 
 
+def vote_shares(distances, labeled_labels, num_classes, k, weighting="distance"):
+    """`[n, c]` each class's share of the k-NN vote: a distribution whose argmax is the vote.
+
+    Finite at distance 0: a neighbour's weight is 1/(distance + ε), so an
+    exact match takes nearly the whole vote rather than an infinite one.
+    """
+    votes = class_votes_from_distances(distances, labeled_labels, num_classes, k, weighting)
+    return votes / ops.sum(votes, axis=-1, keepdims=True)
+
+
 def assign_labels(unlabeled_features, labeled_features, labeled_labels, num_classes, k, weighting="distance"):
     """Label each unlabeled sample by a k-NN vote among the labeled ones (eq. 8).
 

@@ -69,8 +69,10 @@ class GMVAE(keras.Model):
       L_A's cross-entropy is `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`
       with `s = consistency_share`, its labels assigned on the images.
     - `prediction="knn"`: the model predicts by L_A's plain k-NN vote among
-      the labeled training images it stores (`set_labeled_set`), encoded
-      afresh at each prediction; `predict_proba` stays q(y|x̂).
+      the labeled training images it stores (`set_labeled_set`), and
+      `predict_proba` returns the vote's shares (`losses.vote_shares`), so
+      that the predicted class is always the argmax of `predict_proba`.
+      q(y|x̂) stays available as `softmax(features_and_logits(x)[1])`.
 
     Args:
         image_shape: `(H, W, C)`, 28×28×C or 32×32×C.
@@ -264,25 +266,30 @@ class GMVAE(keras.Model):
         self.labeled_images.assign(images.astype("float32"))
         self.labeled_image_labels.assign(labels.astype("int32"))
 
-    def labels_from_outputs(self, features, logits, labeled_features=None):
-        """`[n]` int32 predictions from `classify`'s outputs (see `prediction`).
+    def probabilities_from_outputs(self, features, logits, labeled_features=None):
+        """`[n, c]` the distribution the prediction is the argmax of, from `classify`'s outputs.
 
-        `labeled_features` are the stored labeled images' features; pass
-        them when predicting many batches so the labeled set is encoded
-        once rather than per batch (None encodes it here).
+        q(y|x̂), or with `prediction="knn"` the shares of the k-NN vote among
+        the stored labeled images. `labeled_features` are those images'
+        features; pass them when predicting many batches so the labeled set
+        is encoded once (None encodes it here).
         """
         if self.prediction == "classifier":
-            return ops.cast(ops.argmax(logits, axis=-1), "int32")
+            return ops.softmax(logits, axis=-1)
         if labeled_features is None:
             labeled_features = self.encoder(self.labeled_images, training=False)
-        votes = losses.class_votes_from_distances(
+        return losses.vote_shares(
             losses.pairwise_distance(features, labeled_features),
             self.labeled_image_labels,
             self.num_classes,
             self.k,
             self.assignment_weighting,
         )
-        return ops.cast(ops.argmax(votes, axis=-1), "int32")
+
+    def labels_from_outputs(self, features, logits, labeled_features=None):
+        """`[n]` int32 predictions: the argmax of `probabilities_from_outputs`."""
+        probabilities = self.probabilities_from_outputs(features, logits, labeled_features)
+        return ops.cast(ops.argmax(probabilities, axis=-1), "int32")
 
     # ------------------------------------------------------------ training
 
@@ -444,27 +451,56 @@ class GMVAE(keras.Model):
             return np.zeros((0, self.feature_size), "float32"), np.zeros((0, self.num_classes), "float32")
         return np.concatenate(features), np.concatenate(logits)
 
-    def predict_proba(self, images, batch_size=1000):
-        """q(y|x̂) for images (uint8 0–255 or float in [0, 1]), deterministic."""
-        _, logits = self.features_and_logits(images, batch_size)
-        return keras.ops.convert_to_numpy(ops.softmax(logits, axis=-1))
+    def labeled_features(self, batch_size=1000):
+        """Features of the stored labeled images (`prediction="knn"`), or None."""
+        if self.prediction != "knn":
+            return None
+        return self.extract_features(keras.ops.convert_to_numpy(self.labeled_images), batch_size)
 
-    def predict_labels(self, images, batch_size=1000):
-        """The predicted classes: argmax q(y|x̂), or the k-NN vote with `prediction="knn"`."""
+    def predict_proba(self, images, batch_size=1000):
+        """The distribution `predict_labels` takes the argmax of, for images
+        (uint8 0–255 or float in [0, 1]), deterministic: q(y|x̂), or the
+        k-NN vote's shares with `prediction="knn"`."""
         features, logits = self.features_and_logits(images, batch_size)
-        labeled_features = None
-        if self.prediction == "knn":
-            # Encoded once per call: the vote compares every image with the same labeled features.
-            labeled_features = self.extract_features(keras.ops.convert_to_numpy(self.labeled_images), batch_size)
-        labels = [
+        # Encoded once per call: every image is compared with the same labeled features.
+        labeled_features = self.labeled_features(batch_size)
+        shares = [
             keras.ops.convert_to_numpy(
-                self.labels_from_outputs(
+                self.probabilities_from_outputs(
                     features[start : start + batch_size], logits[start : start + batch_size], labeled_features
                 )
             )
             for start in range(0, len(features), batch_size)
         ]
-        return np.concatenate(labels) if labels else np.zeros((0,), "int32")
+        return np.concatenate(shares) if shares else np.zeros((0, self.num_classes), "float32")
+
+    def predict_labels(self, images, batch_size=1000):
+        """The predicted classes: the argmax of `predict_proba`."""
+        return self.predict_proba(images, batch_size).argmax(axis=-1).astype("int32")
+
+    def predict_both(self, images, labeled_images, labeled_labels, batch_size=1000):
+        """Both prediction rules for the same model, whichever one it was built with.
+
+        Returns `{"classifier": argmax q(y|x̂), "knn": the k-NN vote among
+        labeled_images}` as int32 arrays, the vote with the model's `k` and
+        `assignment_weighting`.
+        """
+        features, logits = self.features_and_logits(images, batch_size)
+        labeled_features = self.extract_features(labeled_images, batch_size)
+        votes = [
+            keras.ops.convert_to_numpy(
+                losses.vote_shares(
+                    losses.pairwise_distance(features[start : start + batch_size], labeled_features),
+                    np.asarray(labeled_labels, "int32"),
+                    self.num_classes,
+                    self.k,
+                    self.assignment_weighting,
+                )
+            )
+            for start in range(0, len(features), batch_size)
+        ]
+        knn = np.concatenate(votes).argmax(axis=-1) if votes else np.zeros((0,), "int64")
+        return {"classifier": logits.argmax(axis=-1).astype("int32"), "knn": knn.astype("int32")}
 
     def extract_features(self, images, batch_size=1000):
         """The deterministic features x̂ = g(x)."""

@@ -12,6 +12,7 @@ import tensorflow as tf
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
 from gmvae_keras import distribute, paths
+from gmvae_keras.benchmarks import cpu_info
 from gmvae_keras.callbacks import (
     EpochNoiseSeeds,
     EpochSummary,
@@ -161,9 +162,19 @@ def train_stream(data, config, initial_epoch=0):
     return dataset, steps
 
 
-def _scores(model, images, labels, batch_size, prefix):
-    scores = evaluate_predictions(labels, model.predict_labels(images, batch_size))
-    return {f"{prefix}_{name}": value for name, value in scores.items()}
+def _scores(model, images, labels, data, batch_size, prefix):
+    """The run's scores on one split; with a labeled set, also the error of each prediction rule."""
+    if len(data.labeled_labels) == 0:
+        return {
+            f"{prefix}_{name}": value
+            for name, value in evaluate_predictions(labels, model.predict_labels(images, batch_size)).items()
+        }
+    # Both rules on the same model, whichever one the run predicts (and selects its best epoch) with.
+    both = model.predict_both(images, data.labeled_images, data.labeled_labels, batch_size)
+    scores = {f"{prefix}_{name}": value for name, value in evaluate_predictions(labels, both[model.prediction]).items()}
+    for rule, predicted in both.items():
+        scores[f"{prefix}_error_{rule}"] = float(100.0 * np.mean(predicted != np.asarray(labels)))
+    return scores
 
 
 def train_and_evaluate(config, model_dir):
@@ -286,7 +297,7 @@ def train_and_evaluate(config, model_dir):
             ("val", data.val_images, data.val_labels),
             ("test", data.test_images, data.test_labels),
         ):
-            scores = _scores(scored, images, labels, config.eval_batch_size, split)
+            scores = _scores(scored, images, labels, data, config.eval_batch_size, split)
             metrics.update({f"{key}_{which}": value for key, value in scores.items()})
     metrics.update(
         {
@@ -296,6 +307,8 @@ def train_and_evaluate(config, model_dir):
             "epochs": state["epoch"],
             "train_seconds": round(state["train_seconds"], 2),
             "train_images_per_second": round(state["train_images"] / max(state["train_seconds"], 1e-9), 1),
+            # The host that finished the run: images/s compare only on the same CPU.
+            "cpu_model": cpu_info()[0],
             "evaluation_seconds": round(time.perf_counter() - evaluate_start, 2),
             "dataset": data.name,
             "num_labeled": config.num_labeled,
@@ -304,10 +317,16 @@ def train_and_evaluate(config, model_dir):
     )
     export_saved_model(best, model_dir / "export")
     ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
+    rules = ""
+    if "test_error_knn_best" in metrics:
+        rules = (
+            f"best model by each rule: classifier {metrics['test_error_classifier_best']:.2f}%, "
+            f"k-NN {metrics['test_error_knn_best']:.2f}%; "
+        )
     print(
         f"done: test error {metrics['test_error_best']:.2f}%, ACC {metrics['test_cluster_accuracy_best']:.2f}%, "
         f"NMI {metrics['test_nmi_best']:.2f}% (best model, epoch {metrics['best_epoch']}); "
-        f"test error {metrics['test_error_last']:.2f}% (last); "
+        f"test error {metrics['test_error_last']:.2f}% (last); {rules}"
         f"{metrics['train_images_per_second']:.0f} train images/s; run in {model_dir}, "
         f"SavedModel in {model_dir / 'export'}",
         flush=True,

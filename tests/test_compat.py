@@ -4,6 +4,7 @@ import json
 import shutil
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 
@@ -39,7 +40,11 @@ def test_a_model_saved_by_0_1_0_loads_and_predicts_as_it_did():
     # Saved with the removed option at its "off" value, which is dropped.
     assert not hasattr(model, "assignment_confidence")
     assert model.prediction == "knn" and model.assignment_balance == "vote"
-    np.testing.assert_allclose(model.predict_proba(expected["images"]), expected["probabilities"], rtol=1e-6, atol=1e-7)
+    # 0.1.0's predict_proba was q(y|x̂); a knn model's predict_proba is now the vote's shares.
+    _, logits = model.features_and_logits(expected["images"])
+    classifier = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+    np.testing.assert_allclose(classifier, expected["probabilities"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(model.predict_proba(expected["images"]).argmax(-1), expected["labels"])
     np.testing.assert_allclose(model.extract_features(expected["images"]), expected["features"], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(model.predict_labels(expected["images"]), expected["labels"])
 

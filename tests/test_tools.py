@@ -25,6 +25,7 @@ SETTING_FIELDS = (
     "train_images_per_second",
     "pipeline_images_per_second",
     "inference_images_per_second",
+    "inference_knn_images_per_second",
     "flops_per_train_image",
     "achieved_gflops",
     "matmul_peak_gflops",
@@ -290,21 +291,45 @@ def _finished_seed(sweep, seed, flags, test_error):
     from gmvae_keras.flagfiles import config_from_args
 
     (model_dir / "config.json").write_text(config_from_args(flags).to_json())
-    metrics = {"test_error_best": test_error, "epochs": 10, "train_seconds": 1800.0, "seed": seed}
+    metrics = {
+        "test_error_best": test_error,
+        "test_error_last": test_error + 1.0,
+        "test_error_classifier_best": test_error + 0.5,
+        "test_error_knn_best": test_error,
+        "best_epoch": 9,
+        "epochs": 10,
+        "train_seconds": 1800.0,
+        "train_images_per_second": 300.0 + seed,
+        "cpu_model": "Test CPU",
+        "seed": seed,
+    }
     (model_dir / "metrics.json").write_text(json.dumps(metrics))
 
 
 def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, capsys):
     tool = _load_tool("reproduce")
-    argv = ["--dataset=mnist", "--seeds=2", "--settings=cpu", f"--runs_dir={tmp_path}", "--", "--image_summary_every=0"]
+    argv = [
+        "--dataset=mnist",
+        "--seeds=10-11",
+        "--settings=cpu",
+        f"--runs_dir={tmp_path}",
+        "--",
+        "--image_summary_every=0",
+    ]
     args = tool.parse_args(argv)
+    assert args.seeds == [10, 11]
     args.num_labeled = 100
     sweep = tmp_path / "mnist-100-cpu"
-    for seed, error in ((0, 2.0), (1, 3.0)):
+    for seed, error in ((10, 2.0), (11, 3.0)):
         _finished_seed(sweep, seed, tool.run_flags(args, seed, sweep / f"seed-{seed}"), error)
     assert tool.main(argv) == 0
     out = capsys.readouterr().out
-    assert "| mnist | 100 | full model | cpu | 1.94 (± 0.49) | 2.50 (± 0.71) | 2 | 10 | 0.50 |" in out
+    assert (
+        "| mnist | 100 | full model | cpu | 1.94 (± 0.49) | 2.50 (± 0.71; worst 3.00) | 3.50 (± 0.71; worst 4.00) "
+        "| 10, 11 | 10 | 0.50 | 310 |"
+    ) in out
+    assert "| 11 | 9 | 3.00 | 4.00 | 3.50 | 3.00 | 311 |" in out
+    assert "CPU: Test CPU." in out
     assert (sweep / "results.md").read_text() in out
 
     # Other flags than the finished runs had: refused in one line, nothing trained or written.
@@ -316,6 +341,22 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
     assert not (sweep / "results.md").exists()
     assert tool.main(argv[:-1] + ["--no_such_flag=1"]) == 2
     assert "no_such_flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, seeds", [("3", [0, 1, 2]), ("10-14", [10, 11, 12, 13, 14]), ("10,12", [10, 12]), ("7-7", [7])]
+)
+def test_reproduce_seed_forms(text, seeds):
+    assert _load_tool("reproduce").parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "5-3", "1,1", "a", "1-2-3", "1,-2", ""])
+def test_reproduce_refuses_bad_seeds_in_one_line(text, capsys):
+    tool = _load_tool("reproduce")
+    with pytest.raises(SystemExit) as exit_info:
+        tool.parse_args(["--dataset=mnist", f"--seeds={text}"])
+    assert exit_info.value.code == 2
+    assert "--seeds must be" in capsys.readouterr().err
 
 
 def test_reproduce_passes_a_sigterm_on_to_the_training(tmp_path):

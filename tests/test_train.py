@@ -58,6 +58,11 @@ def test_run_writes_every_artifact(finished_run):
         for score in ("error", "cluster_accuracy", "nmi"):
             for which in ("best", "last"):
                 assert 0.0 <= metrics[f"{split}_{score}_{which}"] <= 100.0
+    # Both prediction rules are scored on the same models; the run's own rule is the headline error.
+    for key in ("val_error", "test_error"):
+        for which in ("best", "last"):
+            assert metrics[f"{key}_{which}"] == metrics[f"{key}_{config.prediction}_{which}"]
+            assert 0.0 <= metrics[f"{key}_knn_{which}"] <= 100.0
     assert metrics["monitor"] == "val_error" and metrics["mode"] == "semi_supervised"
     assert metrics["epochs"] == 2 and metrics["train_images_per_second"] > 0 and metrics["train_seconds"] > 0
 
@@ -471,10 +476,16 @@ def test_knn_prediction_run_scores_and_exports_the_vote(mnist_files, tmp_path):
     np.testing.assert_array_equal(best.labeled_image_labels.numpy(), data.labeled_labels)
     predicted = best.predict_labels(data.test_images)
     assert metrics["test_error_best"] == pytest.approx(100.0 * np.mean(predicted != data.test_labels))
+    assert metrics["test_error_knn_best"] == metrics["test_error_best"]
+    _, logits = best.features_and_logits(data.test_images)
+    assert metrics["test_error_classifier_best"] == pytest.approx(
+        100.0 * np.mean(logits.argmax(-1) != data.test_labels)
+    )
     served = tf.saved_model.load(str(model_dir / "export")).signatures["serving_uint8"](
         images=tf.constant(data.test_images)
     )
     np.testing.assert_array_equal(served["label"].numpy(), predicted)
+    np.testing.assert_array_equal(served["probabilities"].numpy().argmax(-1), predicted)
 
 
 def test_short_real_mnist_run(tmp_path, real_dataset):

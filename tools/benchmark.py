@@ -16,7 +16,8 @@ and network sizes):
   `SplitData` of random uint8 images of the real data set's size.
 * `inference_images_per_second`: the `serving_default` signature of
   `export.export_saved_model`, reloaded with `tf.saved_model.load`, on
-  float32 batches of 1000.
+  float32 batches of 1000; `inference_knn_images_per_second` the same for a
+  `--prediction=knn` model holding `num_labeled` labeled images.
 * `flops_per_train_image` (see `FLOPS_CONVENTION`), `achieved_gflops` and
   `matmul_peak_gflops` (a 2048x2048 fp32 matmul, best of a few, same process).
 * `peak_rss_mb` of the process that measured the setting.
@@ -43,6 +44,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from gmvae_keras.benchmarks import cpu_info
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -205,9 +208,13 @@ def synthetic_batch(setting, seed=0):
     }
 
 
-def build_model(setting, jit_compile=False, steps_per_execution=1):
-    """The compiled `GMVAE` of a `gmvae_keras.benchmarks.SETTINGS` entry (seeded), Adam 1e-3."""
+def build_model(setting, jit_compile=False, steps_per_execution=1, prediction="classifier"):
+    """The compiled `GMVAE` of a `gmvae_keras.benchmarks.SETTINGS` entry (seeded), Adam 1e-3.
+
+    With `prediction="knn"` it stores `num_labeled` random labeled images to vote among.
+    """
     import keras  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
 
     from gmvae_keras.model import GMVAE  # noqa: PLC0415
 
@@ -224,8 +231,14 @@ def build_model(setting, jit_compile=False, steps_per_execution=1):
         margin=setting["margin"],
         k=setting["k"],
         temperature=setting["temperature"],
+        prediction=prediction,
+        labeled_set_size=setting["num_labeled"] if prediction == "knn" else 0,
         seed=0,
     )
+    if prediction == "knn":
+        rng = np.random.default_rng(2)
+        shape = (setting["num_labeled"],) + tuple(setting["image_shape"])
+        model.set_labeled_set(rng.random(shape, dtype=np.float32), np.arange(shape[0]) % setting["num_classes"])
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         jit_compile=jit_compile,
@@ -310,7 +323,7 @@ def measure_pipeline(setting_name, setting, args):
     }
 
 
-def measure_inference(tf, model, setting, args, batch_size=1000):
+def measure_inference(tf, model, setting, args, batch_size=1000, prefix="inference"):
     import numpy as np  # noqa: PLC0415
 
     from gmvae_keras.export import export_saved_model  # noqa: PLC0415
@@ -334,28 +347,11 @@ def measure_inference(tf, model, setting, args, batch_size=1000):
             rates.append(args.inference_batches * batch_size / (time.perf_counter() - start))
     assert out["probabilities"].shape == (batch_size, setting["num_classes"])
     return {
-        "inference_images_per_second": statistics.median(rates),
-        "inference_repeats_images_per_second": rates,
-        "inference_batch_size": batch_size,
-        "export_seconds": export_seconds,
+        f"{prefix}_images_per_second": statistics.median(rates),
+        f"{prefix}_repeats_images_per_second": rates,
+        f"{prefix}_batch_size": batch_size,
+        f"{prefix}_export_seconds": export_seconds,
     }
-
-
-def _cpu_info():
-    model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model is None:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    model = model or platform.processor() or None
-    return model, {name: name in flags for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")}
 
 
 def run_setting(name, args):
@@ -394,11 +390,14 @@ def run_setting(name, args):
 
     _log(f"{name}: SavedModel serving")
     result.update(measure_inference(tf, model, setting, args))
+    _log(f"{name}: SavedModel serving, --prediction=knn")
+    knn = build_model(setting, prediction="knn")
+    result.update(measure_inference(tf, knn, setting, args, prefix="inference_knn"))
     _log(f"{name}: input pipeline")
     result.update(measure_pipeline(name, setting, args))
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
-    cpu_model, cpu_flags = _cpu_info()
+    cpu_model, cpu_flags = cpu_info()
     result["environment"] = {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

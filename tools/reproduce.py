@@ -1,17 +1,24 @@
 """Reproduce a row of the paper's Table 1 (or 2, with --ablation), one run per seed.
 
     python tools/reproduce.py --dataset=mnist --num_labeled=100 --seeds=5
-    python tools/reproduce.py --dataset=mnist --seeds=3 --settings=cpu \
+    python tools/reproduce.py --dataset=mnist --seeds=10-14 --settings=cpu \
         --data_dir=../shared/datasets/mnist
+
+`--seeds=N` runs seeds 0 .. N-1; `--seeds=10-14` or `--seeds=10,11,12` the
+seeds listed.
 
 Each seed trains with `python -m gmvae_keras.main` into its own run directory
 under `--runs_dir`; seeds whose `metrics.json` exists are not rerun, and an
 interrupted seed resumes from its last checkpoint, so rerunning the command
 continues a sweep. A finished seed is read only if its `config.json` matches the
 flags the command would train it with now (a changed recipe or other
-extra flags need another `--runs_dir`). At the end the tool prints a Markdown table in the paper's
-layout (mean ± std of the test error of the best-validation model, the
-paper's number beside it, epochs, wall time) and writes it to `--out`.
+extra flags need another `--runs_dir`). At the end the tool prints a Markdown
+table in the paper's layout and writes it to `--out`: mean ± std and the worst
+seed of the test error of the best-validation model and of the last-epoch model
+(which needs no labeled validation set), the paper's number beside them,
+epochs, train time, train images/s and the CPU the runs finished on; then each
+seed's numbers, with the test error of both prediction rules (classifier and
+k-NN).
 
 With the defaults it follows the paper's protocol (200 epochs, the flagfile `<dataset>.cfg`).
 `--settings=cpu` adds the CPU-budget recipe on top (`gmvae_keras.flagfiles`).
@@ -46,7 +53,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "svhn"])
     parser.add_argument("--num_labeled", type=int, default=None, help="default: the dataset's flagfile")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
+    parser.add_argument("--seeds", default="5", help="N (seeds 0 .. N-1), A-B (A .. B) or A,B,C")
     parser.add_argument("--epochs", type=int, default=None, help="default: the flagfile's (200 in the paper)")
     parser.add_argument("--ablation", action="store_true", help="w_M = 0: the paper's Table 2")
     parser.add_argument("--settings", choices=["paper", "cpu"], default="paper")
@@ -55,8 +62,10 @@ def parse_args(argv):
     parser.add_argument("--out", default=None, help="Markdown file (default: RUNS_DIR/<sweep>/results.md)")
     parser.add_argument("extra", nargs="*", help="flags passed to every run, after --")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    try:
+        args.seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        parser.error(str(e))
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     try:
@@ -64,6 +73,24 @@ def parse_args(argv):
     except ConfigError as e:
         parser.error(str(e))
     return args
+
+
+def parse_seeds(text):
+    """The seeds of `--seeds`: "N" is 0 .. N-1, "A-B" is A .. B, "A,B,C" the seeds listed."""
+    problem = f"--seeds must be N >= 1, A-B with A <= B, or a comma-separated list of seeds >= 0; got {text!r}"
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",")]
+        elif "-" in text.strip().lstrip("-"):
+            first, last = (int(part) for part in text.split("-"))
+            seeds = list(range(first, last + 1))
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise ValueError(problem) from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(problem)
+    return seeds
 
 
 def default_num_labeled(dataset):
@@ -103,24 +130,40 @@ def stale_flags(run_flags, model_dir):
     return flagfiles.config_from_args(run_flags).describe_differences(previous)
 
 
+def _summary(values):
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.2f} (± {std:.2f}; worst {max(values):.2f})"
+
+
 def table(args, results):
-    errors = [m["test_error_best"] for m in results]
-    mean = statistics.fmean(errors)
-    std = statistics.stdev(errors) if len(errors) > 1 else 0.0
     epochs = sorted({m["epochs"] for m in results})
     hours = sum(m["train_seconds"] for m in results) / len(results) / 3600
+    rate = statistics.fmean(m["train_images_per_second"] for m in results)
+    cpus = sorted({m.get("cpu_model") or "not recorded" for m in results})
     label = "w_M = 0 (ablation)" if args.ablation else "full model"
     paper = PAPER.get((args.dataset, args.num_labeled, args.ablation), "n/a")
     lines = [
-        "| Dataset | Labels | Model | Settings | Paper test error (%) | Ours test error (%) | Seeds | Epochs "
-        "| Train time per run (h) |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {args.dataset} | {args.num_labeled} | {label} | {args.settings} | {paper} | {mean:.2f} (± {std:.2f}) "
-        f"| {len(results)} | {', '.join(map(str, epochs))} | {hours:.2f} |",
+        "| Dataset | Labels | Model | Settings | Paper test error (%) | Ours, best-validation model (%) "
+        "| Ours, last-epoch model (%) | Seeds | Epochs | Train time per run (h) | Train images/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {args.dataset} | {args.num_labeled} | {label} | {args.settings} | {paper} "
+        f"| {_summary([m['test_error_best'] for m in results])} | {_summary([m['test_error_last'] for m in results])} "
+        f"| {', '.join(str(m['seed']) for m in results)} | {', '.join(map(str, epochs))} | {hours:.2f} | {rate:.0f} |",
         "",
-        "Per seed (test error of the best-validation model, %): "
-        + ", ".join(f"seed {m['seed']}: {m['test_error_best']:.2f}" for m in results),
+        f"CPU: {'; '.join(cpus)}. Runs that shared the cores train slower: compare images/s on one host only.",
+        "",
+        "| Seed | Best epoch | Test error, best model (%) | Last model (%) | Best model, classifier (%) "
+        "| Best model, k-NN (%) | Train images/s |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for m in results:
+        rules = [m.get(f"test_error_{rule}_best") for rule in ("classifier", "knn")]
+        shown = ["n/a" if value is None else f"{value:.2f}" for value in rules]
+        lines.append(
+            f"| {m['seed']} | {m['best_epoch']} | {m['test_error_best']:.2f} | {m['test_error_last']:.2f} "
+            f"| {shown[0]} | {shown[1]} | {m['train_images_per_second']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -181,7 +224,7 @@ def main(argv=None):
         args.data_dir = str(Path(args.data_dir).resolve())
     sweep = Path(args.runs_dir).resolve() / sweep_name(args)
     results = []
-    for seed in range(args.seeds):
+    for seed in args.seeds:
         model_dir = sweep / f"seed-{seed}"
         metrics_path = model_dir / "metrics.json"
         if metrics_path.exists():

@@ -1,0 +1,96 @@
+"""The export's contract: `probabilities` is a distribution whose argmax is `label`, in both prediction modes."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gmvae_keras import GMVAE
+from gmvae_keras.export import export_saved_model
+
+SHAPE = (28, 28, 1)
+
+
+def _model(prediction, labeled_images, labeled_labels):
+    knn = prediction == "knn"
+    model = GMVAE(
+        image_shape=SHAPE,
+        num_classes=3,
+        feature_size=16,
+        latent_size=8,
+        k=3,
+        prediction=prediction,
+        labeled_set_size=len(labeled_labels) if knn else 0,
+        seed=0,
+    )
+    if knn:
+        model.set_labeled_set(labeled_images, labeled_labels)
+    return model
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    labeled = rng.integers(0, 256, size=(9,) + SHAPE, dtype=np.uint8)
+    # A batch that holds two labeled images themselves: the vote must stay finite at distance 0.
+    images = np.concatenate([labeled[:2], rng.integers(0, 256, size=(30,) + SHAPE, dtype=np.uint8)])
+    return labeled, np.arange(9) % 3, images
+
+
+def _conv_ops(function):
+    library = function.graph.as_graph_def().library.function
+    return sum(node.op.startswith("Conv2D") for f in library for node in f.node_def)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    labeled, labels, images = _data()
+    out = {}
+    for prediction in ("classifier", "knn"):
+        model = _model(prediction, labeled, labels)
+        export_dir = export_saved_model(model, tmp_path_factory.mktemp(prediction) / "export")
+        out[prediction] = (model, tf.saved_model.load(str(export_dir)))
+    return out, labeled, labels, images
+
+
+@pytest.mark.parametrize("prediction", ["classifier", "knn"])
+def test_probabilities_are_a_distribution_whose_argmax_is_the_label(exports, prediction):
+    out, labeled, labels, images = exports
+    model, loaded = out[prediction]
+    served = loaded.signatures["serving_uint8"](images=tf.constant(images))
+    probabilities = served["probabilities"].numpy()
+    assert probabilities.shape == (len(images), 3) and np.all(np.isfinite(probabilities))
+    assert np.all(probabilities >= 0) and np.allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probabilities.argmax(-1), served["label"].numpy())
+    # Rows 0 and 1 are at distance ~0 from a labeled image, where 1/distance magnifies rounding noise.
+    np.testing.assert_allclose(probabilities[2:], model.predict_proba(images)[2:], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(served["label"].numpy(), model.predict_labels(images))
+    np.testing.assert_array_equal(model.predict_proba(images).argmax(-1), model.predict_labels(images))
+    # q(y|x̂) in both modes.
+    _, logits = model.features_and_logits(images)
+    classifier = np.exp(logits - logits.max(-1, keepdims=True))
+    classifier /= classifier.sum(-1, keepdims=True)
+    np.testing.assert_allclose(served["classifier_probabilities"].numpy(), classifier, rtol=1e-5, atol=1e-6)
+    if prediction == "classifier":
+        np.testing.assert_allclose(probabilities, classifier, rtol=1e-5, atol=1e-6)
+    else:
+        # The two labeled images vote for their own class with nearly all the weight.
+        np.testing.assert_array_equal(served["label"].numpy()[:2], labels[:2])
+        assert np.all(probabilities[:2].max(-1) > 0.99)
+
+
+def test_knn_export_encodes_only_the_served_images(exports):
+    # The labeled images' features are stored at export: the knn graph runs the encoder once, as the classifier's.
+    out = exports[0]
+    convs = {name: _conv_ops(loaded.signatures["serving_default"]) for name, (_, loaded) in out.items()}
+    assert convs["knn"] == convs["classifier"] > 0
+    variables = [v.shape.as_list() for v in out["knn"][1].signatures["serving_default"].graph.variables]
+    assert [9, 16] in variables
+
+
+def test_predict_both_gives_each_rule(exports):
+    out, labeled, labels, images = exports
+    for prediction, (model, _) in out.items():
+        both = model.predict_both(images, labeled, labels, batch_size=7)
+        _, logits = model.features_and_logits(images)
+        np.testing.assert_array_equal(both["classifier"], logits.argmax(-1))
+        np.testing.assert_array_equal(both[prediction], model.predict_labels(images))
+        np.testing.assert_array_equal(both["knn"][:2], labels[:2])
