@@ -110,9 +110,13 @@ class EpochSummary(keras.callbacks.Callback):
         logs = logs or {}
         parts = [f"epoch {epoch + 1}/{self.epochs}"]
         parts += [f"{short}={logs[name]:.4f}" for name, short in self.TERMS if name in logs]
+        if "val_loss" in logs:
+            parts.append(f"val_loss={logs['val_loss']:.4f}")
         for name, short in (("val_error", "val_error"), ("val_cluster_accuracy", "val_ACC"), ("val_nmi", "val_NMI")):
             if name in logs:
                 parts.append(f"{short}={logs[name]:.2f}%")
+        if "val_clusters_used" in logs:
+            parts.append(f"clusters_used={logs['val_clusters_used']:.2f}")
         if "temperature" in logs:
             parts.append(f"temperature={logs['temperature']:.3f}")
         if "epoch_seconds" in logs:
@@ -182,28 +186,52 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     One pass of `model.predict_labels` gives `val_error` (classification
     error, %), `val_cluster_accuracy` (ACC, %, best cluster-to-class
-    matching) and `val_nmi` (%), added to the epoch logs. Place it before
-    the callbacks that read them (checkpointing, summaries, TensorBoard).
+    matching) and `val_nmi` (%), and, from the predictions alone,
+    `val_clusters_used` (`cluster_usage`: 10 when 10 clusters hold equal
+    shares, 1 when every image is in one). With `loss=True` it adds
+    `val_loss`, the model's `unsupervised_loss` (no labels read). All are
+    added to the epoch logs: place it before the callbacks that read them
+    (checkpointing, summaries, TensorBoard).
 
     Args:
         images: `[n, H, W, C]` uint8 or float images in [0, 1].
         labels: `[n]` int labels.
         batch_size: inference batch size.
         prefix: prefix of the log keys.
+        loss: also log the unsupervised validation loss.
     """
 
-    def __init__(self, images, labels, batch_size=1000, prefix="val_"):
+    def __init__(self, images, labels, batch_size=1000, prefix="val_", loss=False):
         super().__init__()
         self.images = images
         self.labels = np.asarray(labels)
         self.batch_size = int(batch_size)
         self.prefix = prefix
+        self.loss = bool(loss)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or len(self.labels) == 0:
             return
-        scores = evaluate_predictions(self.labels, self.model.predict_labels(self.images, self.batch_size))
+        # The label-free scores first: a clustering run selects its model by them.
+        if self.loss:
+            logs[self.prefix + "loss"] = self.model.unsupervised_loss(self.images, self.batch_size)
+        predictions = self.model.predict_labels(self.images, self.batch_size)
+        logs[self.prefix + "clusters_used"] = cluster_usage(predictions, self.model.num_classes)
+        scores = evaluate_predictions(self.labels, predictions)
         logs.update({self.prefix + name: value for name, value in scores.items()})
+
+
+def cluster_usage(predictions, num_clusters):
+    """exp(entropy) of the clusters' shares of `predictions`: the effective number of clusters used.
+
+    `num_clusters` when every cluster holds an equal share, 1 when all
+    predictions fall in one: a collapse of q(y|x̂) shows as a drop.
+    """
+    shares = np.bincount(np.asarray(predictions).reshape(-1), minlength=int(num_clusters)) / max(
+        np.size(predictions), 1
+    )
+    shares = shares[shares > 0]
+    return float(np.exp(-np.sum(shares * np.log(shares))))
 
 
 def evaluate_predictions(labels, predictions):

@@ -155,7 +155,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.state["train_images"] += images
         self.state["epoch"] = epoch + 1
         value = logs.get(self.monitor)
-        best = self.state["best_value"]
+        # A run resumed with another criterion (an older clustering run chose by ACC) starts its best anew.
+        best = self.state["best_value"] if self.state.get("monitor", self.monitor) == self.monitor else None
         checkpoints = self.model_dir / "checkpoints"
         name = f"epoch-{epoch + 1:04d}.keras"
         try:

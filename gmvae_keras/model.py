@@ -167,6 +167,7 @@ class GMVAE(keras.Model):
         }
         self.error_tracker = keras.metrics.Mean(name="error")
         self._inference_function = None
+        self._loss_function = None
         if self.prediction == "knn":
             # Images rather than features: features change with every step.
             self.labeled_images = self.add_weight(
@@ -450,6 +451,26 @@ class GMVAE(keras.Model):
         if not features:
             return np.zeros((0, self.feature_size), "float32"), np.zeros((0, self.num_classes), "float32")
         return np.concatenate(features), np.concatenate(logits)
+
+    def _inference_loss(self, images):
+        return self.compute_losses(images, training=False)[1]
+
+    def unsupervised_loss(self, images, batch_size=1000):
+        """The mean weighted L_R + w_G·L_G + w_C·L_C of images, in inference mode, reading no labels.
+
+        Deterministic: y = q(y|x̂) and z = the mean of q(z|x̂,y) instead of
+        samples. A clustering run selects its model by it on validation.
+        """
+        if self._loss_function is None:
+            self._loss_function = tf.function(self._inference_loss, reduce_retracing=True)
+        images = np.asarray(images)
+        total = 0.0
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            if batch.dtype == np.uint8:
+                batch = batch.astype("float32") / 255.0
+            total += float(self._loss_function(tf.constant(batch, "float32"))) * len(batch)
+        return total / max(len(images), 1)
 
     def labeled_features(self, batch_size=1000):
         """Features of the stored labeled images (`prediction="knn"`), or None."""

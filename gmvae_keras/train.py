@@ -248,9 +248,10 @@ def train_and_evaluate(config, model_dir):
         if rebuilt:
             print(f"resuming {model_dir}: learning-rate schedule rebuilt for {rebuilt}", flush=True)
 
-    # Cluster ids are arbitrary without labels: clustering runs keep the best ACC.
-    if config.mode == "clustering":
-        monitor, monitor_mode = "val_cluster_accuracy", "max"
+    # A clustering run reads no labels, not even to choose its model: it keeps the lowest validation loss.
+    clustering = config.mode == "clustering"
+    if clustering:
+        monitor, monitor_mode = "val_loss", "min"
     else:
         monitor, monitor_mode = "val_error", "min"
     checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, monitor, monitor_mode)
@@ -261,7 +262,7 @@ def train_and_evaluate(config, model_dir):
     ]
     if chief:
         callbacks += [
-            ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size),
+            ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size, loss=clustering),
             LearningRateLogger(),
             checkpointer,
             # An explicit progress bar runs here, so that it ends its line before the summary.

@@ -77,6 +77,17 @@ def _event_tags(folder):
     return tags
 
 
+def _event_values(folder, tag):
+    values = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        for raw in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return [values[step] for step in sorted(values)]
+
+
 def test_tensorboard_logs_scalars_and_images(finished_run):
     model_dir = finished_run[0]
     train = _event_tags(model_dir / "logs" / "train")
@@ -550,9 +561,9 @@ def test_clustering_flagfiles_hold_the_papers_settings(name, feature_size, laten
         assert parsed[key] == value, key
 
 
-def test_clustering_run_reports_accuracy_and_nmi(mnist_files, tmp_path):
-    config = tiny_config(
-        mnist_files,
+def _clustering_config(data_dir):
+    return tiny_config(
+        data_dir,
         mode="clustering",
         num_labeled=0,
         batch_size=32,
@@ -560,17 +571,48 @@ def test_clustering_run_reports_accuracy_and_nmi(mnist_files, tmp_path):
         metric_weight=0.0,
         gaussian_weight=5.0,
         reconstruction="bce",
-        epochs=2,
+        epochs=3,
         steps_per_epoch=3,
         image_summary_every=0,
     )
+
+
+def test_clustering_run_reports_accuracy_and_nmi(mnist_files, tmp_path):
+    config = _clustering_config(mnist_files)
     metrics = train_and_evaluate(config, tmp_path / "run")
-    assert metrics["monitor"] == "val_cluster_accuracy" and metrics["mode"] == "clustering"
+    assert metrics["monitor"] == "val_loss" and metrics["mode"] == "clustering"
     for key in ("test_cluster_accuracy_best", "test_nmi_best", "val_cluster_accuracy_last", "val_nmi_last"):
         assert 0.0 <= metrics[key] <= 100.0, key
     # ACC is at least the share of the largest class under any clustering.
     assert metrics["test_cluster_accuracy_best"] >= 10.0
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert state["monitor"] == "val_cluster_accuracy"
+    assert state["monitor"] == "val_loss"
     with pytest.raises(ConfigError, match="--mode=clustering uses no labeled data"):
         train_and_evaluate(Config(**{**config.to_dict(), "num_labeled": 20}), tmp_path / "other")
+
+
+def test_clustering_model_selection_reads_no_labels(mnist_files, tmp_path, monkeypatch):
+    import dataclasses
+
+    from gmvae_keras import train
+
+    config = _clustering_config(mnist_files)
+    config.deterministic = True
+    honest = train_and_evaluate(config, tmp_path / "honest")
+    load_data = train.load_data
+
+    def shuffled_validation_labels(config):
+        data = load_data(config)
+        return dataclasses.replace(data, val_labels=np.random.default_rng(1).permutation(data.val_labels))
+
+    monkeypatch.setattr(train, "load_data", shuffled_validation_labels)
+    shuffled = train_and_evaluate(config, tmp_path / "shuffled")
+    # The best epoch is the one of the lowest validation loss (TensorBoard's validation "epoch_loss").
+    losses = _event_values(tmp_path / "honest" / "logs" / "validation", "epoch_loss")
+    assert len(losses) == 3 and honest["best_epoch"] == 1 + int(np.argmin(losses))
+    # Other validation labels change what is scored, not what is chosen: the same epoch, the same weights.
+    assert shuffled["best_epoch"] == honest["best_epoch"]
+    assert _event_values(tmp_path / "shuffled" / "logs" / "validation", "epoch_loss") == losses
+    weights = [keras.saving.load_model(tmp_path / name / "best.keras").get_weights() for name in ("honest", "shuffled")]
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
