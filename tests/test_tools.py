@@ -296,6 +296,10 @@ def _finished_seed(sweep, seed, flags, test_error):
         "test_error_last": test_error + 1.0,
         "test_error_classifier_best": test_error + 0.5,
         "test_error_knn_best": test_error,
+        "test_cluster_accuracy_best": 100.0 - test_error,
+        "test_nmi_best": 90.0 - test_error,
+        "test_cluster_accuracy_last": 99.0 - test_error,
+        "test_nmi_last": 89.0 - test_error,
         "best_epoch": 9,
         "epochs": 10,
         "train_seconds": 1800.0,
@@ -341,6 +345,36 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
     assert not (sweep / "results.md").exists()
     assert tool.main(argv[:-1] + ["--no_such_flag=1"]) == 2
     assert "no_such_flag" in capsys.readouterr().err
+
+
+def test_reproduce_clustering_prints_table_3(tmp_path, capsys):
+    tool = _load_tool("reproduce")
+    argv = ["--dataset=mnist", "--mode=clustering", "--seeds=10,12", f"--runs_dir={tmp_path}"]
+    args = tool.parse_args(argv)
+    args.num_labeled = tool.default_num_labeled("mnist", "clustering")
+    assert args.num_labeled == 0
+    sweep = tmp_path / "mnist-clustering-paper"
+    for seed, error in ((10, 10.0), (12, 6.0)):
+        flags = tool.run_flags(args, seed, sweep / f"seed-{seed}")
+        assert "--mode=clustering" in flags
+        _finished_seed(sweep, seed, flags, error)
+    assert tool.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ACC 92.46 (best 97.36), NMI 88.16 (best 93.44)" in out
+    assert "| lowest validation loss | 92.00 (± 2.83; best 94.00) | 82.00 (± 2.83; best 84.00) | 10, 12 |" in out
+    assert "| last epoch | 91.00 (± 2.83; best 93.00) | 81.00 (± 2.83; best 83.00) |" in out
+    assert "| 12 | 9 | 94.00 | 84.00 | 93.00 | 83.00 |" in out
+
+
+def test_reproduce_refuses_clustering_without_its_settings(capsys):
+    tool = _load_tool("reproduce")
+    for argv, message in (
+        (["--dataset=svhn", "--mode=clustering"], "no clustering settings for svhn"),
+        (["--dataset=mnist", "--mode=clustering", "--ablation"], "--ablation is for"),
+    ):
+        with pytest.raises(SystemExit):
+            tool.parse_args(argv)
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
