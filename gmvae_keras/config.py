@@ -77,6 +77,13 @@ class Config(ModelSettings):
         5, "Write reconstruction and generation image grids to TensorBoard every N epochs; 0 disables."
     )
     jit_compile: bool = _field(False, "Compile the train step with XLA.")
+    precision: str = _field(
+        "float32",
+        "Keras dtype policy of the run: float32 (paper), or mixed_bfloat16 / mixed_float16: the layers compute in "
+        "16 bits while the weights, the sampling, the densities, the distances, the k-NN vote and the losses stay "
+        "float32 (mixed_float16 adds loss scaling). Fixed for the run: a resumed run keeps it.",
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+    )
     strategy: str = _field(
         "default",
         "tf.distribute strategy: default (one device), mirrored (the local devices), multi_worker (the machines of "
@@ -132,7 +139,7 @@ class Config(ModelSettings):
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
-        for name in ("mode", "verbose", "lr_schedule", "strategy"):
+        for name in ("mode", "verbose", "lr_schedule", "strategy", "precision"):
             check_choice(name, getattr(self, name), Config.choices(name))
         if self.mode == "clustering" and self.num_labeled:
             raise ConfigError(f"--mode=clustering uses no labeled data; got --num_labeled={self.num_labeled}")

@@ -1,7 +1,22 @@
-"""Stochastic layers of the GMVAE: the Gumbel-Softmax and Gaussian samplers."""
+"""Stochastic layers of the GMVAE: the Gumbel-Softmax and Gaussian samplers.
+
+Both compute in full precision under a mixed dtype policy (`full_precision`):
+the Gumbel noise -log(-log u) and the softmax of a relaxed sample, or the
+noise scaled by sqrt(variance), lose too much in 16 bits.
+"""
 
 import keras
 from keras import ops
+
+
+def full_precision(dtype_policy=None):
+    """The dtype policy of a layer that must not compute in 16 bits: the variables' dtype of `dtype_policy`.
+
+    float32 under `mixed_bfloat16` and `mixed_float16`; a float32 or float64
+    policy is its own. `dtype_policy` defaults to Keras' global policy.
+    """
+    policy = keras.config.dtype_policy() if dtype_policy is None else keras.dtype_policies.get(dtype_policy)
+    return keras.DTypePolicy(policy.variable_dtype)
 
 
 @keras.saving.register_keras_serializable(package="gmvae_keras")
@@ -18,6 +33,9 @@ class GumbelSoftmax(keras.layers.Layer):
     anneal it between epochs by `layer.temperature.assign(t)` without
     retracing the compiled train step, and it is saved with the weights.
 
+    Computes in `full_precision()` unless given another `dtype`: logits of
+    a half-precision network are cast up on the way in.
+
     Args:
         temperature: initial temperature, > 0.
         hard: return straight-through one-hot samples.
@@ -26,6 +44,7 @@ class GumbelSoftmax(keras.layers.Layer):
     """
 
     def __init__(self, temperature=1.0, hard=False, seed=None, **kwargs):
+        kwargs.setdefault("dtype", full_precision())
         super().__init__(**kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -80,12 +99,16 @@ class GaussianSample(keras.layers.Layer):
     Called on `[mean, variance]`. With `training=False` it returns the mean, so
     inference is deterministic.
 
+    Computes in `full_precision()` unless given another `dtype`, so z, the
+    point where log q(z|x̂,y) and log p(z|y) are taken, keeps full precision.
+
     Args:
         seed: seed of the layer's `keras.random.SeedGenerator`.
         **kwargs: passed to `keras.layers.Layer`.
     """
 
     def __init__(self, seed=None, **kwargs):
+        kwargs.setdefault("dtype", full_precision())
         super().__init__(**kwargs)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

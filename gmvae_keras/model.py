@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from gmvae_keras import losses
-from gmvae_keras.layers import GaussianSample, GumbelSoftmax
+from gmvae_keras.layers import GaussianSample, GumbelSoftmax, full_precision
 from gmvae_keras.networks import (
     CategoricalInference,
     Decoder,
@@ -73,6 +73,16 @@ class GMVAE(keras.Model):
       `predict_proba` returns the vote's shares (`losses.vote_shares`), so
       that the predicted class is always the argmax of `predict_proba`.
       q(y|x̂) stays available as `softmax(features_and_logits(x)[1])`.
+
+    Mixed precision: built with `dtype="mixed_bfloat16"` or
+    `"mixed_float16"` (or under that global policy), the networks compute in
+    16 bits and keep float32 weights, while the sampling layers, the variance
+    heads, the prior and the decoder's sigmoid compute in float32
+    (`layers.full_precision`), and `call` and `classify` return float32: the
+    log-densities, the distances, the k-NN vote and every loss are float32.
+    The sublayers take the model's policy, so a saved mixed model reloads
+    mixed whatever the global policy. `mixed_float16` needs a
+    `keras.optimizers.LossScaleOptimizer` (`train.build_model` adds it).
 
     Args:
         image_shape: `(H, W, C)`, 28×28×C or 32×32×C.
@@ -152,15 +162,21 @@ class GMVAE(keras.Model):
         self.labeled_set_size = int(labeled_set_size)
         self.seed = seed
 
-        self.encoder = Encoder(self.image_shape, self.feature_size, name="encoder")
+        # The model's own policy, not the global one: a reloaded model computes as it was built.
+        policy, full = self.dtype_policy, full_precision(self.dtype_policy)
+        self.encoder = Encoder(self.image_shape, self.feature_size, name="encoder", dtype=policy)
         self.categorical_inference = CategoricalInference(
-            self.num_classes, self.feature_size, name="categorical_inference"
+            self.num_classes, self.feature_size, name="categorical_inference", dtype=policy
         )
-        self.gumbel_softmax = GumbelSoftmax(self.temperature, hard=self.hard_gumbel, seed=seed, name="gumbel_softmax")
-        self.gaussian_inference = GaussianInference(self.latent_size, name="gaussian_inference")
-        self.gaussian_sample = GaussianSample(seed=None if seed is None else seed + 1, name="gaussian_sample")
-        self.gaussian_prior = GaussianPrior(self.latent_size, name="gaussian_prior")
-        self.decoder = Decoder(self.image_shape, self.latent_size, name="decoder")
+        self.gumbel_softmax = GumbelSoftmax(
+            self.temperature, hard=self.hard_gumbel, seed=seed, name="gumbel_softmax", dtype=full
+        )
+        self.gaussian_inference = GaussianInference(self.latent_size, name="gaussian_inference", dtype=policy)
+        self.gaussian_sample = GaussianSample(
+            seed=None if seed is None else seed + 1, name="gaussian_sample", dtype=full
+        )
+        self.gaussian_prior = GaussianPrior(self.latent_size, name="gaussian_prior", dtype=full)
+        self.decoder = Decoder(self.image_shape, self.latent_size, name="decoder", dtype=policy)
 
         self.trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
@@ -218,8 +234,12 @@ class GMVAE(keras.Model):
 
     # ------------------------------------------------------------------- call
 
+    def _full(self, x):
+        """`x` in the variables' dtype: float32 under a mixed policy, where the networks compute in 16 bits."""
+        return ops.cast(x, self.dtype_policy.variable_dtype)
+
     def call(self, images, training=None):
-        """Full forward pass; returns a dict of every intermediate quantity."""
+        """Full forward pass; returns a dict of every intermediate quantity, in full precision (`_full`)."""
         features = self.encoder(images, training=training)
         logits = self.categorical_inference(features)
         y = self.gumbel_softmax(logits, training=training)
@@ -227,23 +247,25 @@ class GMVAE(keras.Model):
         z = self.gaussian_sample([z_mean, z_variance], training=training)
         prior_mean, prior_variance = self.gaussian_prior(y)
         reconstruction = self.decoder(z, training=training)
+        # Every loss, density and distance is computed from these: in float32 under a mixed policy.
+        logits = self._full(logits)
         return {
-            "features": features,
+            "features": self._full(features),
             "logits": logits,
             "probabilities": ops.softmax(logits, axis=-1),
-            "y": y,
-            "z_mean": z_mean,
-            "z_variance": z_variance,
-            "z": z,
-            "prior_mean": prior_mean,
-            "prior_variance": prior_variance,
-            "reconstruction": reconstruction,
+            "y": self._full(y),
+            "z_mean": self._full(z_mean),
+            "z_variance": self._full(z_variance),
+            "z": self._full(z),
+            "prior_mean": self._full(prior_mean),
+            "prior_variance": self._full(prior_variance),
+            "reconstruction": self._full(reconstruction),
         }
 
     def classify(self, images, training=False):
-        """Features x̂ and logits of q(y|x̂), without the generative half."""
+        """Features x̂ and logits of q(y|x̂), without the generative half, in full precision (`_full`)."""
         features = self.encoder(images, training=training)
-        return features, self.categorical_inference(features)
+        return self._full(features), self._full(self.categorical_inference(features))
 
     def set_labeled_set(self, images, labels):
         """Stores the labeled training images that `prediction="knn"` votes among.
@@ -278,7 +300,7 @@ class GMVAE(keras.Model):
         if self.prediction == "classifier":
             return ops.softmax(logits, axis=-1)
         if labeled_features is None:
-            labeled_features = self.encoder(self.labeled_images, training=False)
+            labeled_features = self._full(self.encoder(self.labeled_images, training=False))
         return losses.vote_shares(
             losses.pairwise_distance(features, labeled_features),
             self.labeled_image_labels,
@@ -397,8 +419,11 @@ class GMVAE(keras.Model):
         with tf.GradientTape() as tape:
             terms, total, assigned = self.compute_losses(images, labels, training=True, trust=trust, views=views)
             # Optimizers sum the replicas' gradients: scale each replica's mean
-            # loss so that the sum is the mean over the global batch.
-            scaled = total / replicas
+            # loss so that the sum is the mean over the global batch. A
+            # LossScaleOptimizer (mixed_float16) also multiplies it by its loss
+            # scale, so that small gradients survive float16, and divides the
+            # gradients by it again in `apply`.
+            scaled = self.optimizer.scale_loss(total / replicas)
         gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
 

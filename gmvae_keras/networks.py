@@ -3,12 +3,21 @@
 Each network is a layer that owns its sublayers and builds them explicitly in
 `build`, so a model reloaded from a `.keras` file has every variable before
 its weights are restored.
+
+Each network gives its sublayers its own dtype policy, so that a network
+(and a model) built or reloaded under a mixed policy computes in 16 bits
+whatever Keras' global policy is then. What must not lose precision has a
+full-precision policy of its own (`layers.full_precision`, float32 under the
+mixed policies): the variance heads of q(z|x̂,y), the whole prior p(z|y) and
+the decoder's output sigmoid. BatchNormalization computes its statistics in
+float32 by itself under a mixed policy.
 """
 
 import keras
 from keras import ops
 
 from gmvae_keras.conv import Conv2D, Conv2DTranspose
+from gmvae_keras.layers import full_precision
 
 # Slope of every LeakyReLU. The paper does not give it.
 NEGATIVE_SLOPE = 0.2
@@ -35,7 +44,11 @@ def _check_image_shape(image_shape):
 
 
 def _positive_variance(dense_output, min_variance):
-    """A variance head's output made positive: softplus, plus a floor so the log-density stays finite."""
+    """A variance head's output made positive: softplus, plus a floor so the log-density stays finite.
+
+    The heads compute in full precision: in bfloat16 a floor of 1e-6 vanishes
+    next to any softplus above 1/256.
+    """
     return ops.softplus(dense_output) + min_variance
 
 
@@ -91,11 +104,18 @@ class Encoder(keras.layers.Layer):
             self.blocks += [
                 # No bias: the BatchNormalization that follows cancels it and its beta
                 # takes its place.
-                Conv2D(filters or self.feature_size, kernel, strides=stride, padding="valid", use_bias=False),
-                keras.layers.BatchNormalization(),
-                keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE),
+                Conv2D(
+                    filters or self.feature_size,
+                    kernel,
+                    strides=stride,
+                    padding="valid",
+                    use_bias=False,
+                    dtype=self.dtype_policy,
+                ),
+                keras.layers.BatchNormalization(dtype=self.dtype_policy),
+                keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE, dtype=self.dtype_policy),
             ]
-        self.flatten = keras.layers.Flatten()
+        self.flatten = keras.layers.Flatten(dtype=self.dtype_policy)
 
     def build(self, input_shape):
         _build_chain(self.blocks + [self.flatten], input_shape)
@@ -121,7 +141,10 @@ class Decoder(keras.layers.Layer):
 
     Reshapes z to a 1×1 map and applies `Conv2DTranspose` ("valid" padding,
     no bias) + `BatchNormalization` + `ReLU` blocks, then a last `Conv2DTranspose` to
-    the image's channels with a sigmoid, giving pixel means in [0, 1].
+    the image's channels with a sigmoid, giving pixel means in [0, 1]. The
+    sigmoid is taken in full precision (`layers.full_precision`), so the
+    reconstruction loss compares float32 means with the images under a mixed
+    policy.
 
     How the layers differ from Table 5, and where the replacements come from:
 
@@ -156,19 +179,18 @@ class Decoder(keras.layers.Layer):
         super().__init__(**kwargs)
         self.image_shape = _check_image_shape(image_shape)
         self.latent_size = int(latent_size)
-        self.reshape = keras.layers.Reshape((1, 1, self.latent_size))
+        policy = self.dtype_policy
+        self.reshape = keras.layers.Reshape((1, 1, self.latent_size), dtype=policy)
         specs = _DECODER_SPECS[self.image_shape[:2]]
         self.blocks = []
         for filters, kernel, stride in specs[:-1]:
             self.blocks += [
-                Conv2DTranspose(filters, kernel, strides=stride, padding="valid", use_bias=False),
-                keras.layers.BatchNormalization(),
-                keras.layers.ReLU(),
+                Conv2DTranspose(filters, kernel, strides=stride, padding="valid", use_bias=False, dtype=policy),
+                keras.layers.BatchNormalization(dtype=policy),
+                keras.layers.ReLU(dtype=policy),
             ]
         _, kernel, stride = specs[-1]
-        self.output_conv = Conv2DTranspose(
-            self.image_shape[-1], kernel, strides=stride, padding="valid", activation="sigmoid"
-        )
+        self.output_conv = Conv2DTranspose(self.image_shape[-1], kernel, strides=stride, padding="valid", dtype=policy)
 
     def build(self, input_shape):
         _build_chain([self.reshape] + self.blocks + [self.output_conv], input_shape)
@@ -177,7 +199,8 @@ class Decoder(keras.layers.Layer):
         x = self.reshape(z)
         for layer in self.blocks:
             x = layer(x, training=training)
-        return self.output_conv(x)
+        # The sigmoid apart from its convolution: in full precision, like the loss that reads it.
+        return ops.sigmoid(ops.cast(self.output_conv(x), full_precision(self.dtype_policy).compute_dtype))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],) + self.image_shape
@@ -202,9 +225,9 @@ class CategoricalInference(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.feature_size = int(feature_size)
-        self.hidden = keras.layers.Dense(self.feature_size)
-        self.activation = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE)
-        self.logits = keras.layers.Dense(self.num_classes)
+        self.hidden = keras.layers.Dense(self.feature_size, dtype=self.dtype_policy)
+        self.activation = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE, dtype=self.dtype_policy)
+        self.logits = keras.layers.Dense(self.num_classes, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         _build_chain([self.hidden, self.activation, self.logits], input_shape)
@@ -228,7 +251,8 @@ class GaussianInference(keras.layers.Layer):
     Called on `[features, y]`; concatenates them, applies a hidden linear
     layer with LeakyReLU, then two linear heads: the mean and the variance
     (`_positive_variance`: softplus, plus a small floor so the log-density
-    stays finite).
+    stays finite). The variance head computes in full precision
+    (`layers.full_precision`); the rest in the layer's policy.
 
     Args:
         latent_size: z_sz.
@@ -240,10 +264,11 @@ class GaussianInference(keras.layers.Layer):
         super().__init__(**kwargs)
         self.latent_size = int(latent_size)
         self.min_variance = float(min_variance)
-        self.hidden = keras.layers.Dense(self.latent_size)
-        self.activation = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE)
-        self.mean = keras.layers.Dense(self.latent_size)
-        self.variance = keras.layers.Dense(self.latent_size)
+        policy = self.dtype_policy
+        self.hidden = keras.layers.Dense(self.latent_size, dtype=policy)
+        self.activation = keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE, dtype=policy)
+        self.mean = keras.layers.Dense(self.latent_size, dtype=policy)
+        self.variance = keras.layers.Dense(self.latent_size, dtype=full_precision(policy))
 
     def build(self, input_shape):
         features_shape, y_shape = input_shape
@@ -272,6 +297,9 @@ class GaussianPrior(keras.layers.Layer):
     """Mean and variance of the learned prior p(z|y): one linear layer each.
 
     The variance goes through `_positive_variance`, as in `GaussianInference`.
+    Both feed log p(z|y) directly, so the layer computes in
+    `layers.full_precision()` unless given another `dtype` (it is a c × z_sz
+    product: nothing to gain in 16 bits).
 
     Args:
         latent_size: z_sz.
@@ -280,11 +308,12 @@ class GaussianPrior(keras.layers.Layer):
     """
 
     def __init__(self, latent_size, min_variance=1e-6, **kwargs):
+        kwargs.setdefault("dtype", full_precision())
         super().__init__(**kwargs)
         self.latent_size = int(latent_size)
         self.min_variance = float(min_variance)
-        self.mean = keras.layers.Dense(self.latent_size)
-        self.variance = keras.layers.Dense(self.latent_size)
+        self.mean = keras.layers.Dense(self.latent_size, dtype=self.dtype_policy)
+        self.variance = keras.layers.Dense(self.latent_size, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.mean.build(input_shape)

@@ -65,13 +65,15 @@ def _refit_schedule(model, config, steps_per_epoch):
         when the restored schedule already fits.
     """
     wanted = learning_rate(config, steps_per_epoch)
-    restored = model.optimizer.get_config()["learning_rate"]
+    # A LossScaleOptimizer (mixed_float16) holds the schedule in the optimizer it wraps.
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    restored = optimizer.get_config()["learning_rate"]
     schedules = keras.optimizers.schedules
     if not isinstance(wanted, schedules.LearningRateSchedule) or not isinstance(restored, dict):
         return None
     if restored.get("config") == wanted.get_config():
         return None
-    model.optimizer.learning_rate = wanted
+    optimizer.learning_rate = wanted
     old_steps = restored.get("config", {}).get("decay_steps")
     if isinstance(wanted, schedules.CosineDecay) and old_steps:
         return f"{config.epochs} epochs (was {old_steps / steps_per_epoch:g})"
@@ -79,10 +81,13 @@ def _refit_schedule(model, config, steps_per_epoch):
 
 
 def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=None):
-    """A compiled GMVAE for `config`.
+    """A compiled GMVAE for `config`, in the dtype policy `config.precision`.
 
     `labeled_set`, `(images, labels)` of the labeled training images, is
-    stored in the model for `--prediction=knn` (and required by it).
+    stored in the model for `--prediction=knn` (and required by it). Under
+    `mixed_float16` the optimizer is wrapped in a
+    `keras.optimizers.LossScaleOptimizer`: float16 gradients underflow
+    without loss scaling (bfloat16 has float32's exponent range and needs none).
     """
     knn = config.prediction == "knn"
     if knn and labeled_set is None:
@@ -95,13 +100,14 @@ def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=N
         warmup_steps=round(config.auxiliary_warmup_epochs * steps_per_epoch),
         labeled_set_size=len(labeled_set[1]) if knn else 0,
         seed=config.seed,
+        dtype=config.precision,
     )
     if knn:
         model.set_labeled_set(*labeled_set)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
-        jit_compile=config.jit_compile,
-    )
+    optimizer = keras.optimizers.Adam(learning_rate(config, steps_per_epoch))
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     return model
 
 
@@ -182,7 +188,8 @@ def train_and_evaluate(config, model_dir):
 
     Running it again with the same `config` and `model_dir` resumes after the
     last complete epoch. Every check (flags, data, run directory) happens
-    before anything is written.
+    before anything is written. Keras' global dtype policy is
+    `config.precision` while the run lasts, and the caller's again afterwards.
 
     Returns:
         The dict written to `metrics.json`.
@@ -193,8 +200,17 @@ def train_and_evaluate(config, model_dir):
         callbacks.NonFiniteLoss: a loss term became NaN or infinite.
         checkpoint.CheckpointWriteError: a checkpoint could not be written.
     """
-    model_dir = Path(model_dir)
     config.validate()
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        return _train_and_evaluate(config, Path(model_dir))
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _train_and_evaluate(config, model_dir):
+    """`train_and_evaluate` of a validated `config`, under its dtype policy."""
     # Created before any other TensorFlow work: multi-worker collectives need it.
     strategy = distribute.make_strategy(config.strategy)
     chief = distribute.is_chief(strategy)
