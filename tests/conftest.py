@@ -214,3 +214,13 @@ def tiny_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("run") / "run"
     train_and_evaluate(config, model_dir)
     return model_dir
+
+
+@pytest.fixture
+def global_dtype_policy():
+    """Keras' global dtype policy, restored after the test whatever the test set or left behind."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    yield previous
+    keras.config.set_dtype_policy(previous)

@@ -27,7 +27,9 @@ def _outputs_and_gradients(layer, x):
         tape.watch(x)
         y = layer(x)
         # A weighting that is not symmetric, so a wrongly flipped kernel shows.
-        weights = tf.reshape(tf.range(tf.size(y), dtype=y.dtype), tf.shape(y)) / tf.cast(tf.size(y), y.dtype)
+        # Drawn in float32: a 16-bit range would skip integers above 256.
+        weights = tf.reshape(tf.range(tf.size(y), dtype="float32"), tf.shape(y)) / tf.cast(tf.size(y), "float32")
+        weights = tf.cast(weights, y.dtype)
         loss = tf.reduce_sum(y * weights)
     return [y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x] + layer.trainable_variables)]
 
@@ -68,16 +70,34 @@ def _outputs_and_gradients(layer, x):
         (Conv2DTranspose, keras.layers.Conv2DTranspose, dict(filters=3, kernel_size=(4, 3)), (2, 1, 1, 5)),
     ],
 )
-def test_same_outputs_and_gradients_as_keras(ours, theirs, kwargs, shape, on_cpu):
+@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-4), ("mixed_bfloat16", 1e-2), ("mixed_float16", 1e-2)])
+def test_same_outputs_and_gradients_as_keras(ours, theirs, kwargs, shape, policy, tolerance, on_cpu):
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
-    reference = theirs(**kwargs)
+    reference = theirs(**kwargs, dtype=policy)
     reference.build(shape)
-    layer = ours(**kwargs)
+    layer = ours(**kwargs, dtype=policy)
     layer.build(shape)
     layer.set_weights([w + 0.1 for w in reference.get_weights()])  # non-zero biases too
     reference.set_weights(layer.get_weights())
-    for got, expected in zip(_outputs_and_gradients(layer, x), _outputs_and_gradients(reference, x), strict=True):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    got, expected = _outputs_and_gradients(layer, x), _outputs_and_gradients(reference, x)
+    assert [a.dtype for a in got] == [b.dtype for b in expected]
+    assert got[0].dtype == layer.compute_dtype  # 16 bits under a mixed policy; the gradients of float32 are float32
+    if policy == "float32":
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * np.abs(b).max())
+        return
+    # In 16 bits the two layers round and sum in different orders, and Keras' bias gradient (a sum over
+    # every output position) can be far off in bfloat16 itself: both are measured against float64.
+    exact = theirs(**kwargs, dtype="float64")
+    exact.build(shape)
+    exact.set_weights([w.astype("float64") for w in layer.get_weights()])
+    names = ["outputs", "input gradient"] + [v.path for v in layer.trainable_variables]
+    for name, a, b, truth in zip(names, got, expected, _outputs_and_gradients(exact, x.astype("float64")), strict=True):
+        scale = np.abs(truth).max()
+        ours_error, keras_error = (float(np.abs(v.astype("float64") - truth).max() / scale) for v in (a, b))
+        assert ours_error <= max(tolerance, keras_error), (name, ours_error, keras_error)
+        if keras_error <= tolerance:
+            np.testing.assert_allclose(a.astype("float32"), b.astype("float32"), rtol=0, atol=2 * tolerance * scale)
 
 
 @pytest.mark.parametrize("cls", [Conv2D, Conv2DTranspose])

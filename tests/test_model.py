@@ -297,3 +297,78 @@ def test_consistency_share_splits_the_assignment_loss_between_image_and_view():
     expected = 0.25 * float(on_view["assignment_loss"]) + 0.75 * float(on_image["assignment_loss"])
     np.testing.assert_allclose(float(split["assignment_loss"]), expected, rtol=1e-5)
     assert abs(float(on_view["assignment_loss"]) - float(on_image["assignment_loss"])) > 1e-4
+
+
+# ----------------------------------------------------------- mixed precision
+
+
+def _full_precision_layers(model):
+    """The layers that stay float32 under a mixed policy: the samplers, the prior, q(z|x̂,y)'s variance head."""
+    prior = model.gaussian_prior
+    return [
+        model.gumbel_softmax,
+        model.gaussian_sample,
+        prior,
+        prior.mean,
+        prior.variance,
+        model.gaussian_inference.variance,
+    ]
+
+
+def _compute_dtypes(model):
+    return [layer.compute_dtype for layer in model._flatten_layers(include_self=False)]
+
+
+@pytest.mark.parametrize("policy, half", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
+def test_mixed_model_computes_in_16_bits_and_keeps_the_delicate_parts_in_float32(policy, half):
+    keras.utils.set_random_seed(0)
+    model = tiny_model(dtype=policy)
+    delicate = _full_precision_layers(model)
+    assert {layer.compute_dtype for layer in delicate} == {"float32"}
+    others = [layer for layer in model._flatten_layers(include_self=False) if all(layer is not d for d in delicate)]
+    assert {layer.compute_dtype for layer in others} == {half}
+    # The weights, the BatchNorm statistics and the temperature stay float32 (the noise seeds are int64).
+    assert {v.dtype for v in model.variables} == {"float32", "int64"}
+    assert {v.dtype for v in model.trainable_variables} == {"float32"}
+    ds, images, _ = batches(steps=1)
+    outputs = model(images, training=True)
+    assert {str(value.dtype) for value in outputs.values()} == {"<dtype: 'float32'>"}
+    assert model.encoder(images).dtype == half
+
+
+def test_mixed_bfloat16_train_step_losses_are_float32_and_finite(global_dtype_policy):
+    # Built under the global policy, as train.train_and_evaluate builds it.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(0)
+    model = tiny_model()
+    assert model.encoder.blocks[0].compute_dtype == "bfloat16"
+    ds, images, _ = batches(steps=1)
+    logs = model.train_step(next(iter(ds)))
+    for name in ("loss", "reconstruction_loss", "gaussian_loss", "categorical_loss", "assignment_loss", "metric_loss"):
+        assert logs[name].dtype == "float32" and np.isfinite(float(logs[name])), name
+    terms, total, _ = model.compute_losses(images, training=False)
+    assert total.dtype == "float32" and all(term.dtype == "float32" for term in terms.values())
+    batch_norm = model.encoder.blocks[1]
+    assert batch_norm.moving_mean.dtype == "float32" and batch_norm.moving_variance.dtype == "float32"
+    # Adam's moments (all but the step count) stay float32.
+    moments = [v for v in model.optimizer.variables if v.dtype != "int64"]
+    assert moments and {v.dtype for v in moments} == {"float32"}
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_saved_mixed_model_reloads_mixed_under_a_float32_global_policy(tmp_path, policy, global_dtype_policy):
+    keras.utils.set_random_seed(0)
+    model = tiny_model(dtype=policy)
+    if policy == "mixed_float16":
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3)), jit_compile=False)
+    ds, images, _ = batches(steps=2)
+    model.fit(ds, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    keras.config.set_dtype_policy("float32")
+    loaded = keras.saving.load_model(path)
+    assert loaded.dtype_policy.name == policy
+    assert type(loaded.optimizer) is type(model.optimizer)
+    assert _compute_dtypes(loaded) == _compute_dtypes(model)
+    np.testing.assert_array_equal(loaded.predict_proba(images), model.predict_proba(images))
+    np.testing.assert_array_equal(loaded.extract_features(images), model.extract_features(images))
