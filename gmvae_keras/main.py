@@ -46,13 +46,25 @@ def main(argv):
     return 0
 
 
+def _one_line_error(error):
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, a bad value (`--precision=fp8`) refused in one line like every other bad input."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _one_line_error(e)
+
+
 def run():
     try:
         argv = flagfiles.with_recipe(sys.argv)
     except (ConfigError, flags.Error) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
-    app.run(main, argv=argv)
+        _one_line_error(e)
+    app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -211,6 +211,7 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"consistency_share": 0.5}, ConfigError, "set --consistency_shift or --consistency_flip"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
+        ({"precision": "fp8"}, ConfigError, "--precision must be one of"),
         (
             {"prediction": "knn", "mode": "clustering", "num_labeled": 0},
             ConfigError,
@@ -262,6 +263,15 @@ def test_cli_bad_input_is_one_line_and_nonzero(mnist_files, tmp_path):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: --batch_size must be even (half unlabeled, half labeled), got 41"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_bad_flag_value_is_one_line_and_nonzero(tmp_path):
+    result = _cli("--dataset=mnist", "--precision=fp8", f"--model_dir={tmp_path / 'r'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: flag --precision=fp8: value should be one of <float32|mixed_bfloat16|mixed_float16>"
+    ]
     assert not (tmp_path / "r").exists()
 
 
@@ -616,3 +626,60 @@ def test_clustering_model_selection_reads_no_labels(mnist_files, tmp_path, monke
     weights = [keras.saving.load_model(tmp_path / name / "best.keras").get_weights() for name in ("honest", "shuffled")]
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------- mixed precision
+
+
+def _spy_on_load_model(monkeypatch):
+    """The models `keras.saving.load_model` returns while the test lasts."""
+    loaded, original = [], keras.saving.load_model
+
+    def spy(*args, **kwargs):
+        loaded.append(original(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(keras.saving, "load_model", spy)
+    return loaded
+
+
+def test_a_mixed_bfloat16_run_trains_resumes_in_bfloat16_and_restores_the_policy(
+    mnist_files, tmp_path, monkeypatch, global_dtype_policy
+):
+    keras.config.set_dtype_policy("float32")
+    model_dir = tmp_path / "run"
+    config = tiny_config(mnist_files, epochs=1, steps_per_epoch=2, image_summary_every=0, precision="mixed_bfloat16")
+    first = train_and_evaluate(config, model_dir)
+    assert keras.config.dtype_policy().name == "float32"
+    assert json.loads((model_dir / "config.json").read_text())["precision"] == "mixed_bfloat16"
+    config.epochs = 2
+    loaded = _spy_on_load_model(monkeypatch)
+    metrics = train_and_evaluate(config, model_dir)  # resumes after epoch 1
+    assert keras.config.dtype_policy().name == "float32"
+    assert first["epochs"] == 1 and metrics["epochs"] == 2
+    assert np.isfinite(metrics["test_error_best"]) and 0.0 <= metrics["test_error_best"] <= 100.0
+    # The resumed model, and the best one, computed in bfloat16.
+    assert loaded and all(model.dtype_policy.name == "mixed_bfloat16" for model in loaded)
+    assert all(model.encoder.blocks[0].compute_dtype == "bfloat16" for model in loaded)
+    # A run does not change precision on the way: resuming in float32 is refused, and the policy is restored.
+    with pytest.raises(RunError, match="--precision='mixed_bfloat16' there, 'float32' now"):
+        train_and_evaluate(tiny_config(mnist_files, epochs=2, steps_per_epoch=2, image_summary_every=0), model_dir)
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_a_mixed_float16_run_scales_its_loss_and_gives_finite_losses(
+    mnist_files, tmp_path, monkeypatch, capsys, global_dtype_policy
+):
+    model_dir = tmp_path / "run"
+    values = dict(steps_per_epoch=2, image_summary_every=0, precision="mixed_float16", lr_schedule="cosine")
+    metrics = train_and_evaluate(tiny_config(mnist_files, epochs=1, **values), model_dir)
+    assert np.isfinite(metrics["test_error_last"])
+    loaded = _spy_on_load_model(monkeypatch)
+    # Resumed with more epochs: the cosine schedule is rebuilt inside the LossScaleOptimizer.
+    train_and_evaluate(tiny_config(mnist_files, epochs=2, **values), model_dir)
+    resumed = loaded[0]
+    assert isinstance(resumed.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert resumed.optimizer.inner_optimizer.get_config()["learning_rate"]["config"]["decay_steps"] == 4
+    assert "learning-rate schedule rebuilt for 2 epochs (was 1)" in capsys.readouterr().out
+    losses = _event_values(model_dir / "logs" / "train", "epoch_loss")
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
