@@ -1,5 +1,6 @@
 """The export's contract: `probabilities` is a distribution whose argmax is `label`, in both prediction modes."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +11,7 @@ from gmvae_keras.export import export_saved_model
 SHAPE = (28, 28, 1)
 
 
-def _model(prediction, labeled_images, labeled_labels):
+def _model(prediction, labeled_images, labeled_labels, **kwargs):
     knn = prediction == "knn"
     model = GMVAE(
         image_shape=SHAPE,
@@ -21,6 +22,7 @@ def _model(prediction, labeled_images, labeled_labels):
         prediction=prediction,
         labeled_set_size=len(labeled_labels) if knn else 0,
         seed=0,
+        **kwargs,
     )
     if knn:
         model.set_labeled_set(labeled_images, labeled_labels)
@@ -94,3 +96,25 @@ def test_predict_both_gives_each_rule(exports):
         np.testing.assert_array_equal(both["classifier"], logits.argmax(-1))
         np.testing.assert_array_equal(both[prediction], model.predict_labels(images))
         np.testing.assert_array_equal(both["knn"][:2], labels[:2])
+
+
+@pytest.mark.parametrize("prediction", ["classifier", "knn"])
+def test_a_mixed_bfloat16_model_serves_float32_and_predicts_as_the_trained_model(tmp_path, prediction):
+    labeled, labels, images = _data()
+    keras.utils.set_random_seed(0)
+    model = _model(prediction, labeled, labels, dtype="mixed_bfloat16")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    batch = {"images": np.concatenate([images[2:8], labeled[:6]]).astype("float32") / 255.0, "labels": labels[:6]}
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
+    assert model.encoder.blocks[0].compute_dtype == "bfloat16"
+
+    loaded = tf.saved_model.load(str(export_saved_model(model, tmp_path / "export")))
+    serve = loaded.signatures["serving_default"]
+    assert serve.structured_input_signature[1]["images"].dtype == tf.float32
+    served = serve(images=tf.constant(images.astype("float32") / 255.0))
+    for name in ("probabilities", "classifier_probabilities", "features"):
+        assert served[name].dtype == tf.float32, name
+        assert np.all(np.isfinite(served[name].numpy())), name
+    np.testing.assert_array_equal(served["label"].numpy(), model.predict_labels(images))
+    np.testing.assert_array_equal(served["probabilities"].numpy().argmax(-1), served["label"].numpy())
+    np.testing.assert_allclose(served["features"].numpy(), model.extract_features(images), rtol=1e-6, atol=1e-6)
