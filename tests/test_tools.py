@@ -48,13 +48,15 @@ def test_no_tool_edits_sys_path():
     assert offenders == []
 
 
-def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path, precision):
     out = tmp_path / "bench.json"
     command = [
         sys.executable,
         str(TOOLS / "benchmark.py"),
         "--quick",
         "--no-torch",
+        f"--precision={precision}",
         "--settings",
         "mnist",
         "--steps",
@@ -72,6 +74,8 @@ def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
     assert json.loads(out.read_text()) == printed
 
     assert printed["quick"] is True
+    assert printed["precision"] == printed["environment"]["precision"] == precision
+    assert isinstance(printed["bfloat16_hardware"], bool)
     assert isinstance(printed["flops_convention"], str) and printed["flops_convention"]
     environment = printed["environment"]
     for key in ("tensorflow", "keras", "torch", "cpu_model", "cpu_count", "tf_intra_op_threads", "jit_compile"):
@@ -87,6 +91,29 @@ def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
     assert mnist["batch_size"] == 200
     assert mnist["torch_train_images_per_second"] is None
     assert mnist["speedup_vs_torch"] is None
+
+
+def test_benchmark_says_when_its_precision_has_no_comparable_figure():
+    tool = _load_tool("benchmark")
+    no_bfloat16 = {"avx2": True, "avx512_bf16": False, "amx_bf16": False}
+    assert tool.bfloat16_hardware(no_bfloat16) is False
+    assert tool.bfloat16_hardware({**no_bfloat16, "amx_bf16": True}) is True
+    assert tool.bfloat16_hardware({**no_bfloat16, "avx512_bf16": True}) is True
+    (note,) = tool.precision_notes("mixed_bfloat16", no_bfloat16)
+    assert "emulated" in note and "not comparable" in note
+    assert tool.precision_notes("mixed_bfloat16", {**no_bfloat16, "amx_bf16": True}) == []
+    assert tool.precision_notes("float32", no_bfloat16) == []
+    # The PyTorch port has no float16 counterpart on a CPU: null with a reason, even when torch is there.
+    args = tool.parse_args(["--precision=mixed_float16"])
+    assert "float16 autocast on a CPU is no comparable baseline" in tool._torch_status(args)
+    assert tool._torch_status(tool.parse_args(["--no-torch", "--precision=mixed_bfloat16"])) == "skipped (--no-torch)"
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--precision=fp8"])
+
+
+def test_torch_port_matches_a_mixed_bfloat16_model_under_autocast():
+    pytest.importorskip("torch", reason="the PyTorch port needs torch (pip install torch==2.13.0)")
+    _load_tool("torch_port").check("mnist", autocast_bfloat16=True, verbose=False)
 
 
 def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):

@@ -1,6 +1,7 @@
 """Throughput of gmvae_keras on this machine: training, input pipeline, serving, FLOPs.
 
     python tools/benchmark.py [--out FILE] [--quick] [--settings mnist svhn] [--no-torch] [--jit_compile]
+                              [--precision float32|mixed_bfloat16|mixed_float16]
 
 Prints one JSON object (and writes it to --out) with, for each setting
 (`gmvae_keras.benchmarks.SETTINGS`: the paper's MNIST and SVHN batch layouts
@@ -24,6 +25,15 @@ and network sizes):
 * `torch_train_images_per_second`: the same train step in plain eager
   PyTorch (`tools/torch_port.py`), and `speedup_vs_torch`. Null, with a note,
   when torch is not installed or `--no-torch` is given.
+
+`--precision` is the dtype policy of the models (`--precision` of
+`gmvae_keras.main`; float32 by default). With `mixed_bfloat16` the PyTorch
+port runs under `torch.autocast("cpu", dtype=torch.bfloat16)`, with the same
+parts kept float32; with `mixed_float16` its fields are null (torch's float16
+autocast on a CPU is no comparable baseline). The JSON records `precision` and
+`bfloat16_hardware` (the CPU has AMX or AVX-512 bfloat16 instructions); without
+them bfloat16 is emulated, slowly, and a note says the figures are not
+comparable. `matmul_peak_gflops` stays a float32 figure.
 
 Each setting is measured in its own subprocess (so peak RSS and thread pools
 are per setting), the PyTorch port in another one. Numbers taken while other
@@ -85,6 +95,9 @@ TIMING_METHOD = (
 
 RESULT_MARK = "BENCHMARK_RESULT "
 
+# `--precision` of gmvae_keras.main, spelled here so that parsing the arguments imports no gmvae_keras module.
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,6 +106,12 @@ def parse_args(argv):
     parser.add_argument("--settings", nargs="+", choices=sorted(_settings()), default=["mnist", "svhn"])
     parser.add_argument("--no-torch", dest="no_torch", action="store_true", help="skip the PyTorch port")
     parser.add_argument("--jit_compile", action="store_true", help="compile the train step with XLA")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="dtype policy of the models (float32, the paper's; or mixed precision)",
+    )
     parser.add_argument("--steps_per_execution", type=int, default=1, help="Keras steps_per_execution")
     parser.add_argument(
         "--warmup", type=int, default=1, help="warm-up train steps before timing (the first one traces the step)"
@@ -208,10 +227,12 @@ def synthetic_batch(setting, seed=0):
     }
 
 
-def build_model(setting, jit_compile=False, steps_per_execution=1, prediction="classifier"):
+def build_model(setting, jit_compile=False, steps_per_execution=1, prediction="classifier", precision="float32"):
     """The compiled `GMVAE` of a `gmvae_keras.benchmarks.SETTINGS` entry (seeded), Adam 1e-3.
 
     With `prediction="knn"` it stores `num_labeled` random labeled images to vote among.
+    `precision` is its dtype policy, as `train.build_model` sets it (a loss-scaled
+    Adam under mixed_float16).
     """
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
@@ -234,16 +255,16 @@ def build_model(setting, jit_compile=False, steps_per_execution=1, prediction="c
         prediction=prediction,
         labeled_set_size=setting["num_labeled"] if prediction == "knn" else 0,
         seed=0,
+        dtype=precision,
     )
     if prediction == "knn":
         rng = np.random.default_rng(2)
         shape = (setting["num_labeled"],) + tuple(setting["image_shape"])
         model.set_labeled_set(rng.random(shape, dtype=np.float32), np.arange(shape[0]) % setting["num_classes"])
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        jit_compile=jit_compile,
-        steps_per_execution=steps_per_execution,
-    )
+    optimizer = keras.optimizers.Adam(1e-3)
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model
 
 
@@ -365,6 +386,8 @@ def run_setting(name, args):
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
+    # As gmvae_keras.main runs: the global policy too, for whatever the models do not build themselves.
+    keras.config.set_dtype_policy(args.precision)
 
     setting = _settings()[name]
     result = {
@@ -376,7 +399,12 @@ def run_setting(name, args):
     _log(f"{name}: matmul peak")
     result["matmul_peak_gflops"] = matmul_peak_gflops(tf, args.matmul_size, 2 if args.quick else 5)
 
-    model = build_model(setting, jit_compile=args.jit_compile, steps_per_execution=args.steps_per_execution)
+    model = build_model(
+        setting,
+        jit_compile=args.jit_compile,
+        steps_per_execution=args.steps_per_execution,
+        precision=args.precision,
+    )
     macs = count_macs(model)
     forward = 2 * sum(macs.values())
     result["flops_per_train_image"] = 3 * forward
@@ -391,7 +419,7 @@ def run_setting(name, args):
     _log(f"{name}: SavedModel serving")
     result.update(measure_inference(tf, model, setting, args))
     _log(f"{name}: SavedModel serving, --prediction=knn")
-    knn = build_model(setting, prediction="knn")
+    knn = build_model(setting, prediction="knn", precision=args.precision)
     result.update(measure_inference(tf, knn, setting, args, prefix="inference_knn"))
     _log(f"{name}: input pipeline")
     result.update(measure_pipeline(name, setting, args))
@@ -414,6 +442,7 @@ def run_setting(name, args):
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "jit_compile": bool(args.jit_compile),
         "steps_per_execution": args.steps_per_execution,
+        "precision": args.precision,
     }
     return result
 
@@ -428,6 +457,7 @@ def _worker_argv(args, name):
     if args.jit_compile:
         argv.append("--jit_compile")
     for option in (
+        "precision",
         "steps_per_execution",
         "warmup",
         "steps",
@@ -472,9 +502,29 @@ def _run_json(argv, what, mark=None):
 def _torch_status(args):
     if args.no_torch:
         return "skipped (--no-torch)"
+    if args.precision == "mixed_float16":
+        return (
+            "--precision=mixed_float16: torch's float16 autocast on a CPU is no comparable baseline "
+            "(mixed_float16 is meant for GPUs; on a CPU it is a smoke test of the loss scaling)"
+        )
     if importlib.util.find_spec("torch") is None:
         return "torch is not installed (pip install torch==2.13.0 to compare)"
     return None
+
+
+def bfloat16_hardware(cpu_flags):
+    """Whether the CPU computes bfloat16 in hardware (AMX or AVX-512 bfloat16 instructions)."""
+    return bool(cpu_flags.get("amx_bf16") or cpu_flags.get("avx512_bf16"))
+
+
+def precision_notes(precision, cpu_flags):
+    """The notes the JSON carries about `--precision` on a CPU with `cpu_flags` (`cpu_info()[1]`)."""
+    if precision == "mixed_bfloat16" and not bfloat16_hardware(cpu_flags):
+        return [
+            "this CPU has no bfloat16 instructions (amx_bf16, avx512_bf16): bfloat16 is emulated, slowly, so the "
+            "--precision=mixed_bfloat16 figures are not comparable with those of a CPU that has them"
+        ]
+    return []
 
 
 def main(argv=None):
@@ -490,9 +540,13 @@ def main(argv=None):
     notes, failed = [], False
     if torch_skip:
         notes.append(f"torch fields are null: {torch_skip}")
+    cpu_flags = cpu_info()[1]
+    notes += precision_notes(args.precision, cpu_flags)
     output = {
         "tool": "tools/benchmark.py",
         "quick": args.quick,
+        "precision": args.precision,
+        "bfloat16_hardware": bfloat16_hardware(cpu_flags),
         "flops_convention": FLOPS_CONVENTION,
         "timing_method": TIMING_METHOD,
         "environment": {},
@@ -527,6 +581,8 @@ def main(argv=None):
             ]
             if args.steps is not None:
                 torch_argv += ["--steps", str(args.steps)]
+            if args.precision == "mixed_bfloat16":
+                torch_argv.append("--autocast_bfloat16")
             torch_result, error = _run_json(torch_argv, f"{name} torch port")
             if torch_result is None:
                 notes.append(f"{name}: torch fields are null: {error}")
@@ -542,9 +598,11 @@ def main(argv=None):
             result["torch_train_cpu_utilization"] = torch_result["torch_train_cpu_utilization"]
             output["environment"]["torch"] = torch_result["torch_version"]
             output["environment"]["torch_threads"] = torch_result["torch_threads"]
+            output["environment"]["torch_autocast"] = torch_result.get("torch_autocast")
         output["settings"][name] = result
     output["environment"].setdefault("torch", None)
     output["environment"].setdefault("torch_threads", None if torch_skip else args.torch_threads)
+    output["environment"].setdefault("torch_autocast", None)
     load_end = os.getloadavg()
     output["load_average_1min"] = {"start": load_start[0], "end": load_end[0]}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

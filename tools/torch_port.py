@@ -2,6 +2,7 @@
 
     python tools/torch_port.py --check            # the port computes what gmvae_keras computes
     python tools/torch_port.py --bench mnist      # train images/s of the port, one JSON line
+    ... --autocast_bfloat16                       # both under torch.autocast("cpu", dtype=torch.bfloat16)
 
 This is the baseline a typical user would write: the networks of
 `gmvae_keras/networks.py` as `torch.nn` modules in torch's natural NCHW
@@ -24,9 +25,18 @@ compares, on a random batch: every loss function (the k-NN assignment
 exactly, the others to 1e-4), the inference outputs, and the training loss
 terms and gradients with the same Gumbel and Gaussian noise; `--float64`
 does it in float64, to 1e-6.
+
+`--autocast_bfloat16` is the port of `--precision=mixed_bfloat16`: the
+networks run under `torch.autocast("cpu", dtype=torch.bfloat16)` while the
+parts gmvae_keras keeps in float32 leave autocast (`_full_precision`): the
+Gumbel-Softmax, the variance heads, the prior, the Gaussian sample, the
+decoder's sigmoid, and the losses (their distance matrix included). `--check`
+then compares with a `mixed_bfloat16` GMVAE, to the looser tolerances of
+`check`.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -57,6 +67,12 @@ MIN_VARIANCE = 1e-6
 EPSILON = 1e-7
 LOG_ZERO = -1e9
 ADAM_EPSILON = 1e-7  # keras.optimizers.Adam default
+# `check --autocast_bfloat16`: the model's outputs and loss terms (relative to
+# max(1, |value|)), each gradient (relative to its norm), and the share of the
+# training step's k-NN assignments that may differ.
+BFLOAT16_TOLERANCE = 1e-2
+BFLOAT16_GRADIENT_TOLERANCE = 0.25
+BFLOAT16_ASSIGNMENTS = 0.1
 
 
 def _glorot(module):
@@ -68,6 +84,16 @@ def _glorot(module):
 
 def _bn(channels):
     return nn.BatchNorm2d(channels, eps=BN_EPSILON, momentum=BN_MOMENTUM)
+
+
+def _full_precision():
+    """Leaves an enclosing autocast: what gmvae_keras computes in float32 under a mixed policy."""
+    return torch.autocast("cpu", enabled=False)
+
+
+def _autocast(enabled):
+    """`torch.autocast("cpu", dtype=torch.bfloat16)` when `enabled` (the port of mixed_bfloat16), else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 class Encoder(nn.Module):
@@ -103,8 +129,9 @@ class Decoder(nn.Module):
         self.output_conv = nn.ConvTranspose2d(c_in, channels, kernel, stride)
 
     def forward(self, z):
-        x = self.blocks(z[:, :, None, None])
-        return torch.sigmoid(self.output_conv(x))
+        x = self.output_conv(self.blocks(z[:, :, None, None]))
+        with _full_precision():
+            return torch.sigmoid(x.to(self.output_conv.weight.dtype))
 
 
 class GMVAE(nn.Module):
@@ -150,27 +177,36 @@ class GMVAE(nn.Module):
     def forward(self, images, gumbel=None, noise=None):
         """Every intermediate quantity. In training mode y and z are sampled
         (with the given Gumbel / standard normal noise when passed); in eval
-        mode y = softmax(logits) and z = its mean, as in gmvae_keras."""
+        mode y = softmax(logits) and z = its mean, as in gmvae_keras.
+
+        Every output is in the parameters' dtype: under autocast the networks
+        compute in bfloat16 and the rest as gmvae_keras keeps it (`_full_precision`).
+        """
+        full = self.cat_logits.weight.dtype
         features = self.encoder(images)
         logits = self.cat_logits(F.leaky_relu(self.cat_hidden(features), NEGATIVE_SLOPE))
-        if self.training:
-            if gumbel is None:
-                uniform = torch.rand_like(logits) * (1.0 - 2 * EPSILON) + EPSILON
-                gumbel = -torch.log(-torch.log(uniform))
-            y = F.softmax((logits + gumbel) / self.temperature, dim=-1)
-        else:
-            y = F.softmax(logits, dim=-1)
+        with _full_precision():
+            features, logits = features.to(full), logits.to(full)
+            if self.training:
+                if gumbel is None:
+                    uniform = torch.rand_like(logits) * (1.0 - 2 * EPSILON) + EPSILON
+                    gumbel = -torch.log(-torch.log(uniform))
+                y = F.softmax((logits + gumbel) / self.temperature, dim=-1)
+            else:
+                y = F.softmax(logits, dim=-1)
         hidden = F.leaky_relu(self.gauss_hidden(torch.cat([features, y], dim=-1)), NEGATIVE_SLOPE)
         z_mean = self.gauss_mean(hidden)
-        z_variance = F.softplus(self.gauss_variance(hidden)) + MIN_VARIANCE
-        if self.training:
-            if noise is None:
-                noise = torch.randn_like(z_mean)
-            z = z_mean + torch.sqrt(z_variance) * noise
-        else:
-            z = z_mean
-        prior_mean = self.prior_mean(y)
-        prior_variance = F.softplus(self.prior_variance(y)) + MIN_VARIANCE
+        with _full_precision():
+            z_mean = z_mean.to(full)
+            z_variance = F.softplus(self.gauss_variance(hidden.to(full))) + MIN_VARIANCE
+            if self.training:
+                if noise is None:
+                    noise = torch.randn_like(z_mean)
+                z = z_mean + torch.sqrt(z_variance) * noise
+            else:
+                z = z_mean
+            prior_mean = self.prior_mean(y)
+            prior_variance = F.softplus(self.prior_variance(y)) + MIN_VARIANCE
         return {
             "features": features,
             "logits": logits,
@@ -190,6 +226,10 @@ class GMVAE(nn.Module):
         last len(labels) rows labeled.
         """
         out = self(images, gumbel, noise)
+        with _full_precision():
+            return self._losses(images, labels, out)
+
+    def _losses(self, images, labels, out):
         terms = {
             "reconstruction_loss": reconstruction_loss(images, out["reconstruction"]),
             "gaussian_loss": gaussian_loss(
@@ -302,8 +342,8 @@ def steps_for(step_seconds, repeat_seconds, max_steps=50):
     return max(1, min(max_steps, math.ceil(repeat_seconds / max(step_seconds, 1e-9))))
 
 
-def bench(setting, warmup=1, steps=None, repeats=3, repeat_seconds=8.0, threads=2, seed=0):
-    """Steady-state train images/s of the port (median over `repeats`)."""
+def bench(setting, warmup=1, steps=None, repeats=3, repeat_seconds=8.0, threads=2, seed=0, autocast_bfloat16=False):
+    """Steady-state train images/s of the port (median over `repeats`), under bfloat16 autocast if asked."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = build(setting).train()
@@ -312,7 +352,8 @@ def bench(setting, warmup=1, steps=None, repeats=3, repeat_seconds=8.0, threads=
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        _, total, _ = model.compute_losses(images, labels)
+        with _autocast(autocast_bfloat16):
+            _, total, _ = model.compute_losses(images, labels)
         total.backward()
         optimizer.step()
         return total
@@ -342,6 +383,7 @@ def bench(setting, warmup=1, steps=None, repeats=3, repeat_seconds=8.0, threads=
         "torch_train_cpu_utilization": cpu_seconds / wall_seconds,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_autocast": "bfloat16" if autocast_bfloat16 else None,
         "torch_final_loss": loss,
     }
 
@@ -427,20 +469,33 @@ def _to_keras_layout(name, array):
     return array
 
 
-def check(setting_name="mnist", seed=0, float64=False, verbose=True):
+def check(setting_name="mnist", seed=0, float64=False, verbose=True, autocast_bfloat16=False):
     """Compares the port with gmvae_keras on a random batch; raises on mismatch.
 
     In float32 the model's outputs, loss terms and assignments must agree to
     1e-4 (relative to max(1, |value|)) and each gradient to 2e-2 of its norm
     (the backward passes through BatchNorm cancel, so float32 rounding shows
-    there); with `float64=True` everything to 1e-6.
+    there); with `float64=True` everything to 1e-6. With
+    `autocast_bfloat16=True` the port under bfloat16 autocast is compared with
+    a `mixed_bfloat16` GMVAE: the loss functions (float32 in both) as in
+    float32, the model's outputs and loss terms to `BFLOAT16_TOLERANCE`, each
+    gradient to `BFLOAT16_GRADIENT_TOLERANCE` of its norm, and up to
+    `BFLOAT16_ASSIGNMENTS` of the training step's k-NN assignments may differ
+    (two frameworks round 8-bit mantissas differently, and a near tie of the
+    vote can go either way).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
+    if float64 and autocast_bfloat16:
+        raise SystemExit("--float64 and --autocast_bfloat16 exclude each other")
     dt = np.float64 if float64 else np.float32
     tolerance, gradient_tolerance = (1e-6, 1e-6) if float64 else (1e-4, 2e-2)
+    model_tolerance, assignments_allowed = tolerance, 0
+    if autocast_bfloat16:
+        model_tolerance, gradient_tolerance = BFLOAT16_TOLERANCE, BFLOAT16_GRADIENT_TOLERANCE
+        assignments_allowed = BFLOAT16_ASSIGNMENTS
     if float64:
         keras.config.set_floatx("float64")
         torch.set_default_dtype(torch.float64)
@@ -537,6 +592,7 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
         margin=setting["margin"],
         k=setting["k"],
         seed=seed,
+        dtype="mixed_bfloat16" if autocast_bfloat16 else None,
         **weights,
     )
     port = build(setting)
@@ -550,32 +606,39 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
     images_nchw = t(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
     port.eval()
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(autocast_bfloat16):
         out_torch = port(images_nchw)
     out_keras = kmodel(images, training=False)
     for name in ("features", "logits", "z_mean", "z_variance", "prior_mean", "prior_variance"):
-        close(f"inference {name}", out_torch[name].numpy(), out_keras[name].numpy())
+        close(f"inference {name}", out_torch[name].numpy(), out_keras[name].numpy(), model_tolerance)
     close(
         "inference reconstruction",
         out_torch["reconstruction"].numpy().transpose(0, 2, 3, 1),
         out_keras["reconstruction"].numpy(),
+        model_tolerance,
     )
 
     gumbel = -np.log(-np.log(rng.uniform(1e-7, 1 - 1e-7, (batch, c)))).astype(dt)
     noise = rng.normal(size=(batch, setting["latent_size"])).astype(dt)
     port.train()
-    terms_torch, total_torch, assigned_torch = port.compute_losses(images_nchw, t(labels), t(gumbel), t(noise))
+    with _autocast(autocast_bfloat16):
+        terms_torch, total_torch, assigned_torch = port.compute_losses(images_nchw, t(labels), t(gumbel), t(noise))
     total_torch.backward()
 
-    # gmvae_keras.model.GMVAE.call and compute_losses, with the noise injected.
+    # gmvae_keras.model.GMVAE.call and compute_losses, with the noise injected;
+    # `full` is GMVAE._full: float32 after the 16-bit networks of a mixed model.
+    def full(x):
+        return keras.ops.cast(x, kmodel.dtype_policy.variable_dtype)
+
     with tf.GradientTape() as tape:
         feats = kmodel.encoder(images, training=True)
         lg = kmodel.categorical_inference(feats)
-        y = keras.ops.softmax((lg + gumbel) / setting.get("temperature", 1.0), axis=-1)
+        y = keras.ops.softmax((full(lg) + gumbel) / setting.get("temperature", 1.0), axis=-1)
         zm, zv = kmodel.gaussian_inference([feats, y])
-        zz = zm + keras.ops.sqrt(zv) * noise
+        zz = full(zm) + keras.ops.sqrt(zv) * noise
         pm_, pv_ = kmodel.gaussian_prior(y)
         rec = kmodel.decoder(zz, training=True)
+        feats, lg, zm = full(feats), full(lg), full(zm)
         dist = K.pairwise_distance(feats)
         assigned = K.assign_labels_from_distances(dist[:n_u, n_u:], labels, c, setting["k"])
         lab = keras.ops.concatenate([assigned, labels.astype(np.int32)], axis=0)
@@ -589,10 +652,14 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True):
         total_keras = K.total_loss(terms_keras, **weights)
     grads = tape.gradient(total_keras, [kv for kv, _ in pairs])
     same_assigned = int(np.sum(assigned.numpy() != assigned_torch.numpy()))
-    report("training assignment", same_assigned == 0, f"{same_assigned} of {n_u} assignments differ")
+    report(
+        "training assignment",
+        same_assigned <= assignments_allowed * n_u,
+        f"{same_assigned} of {n_u} assignments differ",
+    )
     for name in terms_keras:
-        close(f"training {name}", terms_torch[name].item(), terms_keras[name].numpy())
-    close("training total loss", total_torch.item(), total_keras.numpy())
+        close(f"training {name}", terms_torch[name].item(), terms_keras[name].numpy(), model_tolerance)
+    close("training total loss", total_torch.item(), total_keras.numpy(), model_tolerance)
     worst, worst_name = 0.0, ""
     for (kv, tp), g in zip(pairs, grads, strict=True):
         ours, theirs = _to_keras_layout(kv.path, tp.grad.numpy()), np.asarray(g)
@@ -621,6 +688,11 @@ def main(argv=None):
     )
     parser.add_argument("--setting", default="mnist", help="setting of --check (mnist, svhn)")
     parser.add_argument("--float64", action="store_true", help="--check in float64, to tolerance 1e-6")
+    parser.add_argument(
+        "--autocast_bfloat16",
+        action="store_true",
+        help="run under torch.autocast('cpu', dtype=torch.bfloat16), the port of --precision=mixed_bfloat16",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (at least 1)")
     parser.add_argument(
         "--steps", type=int, default=None, help="steps per timed repeat (default: about --repeat_seconds)"
@@ -630,7 +702,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.check:
-        check(args.setting, float64=args.float64)
+        check(args.setting, float64=args.float64, autocast_bfloat16=args.autocast_bfloat16)
         return 0
     if args.bench.lstrip().startswith("{"):
         setting = json.loads(args.bench)
@@ -639,7 +711,15 @@ def main(argv=None):
 
         setting = SETTINGS[args.bench]
     setting = dict(setting, image_shape=tuple(setting["image_shape"]))
-    result = bench(setting, args.warmup, args.steps, args.repeats, args.repeat_seconds, args.threads)
+    result = bench(
+        setting,
+        args.warmup,
+        args.steps,
+        args.repeats,
+        args.repeat_seconds,
+        args.threads,
+        autocast_bfloat16=args.autocast_bfloat16,
+    )
     print(json.dumps(result))
     return 0
 
