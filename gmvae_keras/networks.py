@@ -47,7 +47,7 @@ def _positive_variance(dense_output, min_variance):
     """A variance head's output made positive: softplus, plus a floor so the log-density stays finite.
 
     The heads compute in full precision: in bfloat16 a floor of 1e-6 vanishes
-    next to any softplus above 1/256.
+    next to any softplus above about 5e-4.
     """
     return ops.softplus(dense_output) + min_variance
 
