@@ -6,6 +6,10 @@ then averaged over the batch, except `lifted_structured_loss`, which is
 averaged over the positive pairs of the batch.
 
     L = L_R + w_G·L_G + w_C·L_C + w_A·L_A + w_M·L_M
+
+Each function computes in the dtype of its inputs: `GMVAE` gives them
+float32 under a mixed precision policy (`GMVAE.call` casts what the 16-bit
+networks return), so no loss, distance or vote is taken in 16 bits.
 """
 
 import keras

@@ -160,3 +160,29 @@ def test_variance_heads_are_a_softplus_of_their_dense_layer_plus_the_floor():
 def test_unsupported_image_shape_is_rejected():
     with pytest.raises(ValueError, match="not supported"):
         Encoder((64, 64, 3), 10)
+
+
+def test_full_precision_is_the_variables_dtype():
+    from gmvae_keras.layers import full_precision
+
+    assert full_precision("mixed_bfloat16").name == "float32"
+    assert full_precision("mixed_float16").name == "float32"
+    assert full_precision("float64").name == "float64"
+
+
+def test_under_a_mixed_global_policy_the_samplers_and_the_prior_compute_in_float32(global_dtype_policy):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    half = tf.constant(np.random.default_rng(0).normal(size=(4, 3)), tf.bfloat16)
+    assert GumbelSoftmax(seed=0)(half, training=True).dtype == tf.float32
+    variance = tf.ones((4, 3), tf.bfloat16)
+    assert GaussianSample(seed=0)([half, variance], training=True).dtype == tf.float32
+    prior = GaussianPrior(5)
+    mean, prior_variance = prior(tf.one_hot([0, 1, 2, 0], 3))
+    assert mean.dtype == prior_variance.dtype == tf.float32 and prior.mean.compute_dtype == "float32"
+    # The networks around them compute in 16 bits, but for the variance head and the sigmoid.
+    inference = GaussianInference(5)
+    z_mean, z_variance = inference([tf.zeros((4, 8)), tf.zeros((4, 3))])
+    assert (z_mean.dtype, z_variance.dtype) == (tf.bfloat16, tf.float32)
+    decoder = Decoder((28, 28, 1), 5)
+    assert decoder.output_conv.compute_dtype == "bfloat16"
+    assert decoder(tf.zeros((2, 5))).dtype == tf.float32
