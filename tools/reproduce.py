@@ -153,24 +153,25 @@ def stale_flags(run_flags, model_dir):
     return flagfiles.config_from_args(run_flags).describe_differences(previous)
 
 
-def _summary(values):
+def _spread(values, extreme):
+    """`mean (± std; EXTREME max)`: the max is the worst error or the best ACC/NMI."""
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} (± {std:.2f}; worst {max(values):.2f})"
+    return f"{mean:.2f} (± {std:.2f}; {extreme} {max(values):.2f})"
 
 
-def _mean_best(values):
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} (± {std:.2f}; best {max(values):.2f})"
+def _run_facts(results):
+    """Epochs, mean train hours, mean train images/s and CPUs of a sweep's runs."""
+    epochs = ", ".join(map(str, sorted({m["epochs"] for m in results})))
+    hours = sum(m["train_seconds"] for m in results) / len(results) / 3600
+    rate = statistics.fmean(m["train_images_per_second"] for m in results)
+    cpus = "; ".join(sorted({m.get("cpu_model") or "not recorded" for m in results}))
+    return epochs, hours, rate, cpus
 
 
 def clustering_table(args, results):
     """Table 3's layout: ACC and NMI (%), mean ± std and best seed, beside the paper's."""
-    epochs = sorted({m["epochs"] for m in results})
-    hours = sum(m["train_seconds"] for m in results) / len(results) / 3600
-    rate = statistics.fmean(m["train_images_per_second"] for m in results)
-    cpus = sorted({m.get("cpu_model") or "not recorded" for m in results})
+    epochs, hours, rate, cpus = _run_facts(results)
     paper = PAPER_CLUSTERING.get(args.dataset)
     shown = "n/a"
     if paper:
@@ -183,15 +184,15 @@ def clustering_table(args, results):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for which, label in (("best", "lowest validation loss"), ("last", "last epoch")):
-        acc = _mean_best([m[f"test_cluster_accuracy_{which}"] for m in results])
-        nmi = _mean_best([m[f"test_nmi_{which}"] for m in results])
+        acc = _spread([m[f"test_cluster_accuracy_{which}"] for m in results], "best")
+        nmi = _spread([m[f"test_nmi_{which}"] for m in results], "best")
         lines.append(
             f"| {args.dataset} | {args.settings} | {shown} | {label} | {acc} | {nmi} | {seeds} "
-            f"| {', '.join(map(str, epochs))} | {hours:.2f} | {rate:.0f} |"
+            f"| {epochs} | {hours:.2f} | {rate:.0f} |"
         )
     lines += [
         "",
-        f"CPU: {'; '.join(cpus)}. Runs that shared the cores train slower: compare images/s on one host only.",
+        f"CPU: {cpus}. Runs that shared the cores train slower: compare images/s on one host only.",
         "",
         "| Seed | Chosen epoch | Test ACC, chosen model (%) | Test NMI (%) | Last model ACC (%) | Last model NMI (%) |",
         "|---|---|---|---|---|---|",
@@ -205,10 +206,7 @@ def clustering_table(args, results):
 
 
 def table(args, results):
-    epochs = sorted({m["epochs"] for m in results})
-    hours = sum(m["train_seconds"] for m in results) / len(results) / 3600
-    rate = statistics.fmean(m["train_images_per_second"] for m in results)
-    cpus = sorted({m.get("cpu_model") or "not recorded" for m in results})
+    epochs, hours, rate, cpus = _run_facts(results)
     label = "w_M = 0 (ablation)" if args.ablation else "full model"
     paper = PAPER.get((args.dataset, args.num_labeled, args.ablation), "n/a")
     lines = [
@@ -216,10 +214,11 @@ def table(args, results):
         "| Ours, last-epoch model (%) | Seeds | Epochs | Train time per run (h) | Train images/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {args.dataset} | {args.num_labeled} | {label} | {args.settings} | {paper} "
-        f"| {_summary([m['test_error_best'] for m in results])} | {_summary([m['test_error_last'] for m in results])} "
-        f"| {', '.join(str(m['seed']) for m in results)} | {', '.join(map(str, epochs))} | {hours:.2f} | {rate:.0f} |",
+        f"| {_spread([m['test_error_best'] for m in results], 'worst')} "
+        f"| {_spread([m['test_error_last'] for m in results], 'worst')} "
+        f"| {', '.join(str(m['seed']) for m in results)} | {epochs} | {hours:.2f} | {rate:.0f} |",
         "",
-        f"CPU: {'; '.join(cpus)}. Runs that shared the cores train slower: compare images/s on one host only.",
+        f"CPU: {cpus}. Runs that shared the cores train slower: compare images/s on one host only.",
         "",
         "| Seed | Best epoch | Test error, best model (%) | Last model (%) | Best model, classifier (%) "
         "| Best model, k-NN (%) | Train images/s |",
