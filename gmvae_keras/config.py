@@ -49,12 +49,6 @@ class Config(ModelSettings):
     )
     lr_decay_epochs: int = _field(30, "With --lr_schedule=step: epochs between decays.")
     lr_decay_rate: float = _field(0.5, "With --lr_schedule=step: factor of each decay.")
-    augment_shift: int = _field(0, "Translate training images randomly by up to N pixels per axis; 0 (paper) disables.")
-    augment_flip: bool = _field(
-        False,
-        "Mirror each training image left-right with probability 1/2 (not in the paper); for mirror-symmetric "
-        "classes such as clothes, not digits.",
-    )
     consistency_shift: int = _field(
         0,
         "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, "
@@ -62,11 +56,6 @@ class Config(ModelSettings):
     )
     consistency_flip: bool = _field(
         False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits."
-    )
-    auxiliary_warmup_epochs: float = _field(
-        0.0,
-        "Epochs over which the unlabeled samples' share of L_A and L_M ramps from 0 to 1 (labeled samples count "
-        "fully from the start); 0 (paper) disables.",
     )
     # Gumbel-Softmax.
     temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
@@ -129,9 +118,7 @@ class Config(ModelSettings):
             "steps_per_epoch",
             "image_summary_every",
             "seed",
-            "augment_shift",
             "consistency_shift",
-            "auxiliary_warmup_epochs",
         ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
@@ -177,10 +164,7 @@ class Config(ModelSettings):
 
     def train_pipeline_options(self):
         """The image perturbations of `data.make_train_dataset`, as its keyword arguments."""
-        return {
-            name: getattr(self, name)
-            for name in ("augment_shift", "augment_flip", "consistency_shift", "consistency_flip")
-        }
+        return {name: getattr(self, name) for name in ("consistency_shift", "consistency_flip")}
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -59,10 +59,6 @@ class GMVAE(keras.Model):
     reports `error`, the classification error (%) of the prediction.
 
     Beyond the paper, each off by default:
-    - `warmup_steps > 0`: at optimizer step t, L_A and L_M are
-      `(1 - r)·(the term on the labeled part) + r·(the term on the whole
-      batch)`, `r = min(1, (t + 1) / warmup_steps)`, so the first assignments,
-      made on nearly random features, are trusted gradually.
     - `assignment_balance="vote"`: each batch's assignment is rebalanced so
       every class gets about an equal share (`losses.balance_assignment`).
     - a batch dict with `views` (a shifted or mirrored copy of `images`):
@@ -93,7 +89,6 @@ class GMVAE(keras.Model):
         consistency_share, prediction: the model's settings, documented
             and checked by `settings.ModelSettings`.
         temperature: initial Gumbel-Softmax temperature.
-        warmup_steps: optimizer steps of the warm-up above; 0 disables.
         labeled_set_size: labeled images stored for `prediction="knn"`
             (0 otherwise).
         seed: seed of the sampling layers.
@@ -116,7 +111,6 @@ class GMVAE(keras.Model):
         assignment_weighting="distance",
         temperature=1.0,
         hard_gumbel=False,
-        warmup_steps=0,
         assignment_balance="none",
         consistency_share=1.0,
         prediction="classifier",
@@ -148,8 +142,6 @@ class GMVAE(keras.Model):
             )
         if prediction == "classifier" and int(labeled_set_size) != 0:
             raise ValueError(f"labeled_set_size is for prediction='knn'; got {labeled_set_size} with 'classifier'")
-        if int(warmup_steps) < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.image_shape = tuple(int(d) for d in image_shape)
@@ -158,7 +150,6 @@ class GMVAE(keras.Model):
         for name, value in dataclasses.asdict(settings).items():
             setattr(self, name, value)
         self.temperature = float(temperature)
-        self.warmup_steps = int(warmup_steps)
         self.labeled_set_size = int(labeled_set_size)
         self.seed = seed
 
@@ -323,12 +314,11 @@ class GMVAE(keras.Model):
     def _uses_auxiliary_losses(self, num_labeled):
         return num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0)
 
-    def compute_losses(self, images, labels=None, unlabeled_labels=None, training=True, trust=None, views=None):
+    def compute_losses(self, images, labels=None, unlabeled_labels=None, training=True, views=None):
         """Every loss term of the batch, the weighted total and the assignments.
 
-        `trust` is the warm-up's r (see the class docstring); None counts
-        the assigned labels fully, as in the paper. `views`: the batch's
-        second views for L_A (see the class docstring), or None.
+        `views`: the batch's second views for L_A (see the class
+        docstring), or None.
 
         Returns:
             `(terms, total, assigned)`: a dict of the five unweighted terms,
@@ -369,29 +359,17 @@ class GMVAE(keras.Model):
             labels = ops.cast(labels, "int32")
             all_labels = ops.concatenate([assigned, labels], axis=0)
             if self.assignment_weight > 0:
-
-                def assignment(logits):
-                    loss = losses.assignment_loss(all_labels, logits)
-                    if trust is not None:
-                        labeled_only = losses.assignment_loss(labels, logits[num_unlabeled:])
-                        loss = trust * loss + (1.0 - trust) * labeled_only
-                    return loss
-
                 if views is None:
-                    terms["assignment_loss"] = assignment(outputs["logits"])
+                    terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
                 else:
-                    terms["assignment_loss"] = self.consistency_share * assignment(
-                        self.classify(views, training=training)[1]
-                    )
+                    view_logits = self.classify(views, training=training)[1]
+                    terms["assignment_loss"] = self.consistency_share * losses.assignment_loss(all_labels, view_logits)
                     if self.consistency_share < 1.0:
-                        terms["assignment_loss"] += (1.0 - self.consistency_share) * assignment(outputs["logits"])
+                        terms["assignment_loss"] += (1.0 - self.consistency_share) * losses.assignment_loss(
+                            all_labels, outputs["logits"]
+                        )
             if self.metric_weight > 0:
                 terms["metric_loss"] = losses.lifted_structured_loss_from_distances(all_labels, distances, self.margin)
-                if trust is not None:
-                    labeled_only = losses.lifted_structured_loss_from_distances(
-                        labels, distances[num_unlabeled:, num_unlabeled:], self.margin
-                    )
-                    terms["metric_loss"] = trust * terms["metric_loss"] + (1.0 - trust) * labeled_only
         total = losses.total_loss(
             terms, self.gaussian_weight, self.categorical_weight, self.assignment_weight, self.metric_weight
         )
@@ -412,12 +390,8 @@ class GMVAE(keras.Model):
         images, labels, unlabeled_labels, views = self._unpack(data)
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
-        trust = None
-        if self.warmup_steps:
-            step = ops.cast(self.optimizer.iterations + 1, "float32")
-            trust = ops.minimum(step / float(self.warmup_steps), 1.0)
         with tf.GradientTape() as tape:
-            terms, total, assigned = self.compute_losses(images, labels, training=True, trust=trust, views=views)
+            terms, total, assigned = self.compute_losses(images, labels, training=True, views=views)
             # Optimizers sum the replicas' gradients: scale each replica's mean
             # loss so that the sum is the mean over the global batch. A
             # LossScaleOptimizer (mixed_float16) also multiplies it by its loss
@@ -574,7 +548,6 @@ class GMVAE(keras.Model):
                 "num_classes": self.num_classes,
                 **dataclasses.asdict(self.settings()),
                 "temperature": self.temperature,
-                "warmup_steps": self.warmup_steps,
                 "labeled_set_size": self.labeled_set_size,
                 "seed": self.seed,
             }

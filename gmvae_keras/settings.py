@@ -22,10 +22,19 @@ def check_choice(name, value, choices):
         raise ConfigError(f"--{name} must be one of {list(choices)}, got {value!r}")
 
 
-# Options of gmvae_keras 0.1.0 that measured as not helping and were removed
-# (docs/RESULTS.md, "Tried and not adopted"), with the value that meant "off".
-# A saved model or run directory that holds them at that value still loads.
-REMOVED_OPTIONS = {"assignment_confidence": 0.0, "ema_momentum": 0.0}
+# Options that measured as not helping and were removed (docs/RESULTS.md,
+# "Tried and not adopted"): the value that meant "off", the version that
+# removed the option and the last one that has it. A saved model or run
+# directory that holds one at "off" still loads. Saved models hold the
+# model's arguments (`warmup_steps`), run directories the flags.
+REMOVED_OPTIONS = {
+    "assignment_confidence": (0.0, "0.2.0", "0.1.0"),
+    "ema_momentum": (0.0, "0.2.0", "0.1.0"),
+    "auxiliary_warmup_epochs": (0.0, "0.3.0", "0.2.1"),
+    "warmup_steps": (0, "0.3.0", "0.2.1"),
+    "augment_shift": (0, "0.3.0", "0.2.1"),
+    "augment_flip": (False, "0.3.0", "0.2.1"),
+}
 # Values of kept options that were removed.
 REMOVED_VALUES = {"assignment_balance": ("distance",)}
 
@@ -37,12 +46,12 @@ def drop_removed_options(values, source):
         ConfigError: `values` sets a removed option, or a removed value.
     """
     values = dict(values)
-    for name, off in REMOVED_OPTIONS.items():
+    for name, (off, removed_in, last_in) in REMOVED_OPTIONS.items():
         if name in values:
             if values[name] != off:
                 raise ConfigError(
-                    f"{source} sets --{name}={values[name]!r}, an option removed in gmvae_keras 0.2.0; "
-                    "load it with gmvae_keras 0.1.0"
+                    f"{source} sets --{name}={values[name]!r}, an option removed in gmvae_keras {removed_in}; "
+                    f"load it with gmvae_keras {last_in}"
                 )
             del values[name]
     for name, removed in REMOVED_VALUES.items():

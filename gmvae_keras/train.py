@@ -97,7 +97,6 @@ def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=N
         num_classes=num_classes,
         **dataclasses.asdict(config.model_settings()),
         temperature=config.temperature_start,
-        warmup_steps=round(config.auxiliary_warmup_epochs * steps_per_epoch),
         labeled_set_size=len(labeled_set[1]) if knn else 0,
         seed=config.seed,
         dtype=config.precision,

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from gmvae_keras.settings import REMOVED_OPTIONS
+
 from conftest import REPO_ROOT, write_idx_dataset
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -37,8 +39,8 @@ def _with_config(source, target, **changes):
 def test_a_model_saved_by_0_1_0_loads_and_predicts_as_it_did():
     model = _load(FIXTURES / "model-0.1.0.keras")
     expected = np.load(FIXTURES / "model-0.1.0-outputs.npz")
-    # Saved with the removed option at its "off" value, which is dropped.
-    assert not hasattr(model, "assignment_confidence")
+    # Saved with the removed options at their "off" values, which are dropped.
+    assert not hasattr(model, "assignment_confidence") and not hasattr(model, "warmup_steps")
     assert model.prediction == "knn" and model.assignment_balance == "vote"
     # 0.1.0's predict_proba was q(y|x̂); a knn model's predict_proba is now the vote's shares.
     _, logits = model.features_and_logits(expected["images"])
@@ -50,15 +52,16 @@ def test_a_model_saved_by_0_1_0_loads_and_predicts_as_it_did():
 
 
 @pytest.mark.parametrize(
-    "changes, named",
+    "changes, named, version",
     [
-        ({"assignment_confidence": 0.5}, "--assignment_confidence=0.5"),
-        ({"assignment_balance": "distance"}, "--assignment_balance='distance'"),
+        ({"assignment_confidence": 0.5}, "--assignment_confidence=0.5", "0.2.0"),
+        ({"assignment_balance": "distance"}, "--assignment_balance='distance'", "0.2.0"),
+        ({"warmup_steps": 70}, "--warmup_steps=70", "0.3.0"),
     ],
 )
-def test_a_model_that_used_a_removed_option_is_refused_naming_it(tmp_path, changes, named):
+def test_a_model_that_used_a_removed_option_is_refused_naming_it(tmp_path, changes, named, version):
     path = _with_config(FIXTURES / "model-0.1.0.keras", tmp_path / "old.keras", **changes)
-    with pytest.raises(Exception, match="removed in gmvae_keras 0.2.0") as refused:
+    with pytest.raises(Exception, match=f"removed in gmvae_keras {version}") as refused:
         _load(path)
     assert named in str(refused.value)
 
@@ -70,10 +73,11 @@ def _old_run(tmp_path, **changes):
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "run-0.1.0", run)
     values = json.loads((run / "config.json").read_text())
-    assert values["ema_momentum"] == 0.0 and values["assignment_confidence"] == 0.0
+    # It holds every removed flag at "off" (`warmup_steps` was GMVAE's argument, not a flag).
+    assert all(values[name] == off for name, (off, _, _) in REMOVED_OPTIONS.items() if name != "warmup_steps")
     values.update(changes)
     (run / "config.json").write_text(json.dumps(values))
-    values = {key: value for key, value in values.items() if key not in ("ema_momentum", "assignment_confidence")}
+    values = {key: value for key, value in values.items() if key not in REMOVED_OPTIONS}
     values["data_dir"] = str(data)
     return run, values
 
@@ -85,13 +89,21 @@ def test_a_run_directory_of_0_1_0_resumes(tmp_path):
     run, values = _old_run(tmp_path)
     metrics = train_and_evaluate(Config(**values), run)
     assert metrics["epochs"] == 1
-    assert "ema_momentum" not in json.loads((run / "config.json").read_text())
+    assert not set(REMOVED_OPTIONS) & set(json.loads((run / "config.json").read_text()))
 
 
 @pytest.mark.parametrize(
-    "changes", [{"ema_momentum": 0.999}, {"assignment_confidence": 0.9}, {"assignment_balance": "distance"}]
+    "changes, version",
+    [
+        ({"ema_momentum": 0.999}, "0.2.0"),
+        ({"assignment_confidence": 0.9}, "0.2.0"),
+        ({"assignment_balance": "distance"}, "0.2.0"),
+        ({"auxiliary_warmup_epochs": 0.5}, "0.3.0"),
+        ({"augment_shift": 2}, "0.3.0"),
+        ({"augment_flip": True}, "0.3.0"),
+    ],
 )
-def test_a_run_directory_that_used_a_removed_option_is_refused_and_left_alone(tmp_path, changes):
+def test_a_run_directory_that_used_a_removed_option_is_refused_and_left_alone(tmp_path, changes, version):
     from gmvae_keras.config import Config, ConfigError
     from gmvae_keras.train import train_and_evaluate
 
@@ -99,6 +111,6 @@ def test_a_run_directory_that_used_a_removed_option_is_refused_and_left_alone(tm
     values.pop("assignment_balance")
     before = sorted(p.name for p in run.iterdir()), (run / "config.json").read_text()
     name = next(iter(changes))
-    with pytest.raises(ConfigError, match=f"config.json sets --{name}=.*removed in gmvae_keras 0.2.0"):
+    with pytest.raises(ConfigError, match=f"config.json sets --{name}=.*removed in gmvae_keras {version}"):
         train_and_evaluate(Config(**values), run)
     assert (sorted(p.name for p in run.iterdir()), (run / "config.json").read_text()) == before

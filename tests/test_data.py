@@ -397,7 +397,7 @@ def test_train_epochs_draw_from_the_seed_and_the_epoch_alone(split):
     # A stream of epochs is its epochs one after the other, whichever epoch it starts at: what a resumed run
     # reads, perturbations included.
     def epochs(start, end=None):
-        options = dict(augment_shift=1, augment_flip=True, consistency_shift=1)
+        options = dict(consistency_shift=1, consistency_flip=True)
         return collect(gd.make_train_dataset(split, 20, seed=3, **options, epoch=start, epochs=end))
 
     steps = gd.steps_per_epoch(split, 20)
@@ -541,35 +541,18 @@ def test_random_flip_mirrors_about_half_the_images():
     np.testing.assert_array_equal(out, again)
 
 
-def test_flip_leaves_the_shifts_as_they_were(tmp_path):
+def test_flipping_the_views_leaves_their_shifts_as_they_were(tmp_path):
     from gmvae_keras import data as data_lib
 
     write_idx_dataset(tmp_path, n_train=200, n_test=20, seed=2)
     splits = data_lib.load_dataset("mnist", data_dir=tmp_path, num_labeled=20, seed=0)
-    plain = next(iter(data_lib.make_train_dataset(splits, 40, seed=5)))["images"].numpy()
-    flipped = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_flip=True)))["images"].numpy()
-    mirrored = [np.array_equal(f, p[:, ::-1]) and not np.array_equal(f, p) for f, p in zip(flipped, plain, strict=True)]
-    assert 0 < sum(mirrored) < len(plain)
-    assert all(np.array_equal(f, p) or m for f, p, m in zip(flipped, plain, mirrored, strict=True))
-    shifted = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_shift=2)))["images"].numpy()
-    both = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_shift=2, augment_flip=True)))
-    both = both["images"].numpy()
+
+    def views(**options):
+        return next(iter(data_lib.make_train_dataset(splits, 40, seed=5, **options)))["views"].numpy()
+
+    shifted, both = views(consistency_shift=2), views(consistency_shift=2, consistency_flip=True)
     assert all(np.array_equal(b, s) or np.array_equal(b, s[:, ::-1]) for b, s in zip(both, shifted, strict=True))
-
-
-def test_augmented_pipeline_keeps_labels_and_layout(tmp_path):
-    from gmvae_keras import data as data_lib
-
-    write_idx_dataset(tmp_path, n_train=200, n_test=20, seed=2)
-    splits = data_lib.load_dataset("mnist", data_dir=tmp_path, num_labeled=20, seed=0)
-    plain = next(iter(data_lib.make_train_dataset(splits, 40, seed=5)))
-    shifted = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, augment_shift=2)))
-    np.testing.assert_array_equal(plain["labels"].numpy(), shifted["labels"].numpy())
-    np.testing.assert_array_equal(plain["unlabeled_labels"].numpy(), shifted["unlabeled_labels"].numpy())
-    assert shifted["images"].shape == plain["images"].shape
-    assert not np.array_equal(plain["images"].numpy(), shifted["images"].numpy())
-    with pytest.raises(data_lib.DataError, match="augment_shift must be >= 0, got -1"):
-        data_lib.make_train_dataset(splits, 40, augment_shift=-1)
+    assert not np.array_equal(both, shifted)
 
 
 def test_consistency_views_perturb_a_copy_and_leave_the_images(tmp_path):
@@ -579,6 +562,7 @@ def test_consistency_views_perturb_a_copy_and_leave_the_images(tmp_path):
     splits = data_lib.load_dataset("mnist", data_dir=tmp_path, num_labeled=20, seed=0)
     plain = next(iter(data_lib.make_train_dataset(splits, 40, seed=5)))
     assert "views" not in plain
+    labels = {key: plain[key].numpy() for key in ("labels", "unlabeled_labels")}
     plain = plain["images"].numpy()
     flipped = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, consistency_flip=True)))
     np.testing.assert_array_equal(flipped["images"].numpy(), plain)
@@ -588,9 +572,11 @@ def test_consistency_views_perturb_a_copy_and_leave_the_images(tmp_path):
     assert all(np.array_equal(v, p) or m for v, p, m in zip(views, plain, mirrored, strict=True))
     shifted = next(iter(data_lib.make_train_dataset(splits, 40, seed=5, consistency_shift=2)))
     np.testing.assert_array_equal(shifted["images"].numpy(), plain)
+    for key in ("labels", "unlabeled_labels"):
+        np.testing.assert_array_equal(shifted[key].numpy(), labels[key])
     assert shifted["views"].shape == shifted["images"].shape
     assert not np.array_equal(shifted["views"].numpy(), plain)
-    with pytest.raises(data_lib.DataError, match="consistency_shift"):
+    with pytest.raises(data_lib.DataError, match="consistency_shift must be >= 0, got -1"):
         data_lib.make_train_dataset(splits, 40, consistency_shift=-1)
 
 

@@ -204,7 +204,6 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"metric_weight": -1.0}, ConfigError, "--metric_weight must be >= 0"),
         ({"margin": -0.5}, ConfigError, "--margin must be >= 0"),
         ({"learning_rate": 0.0}, ConfigError, "--learning_rate must be > 0"),
-        ({"auxiliary_warmup_epochs": -0.5}, ConfigError, "--auxiliary_warmup_epochs must be >= 0"),
         ({"consistency_shift": -1}, ConfigError, "--consistency_shift must be >= 0"),
         ({"consistency_flip": True, "assignment_weight": 0.0}, ConfigError, "change L_A, which"),
         ({"consistency_shift": 2, "consistency_share": 0.0}, ConfigError, r"--consistency_share must be in \(0, 1\]"),
@@ -364,14 +363,21 @@ def test_the_recipe_follows_dataset_and_labels_given_in_a_users_flagfile(tmp_pat
 def test_helpfull_lists_no_removed_option_and_says_where_kept_ones_come_from():
     result = _cli("--helpfull")
     assert "--learning_rate" in result.stdout, result.stderr[-2000:]  # absl exits 1 after help
-    for removed in ("--ema_momentum", "--assignment_confidence", "distance (over the distances"):
+    for removed in (
+        "--ema_momentum",
+        "--assignment_confidence",
+        "distance (over the distances",
+        "--auxiliary_warmup_epochs",
+        "--augment_shift",
+        "--augment_flip",
+    ):
         assert removed not in result.stdout
     for kept in (
         "hard_gumbel:",
         "--lr_schedule:",
         "--assignment_balance:",
-        "--auxiliary_warmup_epochs:",
-        "--augment_shift:",
+        "--consistency_shift:",
+        "consistency_flip:",
     ):
         assert kept in result.stdout
     assert result.stdout.count("authors' released code") >= 2

@@ -73,7 +73,9 @@ def steps_per_epoch(data, batch_size, labeled_per_batch=None):
 
 
 # The pipeline's random streams, each keyed by the seed and the epoch alone.
-_UNLABELED, _LABELED, _AUGMENT, _CONSISTENCY = range(4)
+# Stream 2 perturbed the training images themselves, an option since removed;
+# the others keep their numbers, so that a seed draws as it did.
+_UNLABELED, _LABELED, _CONSISTENCY = 0, 1, 3
 
 
 def _stream_key(seed, stream, shard_index=0):
@@ -115,8 +117,6 @@ def make_train_dataset(
     batch_size,
     labeled_per_batch=None,
     seed=0,
-    augment_shift=0,
-    augment_flip=False,
     num_shards=1,
     shard_index=0,
     consistency_shift=0,
@@ -145,16 +145,12 @@ def make_train_dataset(
     `seed` and the epoch's number alone, so a run resumed at epoch `e`
     reads what an uninterrupted run reads there. All shapes are static.
 
-    `augment_shift > 0` translates every training image (labeled and
-    unlabeled) by a random offset of up to that many pixels per axis
-    (`random_shift`); the paper uses no augmentation (0). `augment_flip`
-    mirrors every training image left-right with probability 1/2
-    (`random_flip`; off in the paper).
-
     `consistency_shift > 0` or `consistency_flip` (not in the paper) adds
-    `views`: float32 [B, H, W, C], a second copy of `images` shifted by up to
-    `consistency_shift` pixels and/or mirrored with probability 1/2, drawn
-    from a random stream of its own (the model's L_A is then taken on it).
+    `views`: float32 [B, H, W, C], a second copy of `images` translated by a
+    random offset of up to `consistency_shift` pixels per axis
+    (`random_shift`) and/or mirrored left-right with probability 1/2
+    (`random_flip`), drawn from a random stream of its own (the model's L_A
+    is then taken on it). The paper uses no perturbation.
 
     With `num_shards > 1` (one input pipeline per worker of a distributed
     run) every shard walks the same seeded permutations and keeps every
@@ -164,9 +160,8 @@ def make_train_dataset(
     """
     if not 0 <= shard_index < num_shards:
         raise DataError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    for name, value in (("augment_shift", augment_shift), ("consistency_shift", consistency_shift)):
-        if value < 0:
-            raise DataError(f"{name} must be >= 0, got {value}")
+    if consistency_shift < 0:
+        raise DataError(f"consistency_shift must be >= 0, got {consistency_shift}")
     n_u, n_l = _batch_layout(data, batch_size, labeled_per_batch)
     n_train = len(data.train_labels)
     # The unlabeled indices of this shard in a pass, rounded down to full batches.
@@ -178,7 +173,6 @@ def make_train_dataset(
     steps = per_pass if steps is None else check_integer("steps", steps, minimum=1)
     key_u = _stream_key(seed, _UNLABELED)
     key_l = _stream_key(seed, _LABELED, shard_index)
-    key_augment = _stream_key(seed, _AUGMENT)
     key_consistency = _stream_key(seed, _CONSISTENCY)
     unlabeled_slice = slice(shard_index, shard_index + per_pass * n_u * num_shards, num_shards)
     labeled_idx = tf.convert_to_tensor(data.labeled_indices if n_l else np.zeros(0), dtype=tf.int64)
@@ -200,8 +194,6 @@ def make_train_dataset(
             "labels": tf.gather(labels, l_idx),
             "unlabeled_labels": tf.gather(labels, u_idx),
         }
-        if augment_shift or augment_flip:
-            element["images"] = perturb(element["images"], augment_shift, augment_flip, _fold(key_augment, e, step))
         if consistency_shift or consistency_flip:
             element["views"] = perturb(
                 element["images"], consistency_shift, consistency_flip, _fold(key_consistency, e, step)
