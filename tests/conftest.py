@@ -5,7 +5,8 @@ three pixels (little-endian), so tests can tell which image a pipeline row
 came from: `decode_index(images)` inverts the encoding, for uint8 images or
 float images scaled to [0, 1].
 
-Tests of the real data sets take the `real_dataset` fixture. Hypothesis runs
+Every test starts from global seed 0 (`_global_seed`). Tests of the real data
+sets take the `real_dataset` fixture. Hypothesis runs
 the `ci` settings profile when `CI=true` (fixed examples), else `dev`.
 """
 
@@ -41,6 +42,19 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
+
+@pytest.fixture(autouse=True)
+def _global_seed():
+    """Every test starts from the same global seed.
+
+    Layers built without a `seed` draw their initial weights from it, so a
+    test's numbers must not depend on which tests ran before it in the
+    process (or on `-k` selecting it alone).
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+
 
 # Set by CI when the real data sets are beside the clone: a real-data test then fails instead of skipping.
 REQUIRE_DATASETS = "GMVAE_REQUIRE_DATASETS"
