@@ -35,6 +35,12 @@ LOSS_TERMS = (
 )
 
 
+def _unit_float(images):
+    """Images as float32 in [0, 1]: uint8 pixels are divided by 255, floats are taken as they are."""
+    images = np.asarray(images)
+    return images.astype("float32") / 255.0 if images.dtype == np.uint8 else images.astype("float32")
+
+
 @keras.saving.register_keras_serializable(package="gmvae_keras")
 class GMVAE(keras.Model):
     """GMVAE of "Semi-supervised Learning using Deep Generative Models and
@@ -275,9 +281,7 @@ class GMVAE(keras.Model):
             )
         if not (0 <= labels.min() and labels.max() < self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes})")
-        if images.dtype == np.uint8:
-            images = images.astype("float32") / 255.0
-        self.labeled_images.assign(images.astype("float32"))
+        self.labeled_images.assign(_unit_float(images))
         self.labeled_image_labels.assign(labels.astype("int32"))
 
     def probabilities_from_outputs(self, features, logits, labeled_features=None):
@@ -437,19 +441,14 @@ class GMVAE(keras.Model):
         """`(x̂, logits of q(y|x̂))` as numpy arrays, `batch_size` images at a time, deterministic."""
         if self._inference_function is None:
             self._inference_function = tf.function(self._infer, reduce_retracing=True)
-        images = np.asarray(images)
-        if images.dtype == np.uint8:
-            images = images.astype("float32") / 255.0
-        features, logits = [], []
-        for start in range(0, len(images), batch_size):
-            batch_features, batch_logits = self._inference_function(
-                tf.constant(images[start : start + batch_size], "float32")
-            )
-            features.append(batch_features.numpy())
-            logits.append(batch_logits.numpy())
-        if not features:
+        images = _unit_float(images)
+        outputs = [
+            self._inference_function(tf.constant(images[start : start + batch_size]))
+            for start in range(0, len(images), batch_size)
+        ]
+        if not outputs:
             return np.zeros((0, self.feature_size), "float32"), np.zeros((0, self.num_classes), "float32")
-        return np.concatenate(features), np.concatenate(logits)
+        return tuple(np.concatenate([keras.ops.convert_to_numpy(part[i]) for part in outputs]) for i in (0, 1))
 
     def _inference_loss(self, images):
         return self.compute_losses(images, training=False)[1]
@@ -465,10 +464,8 @@ class GMVAE(keras.Model):
         images = np.asarray(images)
         total = 0.0
         for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            if batch.dtype == np.uint8:
-                batch = batch.astype("float32") / 255.0
-            total += float(self._loss_function(tf.constant(batch, "float32"))) * len(batch)
+            batch = _unit_float(images[start : start + batch_size])
+            total += float(self._loss_function(tf.constant(batch))) * len(batch)
         return total / max(len(images), 1)
 
     def labeled_features(self, batch_size=1000):
@@ -484,15 +481,11 @@ class GMVAE(keras.Model):
         features, logits = self.features_and_logits(images, batch_size)
         # Encoded once per call: every image is compared with the same labeled features.
         labeled_features = self.labeled_features(batch_size)
-        shares = [
-            keras.ops.convert_to_numpy(
-                self.probabilities_from_outputs(
-                    features[start : start + batch_size], logits[start : start + batch_size], labeled_features
-                )
-            )
-            for start in range(0, len(features), batch_size)
-        ]
-        return np.concatenate(shares) if shares else np.zeros((0, self.num_classes), "float32")
+        return self._in_batches(
+            lambda rows: self.probabilities_from_outputs(features[rows], logits[rows], labeled_features),
+            len(features),
+            batch_size,
+        )
 
     def predict_labels(self, images, batch_size=1000):
         """The predicted classes: the argmax of `predict_proba`."""
@@ -507,20 +500,27 @@ class GMVAE(keras.Model):
         """
         features, logits = self.features_and_logits(images, batch_size)
         labeled_features = self.extract_features(labeled_images, batch_size)
-        votes = [
-            keras.ops.convert_to_numpy(
-                losses.vote_shares(
-                    losses.pairwise_distance(features[start : start + batch_size], labeled_features),
-                    np.asarray(labeled_labels, "int32"),
-                    self.num_classes,
-                    self.k,
-                    self.assignment_weighting,
-                )
-            )
-            for start in range(0, len(features), batch_size)
+        labeled_labels = np.asarray(labeled_labels, "int32")
+        shares = self._in_batches(
+            lambda rows: losses.vote_shares(
+                losses.pairwise_distance(features[rows], labeled_features),
+                labeled_labels,
+                self.num_classes,
+                self.k,
+                self.assignment_weighting,
+            ),
+            len(features),
+            batch_size,
+        )
+        return {"classifier": logits.argmax(axis=-1).astype("int32"), "knn": shares.argmax(axis=-1).astype("int32")}
+
+    def _in_batches(self, class_scores, n, batch_size):
+        """`class_scores(rows)` for `rows` slices of `batch_size` over n rows, concatenated: `[n, c]` numpy."""
+        parts = [
+            keras.ops.convert_to_numpy(class_scores(slice(start, start + batch_size)))
+            for start in range(0, n, batch_size)
         ]
-        knn = np.concatenate(votes).argmax(axis=-1) if votes else np.zeros((0,), "int64")
-        return {"classifier": logits.argmax(axis=-1).astype("int32"), "knn": knn.astype("int32")}
+        return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), "float32")
 
     def extract_features(self, images, batch_size=1000):
         """The deterministic features x̂ = g(x)."""
