@@ -188,8 +188,9 @@ class ValidationMetrics(keras.callbacks.Callback):
     error, %), `val_cluster_accuracy` (ACC, %, best cluster-to-class
     matching) and `val_nmi` (%), and, from the predictions alone,
     `val_clusters_used` (`cluster_usage`: 10 when 10 clusters hold equal
-    shares, 1 when every image is in one). With `loss=True` it adds
-    `val_loss`, the model's `unsupervised_loss` (no labels read). All are
+    shares, 1 when every image is in one). With `clustering=True` it logs
+    `val_loss`, the model's `unsupervised_loss` (no labels read), and no
+    `val_error`: a clustering model's categories are not the classes. All are
     added to the epoch logs: place it before the callbacks that read them
     (checkpointing, summaries, TensorBoard).
 
@@ -198,26 +199,26 @@ class ValidationMetrics(keras.callbacks.Callback):
         labels: `[n]` int labels.
         batch_size: inference batch size.
         prefix: prefix of the log keys.
-        loss: also log the unsupervised validation loss.
+        clustering: score an unsupervised clustering model.
     """
 
-    def __init__(self, images, labels, batch_size=1000, prefix="val_", loss=False):
+    def __init__(self, images, labels, batch_size=1000, prefix="val_", clustering=False):
         super().__init__()
         self.images = images
         self.labels = np.asarray(labels)
         self.batch_size = int(batch_size)
         self.prefix = prefix
-        self.loss = bool(loss)
+        self.clustering = bool(clustering)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or len(self.labels) == 0:
             return
         # The label-free scores first: a clustering run selects its model by them.
-        if self.loss:
+        if self.clustering:
             logs[self.prefix + "loss"] = self.model.unsupervised_loss(self.images, self.batch_size)
         predictions = self.model.predict_labels(self.images, self.batch_size)
         logs[self.prefix + "clusters_used"] = cluster_usage(predictions, self.model.num_classes)
-        scores = evaluate_predictions(self.labels, predictions)
+        scores = evaluate_predictions(self.labels, predictions, self.clustering)
         logs.update({self.prefix + name: value for name, value in scores.items()})
 
 
@@ -234,14 +235,16 @@ def cluster_usage(predictions, num_clusters):
     return float(np.exp(-np.sum(shares * np.log(shares))))
 
 
-def evaluate_predictions(labels, predictions):
-    """Classification error, clustering accuracy and NMI (all %) of predictions."""
+def evaluate_predictions(labels, predictions, clustering=False):
+    """Classification error, clustering accuracy and NMI (all %) of predictions; no error for a clustering."""
     labels = np.asarray(labels)
-    return {
-        "error": float(100.0 * np.mean(np.asarray(predictions) != labels)),
+    scores = {
         "cluster_accuracy": float(metrics.clustering_accuracy(labels, predictions)),
         "nmi": float(metrics.normalized_mutual_info(labels, predictions)),
     }
+    if not clustering:
+        scores["error"] = float(100.0 * np.mean(np.asarray(predictions) != labels))
+    return scores
 
 
 class NonFiniteLoss(RuntimeError):

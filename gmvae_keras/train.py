@@ -168,12 +168,13 @@ def train_stream(data, config, initial_epoch=0):
 
 
 def _scores(model, images, labels, data, batch_size, prefix):
-    """The run's scores on one split; with a labeled set, also the error of each prediction rule."""
+    """The run's scores on one split; with a labeled set, also the error of each prediction rule.
+
+    A clustering (no labeled set) gets ACC and NMI only: its categories are not the classes.
+    """
     if len(data.labeled_labels) == 0:
-        return {
-            f"{prefix}_{name}": value
-            for name, value in evaluate_predictions(labels, model.predict_labels(images, batch_size)).items()
-        }
+        predicted = model.predict_labels(images, batch_size)
+        return {f"{prefix}_{name}": value for name, value in evaluate_predictions(labels, predicted, True).items()}
     # Both rules on the same model, whichever one the run predicts (and selects its best epoch) with.
     both = model.predict_both(images, data.labeled_images, data.labeled_labels, batch_size)
     scores = {f"{prefix}_{name}": value for name, value in evaluate_predictions(labels, both[model.prediction]).items()}
@@ -277,7 +278,7 @@ def _train_and_evaluate(config, model_dir):
     ]
     if chief:
         callbacks += [
-            ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size, loss=clustering),
+            ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size, clustering=clustering),
             LearningRateLogger(),
             checkpointer,
             # An explicit progress bar runs here, so that it ends its line before the summary.
@@ -333,16 +334,19 @@ def _train_and_evaluate(config, model_dir):
     )
     export_saved_model(best, model_dir / "export")
     ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
-    rules = ""
-    if "test_error_knn_best" in metrics:
-        rules = (
-            f"best model by each rule: classifier {metrics['test_error_classifier_best']:.2f}%, "
-            f"k-NN {metrics['test_error_knn_best']:.2f}%; "
+    best, last = (
+        f"{metrics['test_cluster_accuracy_' + w]:.2f}%, NMI {metrics['test_nmi_' + w]:.2f}%" for w in ("best", "last")
+    )
+    if clustering:
+        scores = f"test ACC {best} (lowest validation loss, epoch {metrics['best_epoch']}); ACC {last} (last); "
+    else:
+        scores = (
+            f"test error {metrics['test_error_best']:.2f}%, ACC {best} (best model, epoch {metrics['best_epoch']}); "
+            f"test error {metrics['test_error_last']:.2f}% (last); best model by each rule: classifier "
+            f"{metrics['test_error_classifier_best']:.2f}%, k-NN {metrics['test_error_knn_best']:.2f}%; "
         )
     print(
-        f"done: test error {metrics['test_error_best']:.2f}%, ACC {metrics['test_cluster_accuracy_best']:.2f}%, "
-        f"NMI {metrics['test_nmi_best']:.2f}% (best model, epoch {metrics['best_epoch']}); "
-        f"test error {metrics['test_error_last']:.2f}% (last); {rules}"
+        f"done: {scores}"
         f"{metrics['train_images_per_second']:.0f} train images/s; run in {model_dir}, "
         f"SavedModel in {model_dir / 'export'}",
         flush=True,

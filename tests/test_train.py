@@ -601,6 +601,8 @@ def test_clustering_run_reports_accuracy_and_nmi(mnist_files, tmp_path):
         assert 0.0 <= metrics[key] <= 100.0, key
     # ACC is at least the share of the largest class under any clustering.
     assert metrics["test_cluster_accuracy_best"] >= 10.0
+    # Its categories are not the classes: no classification error is reported.
+    assert not [key for key in metrics if "error" in key]
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["monitor"] == "val_loss"
     with pytest.raises(ConfigError, match="--mode=clustering uses no labeled data"):
