@@ -83,17 +83,26 @@ def gaussian_loss(z, mean, variance, prior_mean, prior_variance):
     return ops.mean(log_normal(z, mean, variance) - log_normal(z, prior_mean, prior_variance))
 
 
-def categorical_loss(logits):
+def categorical_loss(logits, kl="image"):
     """L_C: KL(q(y|x̂) ‖ Uniform(c)) = Σ_y q log q + log c.
+
+    With `kl="batch"` (not in the paper) the KL is that of the batch's mean
+    q(y|x̂): it is 0 whenever the categories are used equally, however
+    confident each image's q(y|x̂) is, so it guards a clustering against
+    collapse without pulling every image towards all categories at once.
 
     Args:
         logits: `[batch, c]` logits of q(y|x̂).
+        kl: "image" (the paper's) or "batch".
 
     Returns:
         Scalar: summed over the c categories, averaged over the batch.
     """
     log_q = ops.log_softmax(logits, axis=-1)
     num_classes = ops.cast(ops.shape(logits)[-1], log_q.dtype)
+    if kl == "batch":
+        q = ops.mean(ops.exp(log_q), axis=0)
+        return ops.sum(q * ops.log(ops.maximum(q, _EPSILON))) + ops.log(num_classes)
     return ops.mean(ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes))
 
 

@@ -90,7 +90,7 @@ class GMVAE(keras.Model):
         image_shape: `(H, W, C)`, 28×28×C or 32×32×C.
         num_classes: c.
         feature_size, latent_size, reconstruction, hard_gumbel,
-        gaussian_weight, categorical_weight, assignment_weight,
+        gaussian_weight, categorical_weight, categorical_kl, assignment_weight,
         metric_weight, margin, k, assignment_weighting, assignment_balance,
         consistency_share, prediction: the model's settings, documented
             and checked by `settings.ModelSettings`.
@@ -113,6 +113,7 @@ class GMVAE(keras.Model):
         assignment_weight=1.0,
         metric_weight=1.0,
         margin=1.0,
+        categorical_kl="image",
         k=5,
         assignment_weighting="distance",
         temperature=1.0,
@@ -132,6 +133,7 @@ class GMVAE(keras.Model):
             hard_gumbel=bool(hard_gumbel),
             gaussian_weight=float(gaussian_weight),
             categorical_weight=float(categorical_weight),
+            categorical_kl=categorical_kl,
             assignment_weight=float(assignment_weight),
             metric_weight=float(metric_weight),
             margin=float(margin),
@@ -340,7 +342,7 @@ class GMVAE(keras.Model):
                 outputs["prior_mean"],
                 outputs["prior_variance"],
             ),
-            "categorical_loss": losses.categorical_loss(outputs["logits"]),
+            "categorical_loss": losses.categorical_loss(outputs["logits"], self.categorical_kl),
             "assignment_loss": zero,
             "metric_loss": zero,
         }

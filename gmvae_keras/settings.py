@@ -77,6 +77,12 @@ class ModelSettings:
     # Loss weights.
     gaussian_weight: float = field(1.0, "w_G, weight of the Gaussian KL term L_G.")
     categorical_weight: float = field(1.0, "w_C, weight of the categorical KL term L_C.")
+    categorical_kl: str = field(
+        "image",
+        "L_C: KL(q(y|x̂) ‖ uniform) of each image (paper), or batch: of the batch's mean q(y|x̂), which asks for "
+        "equally used categories without pulling each image's q(y|x̂) towards uniform (not in the paper).",
+        choices=("image", "batch"),
+    )
     assignment_weight: float = field(1.0, "w_A, weight of the assignment loss L_A.")
     metric_weight: float = field(1.0, "w_M, weight of the lifted structured loss L_M.")
     margin: float = field(1.0, "Margin of the lifted structured loss.")
@@ -117,8 +123,9 @@ class ModelSettings:
         for name in ("feature_size", "latent_size", "k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("reconstruction", "assignment_weighting", "assignment_balance", "prediction"):
-            check_choice(name, getattr(self, name), ModelSettings.choices(name))
+        for f in dataclasses.fields(ModelSettings):
+            if f.metadata["choices"]:
+                check_choice(f.name, getattr(self, f.name), f.metadata["choices"])
         if not 0.0 < self.consistency_share <= 1.0:
             raise ConfigError(f"--consistency_share must be in (0, 1], got {self.consistency_share}")
 

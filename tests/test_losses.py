@@ -194,6 +194,19 @@ def test_categorical_loss_matches_closed_form():
     assert abs(float(losses.categorical_loss(logits[1:]))) < 1e-6
 
 
+def test_batch_categorical_loss_is_the_kl_of_the_batch_mean():
+    logits = np.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], "float32")
+    q = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).mean(0)
+    expected = (q * np.log(q / (1.0 / 3.0))).sum()
+    np.testing.assert_allclose(float(losses.categorical_loss(logits, "batch")), expected, rtol=1e-5)
+    # Confident images spread over every category: nothing to pay in the batch, log c per image.
+    confident = 20.0 * np.eye(3, dtype="float32")
+    assert abs(float(losses.categorical_loss(confident, "batch"))) < 1e-5
+    np.testing.assert_allclose(float(losses.categorical_loss(confident)), np.log(3.0), rtol=1e-5)
+    # Every image in one category (a collapse): log c, finite.
+    np.testing.assert_allclose(float(losses.categorical_loss(confident[[0, 0, 0]], "batch")), np.log(3.0), rtol=1e-4)
+
+
 def test_reconstruction_loss_reductions():
     images = np.zeros((2, 2, 2, 1), "float32")
     recon = np.full((2, 2, 2, 1), 0.5, "float32")

@@ -42,6 +42,7 @@ def batches(num_labeled=6, num_unlabeled=6, steps=4, seed=0):
         ("ablation", {"metric_weight": 0.0}, 6),
         ("semi_supervised", {"assignment_balance": "vote"}, 6),
         ("clustering", {"assignment_weight": 0.0, "metric_weight": 0.0, "reconstruction": "bce"}, 0),
+        ("clustering", {"assignment_weight": 0.0, "metric_weight": 0.0, "categorical_kl": "batch"}, 0),
     ],
 )
 def test_fit_lowers_the_loss_and_every_term_is_finite(mode, overrides, num_labeled):
@@ -86,6 +87,7 @@ def test_k_larger_than_labeled_part_is_a_clear_error():
         ({"reconstruction": "l1"}, "--reconstruction must be one of ['mse', 'bce'], got 'l1'"),
         ({"assignment_weighting": "x"}, "--assignment_weighting must be one of ['distance', 'majority'], got 'x'"),
         ({"prediction": "vote"}, "--prediction must be one of ['classifier', 'knn'], got 'vote'"),
+        ({"categorical_kl": "marginal"}, "--categorical_kl must be one of ['image', 'batch'], got 'marginal'"),
         ({"prediction": "knn", "labeled_set_size": 1}, "prediction='knn' needs labeled_set_size >= k=2"),
         ({"prediction": "classifier", "labeled_set_size": 6}, "labeled_set_size is for prediction='knn'; got 6"),
         ({"assignment_balance": "distance"}, "--assignment_balance must be one of ['none', 'vote'], got 'distance'"),
