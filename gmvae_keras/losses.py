@@ -13,7 +13,6 @@ networks return), so no loss, distance or vote is taken in 16 bits.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
 from gmvae_keras.settings import ConfigError, ModelSettings, check_choice
@@ -231,27 +230,6 @@ def assign_labels(unlabeled_features, labeled_features, labeled_labels, num_clas
     """
     distances = pairwise_distance(ops.stop_gradient(unlabeled_features), ops.stop_gradient(labeled_features))
     return assign_labels_from_distances(distances, labeled_labels, num_classes, k, weighting)
-
-
-def assign_labels_in_batches(
-    unlabeled_features, labeled_features, labeled_labels, num_classes, k, weighting="distance", batch_size=1000
-):
-    """`assign_labels` for many unlabeled rows, `batch_size` at a time (bounded memory), as numpy int32."""
-    return np.concatenate(
-        [
-            np.asarray(
-                assign_labels(
-                    unlabeled_features[start : start + batch_size],
-                    labeled_features,
-                    labeled_labels,
-                    num_classes,
-                    k,
-                    weighting,
-                )
-            )
-            for start in range(0, len(unlabeled_features), batch_size)
-        ]
-    )
 
 
 def lifted_structured_loss_from_distances(labels, distances, margin):

@@ -43,6 +43,7 @@ settings.register_profile(
 )
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
+
 @pytest.fixture(autouse=True)
 def _global_seed():
     """Every test starts from the same global seed.

@@ -200,41 +200,6 @@ def _load_tool(name):
     return module
 
 
-def test_knn_probe_agrees_with_an_independent_nearest_neighbour(tiny_run, capsys):
-    import keras
-
-    from gmvae_keras import data as data_lib
-    from gmvae_keras.config import Config
-
-    assert _load_tool("knn_probe").main(["--model_dir", str(tiny_run), "--k", "1", "3"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert set(result["knn_error"]) == {"1", "3"} and result["agreement_k"] == 1
-
-    config = Config.from_dict(json.loads((tiny_run / "config.json").read_text()))
-    data = data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir, num_labeled=config.num_labeled, seed=config.seed
-    )
-    model = keras.saving.load_model(tiny_run / "best.keras")
-    labeled = np.load(tiny_run / "labeled_indices.npy")
-    labeled_features = model.extract_features(data.train_images[labeled])
-    features = model.extract_features(data.val_images)
-    distances = ((features[:, None, :] - labeled_features[None]) ** 2).sum(-1)
-    nearest = data.train_labels[labeled][np.argmin(distances, axis=1)]
-    predictions = model.predict_labels(data.val_images)
-    assert result["images"] == len(data.val_labels)
-    assert result["knn_error"]["1"] == pytest.approx(100 * np.mean(nearest != data.val_labels))
-    assert result["classifier_error"] == pytest.approx(100 * np.mean(predictions != data.val_labels))
-    assert result["agreement"] == pytest.approx(100 * np.mean(nearest == predictions))
-
-
-def test_knn_probe_errors_are_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        _load_tool("knn_probe").main(["--model_dir", str(tmp_path)])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1
-
-
 def _tiny_flags(tiny_run):
     config = json.loads((tiny_run / "config.json").read_text())
     return [
@@ -280,11 +245,18 @@ def test_assignment_report_matches_an_independent_nearest_neighbour(tiny_run):
     )
     model = keras.saving.load_model(tiny_run / "best.keras")
     subset, val_subset = np.arange(0, 120, 2), np.arange(10)
-    report = _load_tool("assignment_probe").assignment_report(model, data, subset, val_subset, 1, "distance")
+    report = _load_tool("assignment_probe").assignment_report(model, data, subset, val_subset)
     labeled_features = model.extract_features(data.train_images[data.labeled_indices])
     features = model.extract_features(data.train_images[subset])
-    nearest = np.argmin(((features[:, None, :] - labeled_features[None]) ** 2).sum(-1), axis=1)
-    assigned = data.train_labels[data.labeled_indices][nearest]
+    # The model's vote: its k nearest labeled images, each weighing 1/(distance + ε).
+    assert model.assignment_weighting == "distance"
+    distances = np.sqrt(((features[:, None, :] - labeled_features[None]) ** 2).sum(-1))
+    nearest = np.argsort(distances, axis=1)[:, : model.k]
+    votes = np.zeros((len(subset), data.num_classes))
+    for row, columns in enumerate(nearest):
+        for column in columns:
+            votes[row, data.train_labels[data.labeled_indices][column]] += 1.0 / (distances[row, column] + 1e-7)
+    assigned = np.argmax(votes, axis=1)
     truth = data.train_labels[subset]
     assert report["assignment_accuracy"] == pytest.approx(np.mean(assigned == truth))
     for c in range(data.num_classes):

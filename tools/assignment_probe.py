@@ -33,16 +33,14 @@ from pathlib import Path
 import numpy as np
 
 
-def assignment_report(model, data, train_subset, val_subset, k, weighting, batch_size=1000):
+def assignment_report(model, data, train_subset, val_subset, batch_size=1000):
     """Validation error and per-class k-NN assignment figures of `model`, as a dict."""
-    from gmvae_keras import losses
-
-    labeled_features = model.extract_features(data.train_images[data.labeled_indices], batch_size)
-    labeled_labels = data.train_labels[data.labeled_indices]
-    features = model.extract_features(data.train_images[train_subset], batch_size)
-    assigned = losses.assign_labels_in_batches(
-        features, labeled_features, labeled_labels, data.num_classes, k, weighting, batch_size
-    )
+    assigned = model.predict_both(
+        data.train_images[train_subset],
+        data.train_images[data.labeled_indices],
+        data.train_labels[data.labeled_indices],
+        batch_size,
+    )["knn"]
     truth = data.train_labels[train_subset]
     class_accuracy = [
         float(np.mean(assigned[truth == c] == c)) if np.any(truth == c) else None for c in range(data.num_classes)
@@ -106,9 +104,7 @@ def main(argv=None):
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, block, logs=None):
             row = {"step": (block + 1) * args.every}
-            row.update(
-                assignment_report(self.model, data, train_subset, val_subset, config.k, config.assignment_weighting)
-            )
+            row.update(assignment_report(self.model, data, train_subset, val_subset))
             # The training logs' running means over the block, apart from the report's own fields.
             row.update({f"train_{name}": float(value) for name, value in (logs or {}).items()})
             line = json.dumps(row)
