@@ -198,16 +198,14 @@ class ValidationMetrics(keras.callbacks.Callback):
         images: `[n, H, W, C]` uint8 or float images in [0, 1].
         labels: `[n]` int labels.
         batch_size: inference batch size.
-        prefix: prefix of the log keys.
         clustering: score an unsupervised clustering model.
     """
 
-    def __init__(self, images, labels, batch_size=1000, prefix="val_", clustering=False):
+    def __init__(self, images, labels, batch_size=1000, clustering=False):
         super().__init__()
         self.images = images
         self.labels = np.asarray(labels)
         self.batch_size = int(batch_size)
-        self.prefix = prefix
         self.clustering = bool(clustering)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -215,11 +213,11 @@ class ValidationMetrics(keras.callbacks.Callback):
             return
         # The label-free scores first: a clustering run selects its model by them.
         if self.clustering:
-            logs[self.prefix + "loss"] = self.model.unsupervised_loss(self.images, self.batch_size)
+            logs["val_loss"] = self.model.unsupervised_loss(self.images, self.batch_size)
         predictions = self.model.predict_labels(self.images, self.batch_size)
-        logs[self.prefix + "clusters_used"] = cluster_usage(predictions, self.model.num_classes)
+        logs["val_clusters_used"] = cluster_usage(predictions, self.model.num_classes)
         scores = evaluate_predictions(self.labels, predictions, self.clustering)
-        logs.update({self.prefix + name: value for name, value in scores.items()})
+        logs.update({"val_" + name: value for name, value in scores.items()})
 
 
 def cluster_usage(predictions, num_clusters):

@@ -114,19 +114,15 @@ class RunCheckpoint(keras.callbacks.Callback):
         state: the dict of `initial_state()` or of a resumed `state.json`;
             updated in place.
         batch_size: images per training step.
-        monitor: epoch-log key that selects the best model.
-        mode: "min" or "max": whether a lower or higher `monitor` is better.
+        monitor: epoch-log key that selects the best model (the lowest value).
     """
 
-    def __init__(self, model_dir, state, batch_size, monitor="val_error", mode="min"):
+    def __init__(self, model_dir, state, batch_size, monitor="val_error"):
         super().__init__()
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.model_dir = Path(model_dir)
         self.state = state
         self.batch_size = int(batch_size)
         self.monitor = monitor
-        self.mode = mode
         self._start = None
         self._end = None
         self._steps = 0
@@ -161,7 +157,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         name = f"epoch-{epoch + 1:04d}.keras"
         try:
             checkpoints.mkdir(parents=True, exist_ok=True)
-            if value is not None and (best is None or (value < best if self.mode == "min" else value > best)):
+            if value is not None and (best is None or value < best):
                 self.state["best_value"] = float(value)
                 self.state["monitor"] = self.monitor
                 self.state["best_epoch"] = epoch + 1

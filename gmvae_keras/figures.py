@@ -43,7 +43,7 @@ def generated_figure(model, samples=10, seed=0):
     return fig
 
 
-def tsne_figure(features, labels, class_names=None, seed=0):
+def tsne_figure(features, labels, seed=0):
     """Figure 4: 2-D t-SNE of features, coloured by class, with a legend."""
     from sklearn.manifold import TSNE
 
@@ -56,8 +56,7 @@ def tsne_figure(features, labels, class_names=None, seed=0):
     colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     for i, c in enumerate(classes):
         chosen = labels == c
-        name = class_names[c] if class_names is not None else str(c)
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=4, color=colours(i % colours.N), label=name)
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=4, color=colours(i % colours.N), label=str(c))
     ax.legend(markerscale=4, fontsize=8, loc="best", title="class")
     ax.set_xticks([])
     ax.set_yticks([])

@@ -266,11 +266,8 @@ def _train_and_evaluate(config, model_dir):
 
     # A clustering run reads no labels, not even to choose its model: it keeps the lowest validation loss.
     clustering = config.mode == "clustering"
-    if clustering:
-        monitor, monitor_mode = "val_loss", "min"
-    else:
-        monitor, monitor_mode = "val_error", "min"
-    checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, monitor, monitor_mode)
+    monitor = "val_loss" if clustering else "val_error"
+    checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, monitor)
     callbacks = [
         TerminateOnNonFinite(("loss",) + LOSS_TERMS),
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
