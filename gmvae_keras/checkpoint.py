@@ -26,6 +26,9 @@ from pathlib import Path
 
 import keras
 
+from gmvae_keras.config import Config
+from gmvae_keras.settings import ConfigError, drop_removed_options
+
 
 def atomic_write_text(path, text):
     path = Path(path)
@@ -60,6 +63,43 @@ def saved_model_path(model_dir, which="best"):
     else:
         path = last_checkpoint(model_dir, read_json(model_dir / "state.json", {}) or {})
     return path if path is not None and path.exists() else None
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used; the message is one line."""
+
+
+def read_config(model_dir):
+    """The `Config` of a run directory's config.json; None when it has none.
+
+    Raises:
+        ConfigError: config.json sets an option removed since (said in the option's own words).
+        RunError: config.json is not a configuration of this version (an unknown key, say).
+    """
+    path = Path(model_dir) / "config.json"
+    values = read_json(path)
+    if values is None:
+        return None
+    values = drop_removed_options(values, str(path))
+    try:
+        return Config.from_dict(values)
+    except (ConfigError, TypeError) as e:
+        raise RunError(f"{path} is not a gmvae_keras configuration ({e})") from None
+
+
+def read_run(model_dir, which="best"):
+    """`(config, path of the saved model)` of a finished run directory; `which` is "best" or "last".
+
+    Raises:
+        ConfigError, RunError: as `read_config`, or no config.json or no such model.
+    """
+    config = read_config(model_dir)
+    if config is None:
+        raise RunError(f"{model_dir} holds no run (config.json is missing)")
+    path = saved_model_path(model_dir, which)
+    if path is None:
+        raise RunError(f"no {which} model in {model_dir}")
+    return config, path
 
 
 class CheckpointWriteError(RuntimeError):

@@ -116,6 +116,7 @@ def main(argv=None):
 
     from gmvae_keras import checkpoint as ckpt
     from gmvae_keras import paths
+    from gmvae_keras.settings import ConfigError
 
     parser = argparse.ArgumentParser(prog="python -m gmvae_keras.export", description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", required=True, help="run directory of gmvae_keras.main")
@@ -133,12 +134,9 @@ def main(argv=None):
             problem = paths.output_dir_problem(export_dir.parent)
             if problem:
                 raise paths.PathError(f"--export_dir={shown} cannot be replaced: {export_dir.parent} {problem}")
-    except paths.PathError as e:
+        _, path = ckpt.read_run(model_dir, args.which)
+    except (paths.PathError, ConfigError, ckpt.RunError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    path = ckpt.saved_model_path(model_dir, args.which)
-    if path is None:
-        print(f"error: no {args.which} model in {model_dir}", file=sys.stderr)
         return 2
     import gmvae_keras.model  # noqa: F401  registers the custom layers
 

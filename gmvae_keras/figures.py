@@ -183,20 +183,12 @@ def main(argv=None):
     import gmvae_keras.model  # noqa: F401  registers the custom layers
     from gmvae_keras import checkpoint as ckpt
     from gmvae_keras import data as data_lib
-    from gmvae_keras.config import Config
+    from gmvae_keras.settings import ConfigError
 
-    values = ckpt.read_json(model_dir / "config.json")
-    if values is None:
-        print(f"error: {model_dir} holds no run (config.json is missing)", file=sys.stderr)
-        return 2
-    config = Config.from_dict(values)
-    path = ckpt.saved_model_path(model_dir, args.which)
-    if path is None:
-        print(f"error: no {args.which} model in {model_dir}", file=sys.stderr)
-        return 2
     try:
+        config, path = ckpt.read_run(model_dir, args.which)
         raw = data_lib.load_raw(config.dataset, data_dir=args.data_dir or config.data_dir)
-    except data_lib.DataError as e:
+    except (ConfigError, ckpt.RunError, data_lib.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     (_, _), (test_images, test_labels), _, _ = raw

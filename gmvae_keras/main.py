@@ -17,11 +17,11 @@ from absl import app, flags, logging  # noqa: E402
 
 from gmvae_keras import flagfiles  # noqa: E402
 from gmvae_keras.callbacks import NonFiniteLoss  # noqa: E402
-from gmvae_keras.checkpoint import CheckpointWriteError  # noqa: E402
+from gmvae_keras.checkpoint import CheckpointWriteError, RunError  # noqa: E402
 from gmvae_keras.config import ConfigError  # noqa: E402
 from gmvae_keras.data import DataError  # noqa: E402
 from gmvae_keras.paths import PathError  # noqa: E402
-from gmvae_keras.train import RunError, train_and_evaluate  # noqa: E402
+from gmvae_keras.train import train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
 flagfiles.define_flags(FLAGS)

@@ -23,15 +23,9 @@ from gmvae_keras.callbacks import (
     ValidationMetrics,
     evaluate_predictions,
 )
-from gmvae_keras.config import Config, ConfigError
+from gmvae_keras.checkpoint import RunError
 from gmvae_keras.export import export_saved_model
 from gmvae_keras.model import GMVAE, LOSS_TERMS
-from gmvae_keras.settings import drop_removed_options
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used; the message is one line."""
-
 
 # Files of a run that `--overwrite` removes before starting afresh.
 _RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy", "config.json")
@@ -112,15 +106,9 @@ def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=N
 
 def _check_run_dir(config, model_dir):
     """Refuse to resume a run made with other flags, unless --overwrite."""
-    previous = ckpt.read_json(model_dir / "config.json")
+    previous = ckpt.read_config(model_dir)
     if previous is None:
         return False
-    # A run of an older version that set a removed option is refused in its own words.
-    previous = drop_removed_options(previous, f"{model_dir}/config.json")
-    try:
-        previous = Config.from_dict(previous)
-    except (ConfigError, TypeError) as e:
-        raise RunError(f"{model_dir}/config.json is not a gmvae_keras configuration ({e})") from None
     differences = config.describe_differences(previous)
     if differences and not config.overwrite:
         raise RunError(

@@ -198,6 +198,20 @@ def test_figures_refuses_an_unwritable_model_dir(run_copy, tmp_path, capsys, mon
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("module", ["gmvae_keras.figures", "gmvae_keras.export"])
+def test_a_run_whose_config_is_not_this_versions_is_refused_in_one_line(run_copy, tmp_path, module):
+    config = run_copy / "config.json"
+    config.write_text(config.read_text().rstrip().rstrip("}") + ', "no_such_option": 1}')
+    before = _snapshot(tmp_path)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", module, f"--model_dir={run_copy}"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode != 0
+    message = _one_error_line(proc.stderr)
+    assert message == f"error: {config} is not a gmvae_keras configuration (unknown configuration keys: no_such_option)"
+    assert _snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
