@@ -35,8 +35,9 @@ REMOVED_OPTIONS = {
     "augment_shift": (0, "0.3.0", "0.2.1"),
     "augment_flip": (False, "0.3.0", "0.2.1"),
 }
-# Values of kept options that were removed.
-REMOVED_VALUES = {"assignment_balance": ("distance",)}
+# Values of kept options that were removed: the values, the version that
+# removed them and the last one that has them.
+REMOVED_VALUES = {"assignment_balance": (("distance",), "0.2.0", "0.1.0")}
 
 
 def drop_removed_options(values, source):
@@ -54,11 +55,11 @@ def drop_removed_options(values, source):
                     f"load it with gmvae_keras {last_in}"
                 )
             del values[name]
-    for name, removed in REMOVED_VALUES.items():
+    for name, (removed, removed_in, last_in) in REMOVED_VALUES.items():
         if values.get(name) in removed:
             raise ConfigError(
-                f"{source} sets --{name}={values[name]!r}, a value removed in gmvae_keras 0.2.0; "
-                "load it with gmvae_keras 0.1.0"
+                f"{source} sets --{name}={values[name]!r}, a value removed in gmvae_keras {removed_in}; "
+                f"load it with gmvae_keras {last_in}"
             )
     return values
 
