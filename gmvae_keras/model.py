@@ -428,6 +428,10 @@ class GMVAE(keras.Model):
         return logs
 
     def test_step(self, data):
+        # With prediction="knn" every batch encodes the labeled set anew: Keras traces this step once
+        # and reuses the trace in later `evaluate` calls, so features encoded once per evaluate would
+        # need a variable of their own, which every saved model would then carry. Runs score with
+        # `predict_labels`, which encodes them once per call.
         images, labels, _, _ = self._unpack(data)
         predicted = self.labels_from_outputs(*self.classify(images, training=False))
         wrong = ops.not_equal(predicted, ops.cast(labels, "int32"))
