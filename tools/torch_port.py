@@ -239,12 +239,10 @@ class GMVAE(nn.Module):
         }
         num_unlabeled = images.shape[0] - labels.shape[0]
         distances = pairwise_distance(out["features"])
-        assigned = assign_labels_from_distances(
-            distances[:num_unlabeled, num_unlabeled:], labels, self.num_classes, self.k
-        )
+        assigned = assign_labels(distances[:num_unlabeled, num_unlabeled:], labels, self.num_classes, self.k)
         all_labels = torch.cat([assigned, labels])
         terms["assignment_loss"] = F.cross_entropy(out["logits"], all_labels)
-        terms["metric_loss"] = lifted_structured_loss_from_distances(all_labels, distances, self.margin)
+        terms["metric_loss"] = lifted_structured_loss(all_labels, distances, self.margin)
         w = self.loss_weights
         total = (
             terms["reconstruction_loss"]
@@ -289,7 +287,7 @@ def pairwise_distance(a, b=None):
 
 
 @torch.no_grad()
-def assign_labels_from_distances(distances, labeled_labels, num_classes, k):
+def assign_labels(distances, labeled_labels, num_classes, k):
     """1/distance-weighted k-NN vote among the labeled samples (paper, eq. 8)."""
     nearest, neighbours = torch.topk(distances, k, dim=1, largest=False)
     weights = 1.0 / (nearest + EPSILON)
@@ -298,7 +296,7 @@ def assign_labels_from_distances(distances, labeled_labels, num_classes, k):
     return votes.argmax(-1)
 
 
-def lifted_structured_loss_from_distances(labels, distances, margin):
+def lifted_structured_loss(labels, distances, margin):
     """Lifted structured loss (Song et al. 2016), log-sum-exp form, averaged
     over the ordered positive pairs and halved."""
     same = labels[:, None] == labels[None, :]
@@ -554,8 +552,8 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True, autocast_bf
         near <= near_bound,
         f"largest {near:.2e} (both), bound {near_bound:.2e}",
     )
-    assigned_keras = K.assign_labels_from_distances(d_keras[:n_u, n_u:], labels, c, setting["k"]).numpy()
-    assigned_torch = assign_labels_from_distances(t(d_keras[:n_u, n_u:]), t(labels), c, setting["k"]).numpy()
+    assigned_keras = K.assign_labels(d_keras[:n_u, n_u:], labels, c, setting["k"]).numpy()
+    assigned_torch = assign_labels(t(d_keras[:n_u, n_u:]), t(labels), c, setting["k"]).numpy()
     report(
         "assign_labels",
         np.array_equal(assigned_keras, assigned_torch),
@@ -564,8 +562,8 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True, autocast_bf
     all_labels = np.concatenate([assigned_keras, labels])
     close(
         "lifted_structured_loss",
-        lifted_structured_loss_from_distances(t(all_labels), t(d_keras), setting["margin"]).item(),
-        K.lifted_structured_loss_from_distances(all_labels, d_keras, setting["margin"]).numpy(),
+        lifted_structured_loss(t(all_labels), t(d_keras), setting["margin"]).item(),
+        K.lifted_structured_loss(all_labels, d_keras, setting["margin"]).numpy(),
     )
     logits = rng.normal(size=(batch, c)).astype(dt) * 3
     close("categorical_loss", categorical_loss(t(logits)).item(), K.categorical_loss(logits).numpy())
@@ -640,14 +638,14 @@ def check(setting_name="mnist", seed=0, float64=False, verbose=True, autocast_bf
         rec = kmodel.decoder(zz, training=True)
         feats, lg, zm = full(feats), full(lg), full(zm)
         dist = K.pairwise_distance(feats)
-        assigned = K.assign_labels_from_distances(dist[:n_u, n_u:], labels, c, setting["k"])
+        assigned = K.assign_labels(dist[:n_u, n_u:], labels, c, setting["k"])
         lab = keras.ops.concatenate([assigned, labels.astype(np.int32)], axis=0)
         terms_keras = {
             "reconstruction_loss": K.reconstruction_loss(images, rec),
             "gaussian_loss": K.gaussian_loss(zz, zm, zv, pm_, pv_),
             "categorical_loss": K.categorical_loss(lg),
             "assignment_loss": K.assignment_loss(lab, lg),
-            "metric_loss": K.lifted_structured_loss_from_distances(lab, dist, setting["margin"]),
+            "metric_loss": K.lifted_structured_loss(lab, dist, setting["margin"]),
         }
         total_keras = K.total_loss(terms_keras, **weights)
     grads = tape.gradient(total_keras, [kv for kv, _ in pairs])
