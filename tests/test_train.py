@@ -182,6 +182,15 @@ def test_export_command_reexports_a_run(finished_run, tmp_path):
     assert export_main(["--model_dir", str(tmp_path / "nothing")]) == 2
 
 
+def test_step_schedule_halves_the_rate_every_lr_decay_epochs():
+    from gmvae_keras.train import learning_rate
+
+    steps = 5
+    schedule = learning_rate(Config(learning_rate=1e-3, lr_schedule="step", lr_decay_epochs=3), steps)
+    rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(40)]
+    assert rates == pytest.approx([1e-3 * 0.5 ** (step // (3 * steps)) for step in range(40)], rel=1e-6)
+
+
 def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
     model_dir, config, _, _ = finished_run
     before = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
