@@ -118,11 +118,19 @@ def remove_stale_temporaries(model_dir):
 
 
 def read_json(path, default=None):
+    """The JSON value in `path`; `default` when there is no such file.
+
+    Raises:
+        RunError: `path` is a folder, unreadable or not JSON (a run killed by hand-editing, say).
+    """
     path = Path(path)
     if not path.exists():
         return default
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"cannot read {path}: {e}") from None
 
 
 def initial_state():

@@ -116,10 +116,11 @@ def write_figures(
     import keras
     import tensorflow as tf
 
+    from gmvae_keras.model import unit_float
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = np.asarray(images)
-    floats = images.astype("float32") / 255.0 if images.dtype == np.uint8 else images.astype("float32")
+    floats = unit_float(images)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     subset = np.sort(rng.choice(len(images), size=min(tsne_points, len(images)), replace=False))

@@ -105,18 +105,33 @@ def categorical_loss(logits, kl="image"):
     return ops.mean(ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes))
 
 
-def assignment_loss(labels, logits):
+def assignment_loss(labels, logits, view_logits=None, view_share=1.0):
     """L_A: cross-entropy of q(y|x̂) against true or assigned labels.
+
+    Beyond the paper (`--consistency_shift`/`--consistency_flip`): with
+    `view_logits`, q(y|·) of a perturbed view of the same images, `view_share`
+    of L_A is the cross-entropy on the view and the rest on the image itself.
 
     Args:
         labels: `[batch]` int labels (true for labeled samples, from
             `assign_labels` for unlabeled ones).
         logits: `[batch, c]` logits of q(y|x̂).
+        view_logits: `[batch, c]` logits of the view, or None (the paper).
+        view_share: in [0, 1], the view's share of L_A.
 
     Returns:
         Scalar: averaged over the batch.
     """
-    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+    def cross_entropy(logits):
+        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+    if view_logits is None:
+        return cross_entropy(logits)
+    loss = view_share * cross_entropy(view_logits)
+    if view_share < 1.0:  # with the whole share on the view, the image's term is not even computed
+        loss += (1.0 - view_share) * cross_entropy(logits)
+    return loss
 
 
 def pairwise_distance(a, b=None):

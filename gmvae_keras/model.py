@@ -35,7 +35,7 @@ LOSS_TERMS = (
 )
 
 
-def _unit_float(images):
+def unit_float(images):
     """Images as float32 in [0, 1]: uint8 pixels are divided by 255, floats are taken as they are."""
     images = np.asarray(images)
     return images.astype("float32") / 255.0 if images.dtype == np.uint8 else images.astype("float32")
@@ -283,7 +283,7 @@ class GMVAE(keras.Model):
             )
         if not (0 <= labels.min() and labels.max() < self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes})")
-        self.labeled_images.assign(_unit_float(images))
+        self.labeled_images.assign(unit_float(images))
         self.labeled_image_labels.assign(labels.astype("int32"))
 
     def probabilities_from_outputs(self, features, logits, labeled_features=None):
@@ -365,15 +365,10 @@ class GMVAE(keras.Model):
             labels = ops.cast(labels, "int32")
             all_labels = ops.concatenate([assigned, labels], axis=0)
             if self.assignment_weight > 0:
-                if views is None:
-                    terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
-                else:
-                    view_logits = self.classify(views, training=training)[1]
-                    terms["assignment_loss"] = self.consistency_share * losses.assignment_loss(all_labels, view_logits)
-                    if self.consistency_share < 1.0:
-                        terms["assignment_loss"] += (1.0 - self.consistency_share) * losses.assignment_loss(
-                            all_labels, outputs["logits"]
-                        )
+                view_logits = None if views is None else self.classify(views, training=training)[1]
+                terms["assignment_loss"] = losses.assignment_loss(
+                    all_labels, outputs["logits"], view_logits, self.consistency_share
+                )
             if self.metric_weight > 0:
                 terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
         total = losses.total_loss(
@@ -419,7 +414,9 @@ class GMVAE(keras.Model):
             self.trackers[name].update_state(value)
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         if assigned is None:
-            del logs["assignment_accuracy"]  # the auxiliary losses are off: nothing was assigned
+            # The auxiliary losses are off (a clustering run): nothing was assigned, L_A and L_M are not terms.
+            for name in ("assignment_accuracy", "assignment_loss", "metric_loss"):
+                del logs[name]
         logs["temperature"] = ops.convert_to_tensor(self.gumbel_softmax.temperature)
         if _multi_worker(tf.distribute.get_strategy()):
             # Keras averages multi-worker step outputs along axis 0, which
@@ -447,7 +444,7 @@ class GMVAE(keras.Model):
         """`(x̂, logits of q(y|x̂))` as numpy arrays, `batch_size` images at a time, deterministic."""
         if self._inference_function is None:
             self._inference_function = tf.function(self._infer, reduce_retracing=True)
-        images = _unit_float(images)
+        images = unit_float(images)
         outputs = [
             self._inference_function(tf.constant(images[start : start + batch_size]))
             for start in range(0, len(images), batch_size)
@@ -470,7 +467,7 @@ class GMVAE(keras.Model):
         images = np.asarray(images)
         total = 0.0
         for start in range(0, len(images), batch_size):
-            batch = _unit_float(images[start : start + batch_size])
+            batch = unit_float(images[start : start + batch_size])
             total += float(self._loss_function(tf.constant(batch))) * len(batch)
         return total / max(len(images), 1)
 

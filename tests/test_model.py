@@ -50,16 +50,18 @@ def test_fit_lowers_the_loss_and_every_term_is_finite(mode, overrides, num_label
     model = tiny_model(**overrides)
     ds, _, _ = batches(num_labeled=num_labeled)
     history = model.fit(ds, epochs=5, verbose=0).history
-    for name in ("loss", "reconstruction_loss", "gaussian_loss", "categorical_loss", "assignment_loss", "metric_loss"):
+    for name in ("loss", "reconstruction_loss", "gaussian_loss", "categorical_loss"):
         assert np.all(np.isfinite(history[name])), name
     assert history["loss"][-1] < history["loss"][0]
+    if mode != "clustering":
+        assert np.all(np.isfinite(history["assignment_loss"])) and np.all(np.isfinite(history["metric_loss"]))
     if mode == "semi_supervised":
         assert history["metric_loss"][0] > 0 and history["assignment_loss"][0] > 0
         assert 0.0 <= history["assignment_accuracy"][-1] <= 1.0
     if mode == "ablation":
         assert history["metric_loss"] == [0.0] * 5
-    if mode == "clustering":
-        assert history["assignment_loss"] == [0.0] * 5
+    if mode == "clustering":  # no auxiliary terms to log: a line of zeros would say nothing
+        assert not {"assignment_loss", "metric_loss", "assignment_accuracy"} & set(history)
 
 
 def test_evaluate_reports_classification_error_in_percent():

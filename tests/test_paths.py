@@ -1,5 +1,6 @@
 """Every path argument refuses a bad path in one line, before anything is written."""
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -209,6 +210,31 @@ def test_a_run_whose_config_is_not_this_versions_is_refused_in_one_line(run_copy
     assert proc.returncode != 0
     message = _one_error_line(proc.stderr)
     assert message == f"error: {config} is not a gmvae_keras configuration (unknown configuration keys: no_such_option)"
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("module", ["figures", "export"])
+def test_a_run_whose_config_is_not_json_is_refused_in_one_line(run_copy, tmp_path, capsys, module):
+    import importlib
+
+    command = importlib.import_module(f"gmvae_keras.{module}").main
+    config = run_copy / "config.json"
+    config.write_text('{"dataset": "mnist",')  # cut short, as by a full disk
+    before = _snapshot(tmp_path)
+    message = _refused(lambda: command(["--model_dir", str(run_copy)]), capsys)
+    assert message.startswith(f"error: cannot read {config}: ")
+    assert _snapshot(tmp_path) == before
+
+
+def test_resuming_a_run_whose_state_is_not_json_is_refused(run_copy, tmp_path):
+    from gmvae_keras import checkpoint as ckpt
+    from gmvae_keras.train import train_and_evaluate
+
+    config = ckpt.read_config(run_copy)
+    (run_copy / "state.json").write_text("{")
+    before = _snapshot(tmp_path)
+    with pytest.raises(ckpt.RunError, match=r"^cannot read .*state\.json: "):
+        train_and_evaluate(dataclasses.replace(config, epochs=2), run_copy)
     assert _snapshot(tmp_path) == before
 
 
