@@ -10,7 +10,8 @@ whatever Keras' global policy is then. What must not lose precision has a
 full-precision policy of its own (`layers.full_precision`, float32 under the
 mixed policies): the variance heads of q(z|x̂,y), the whole prior p(z|y) and
 the decoder's output sigmoid. BatchNormalization computes its statistics in
-float32 by itself under a mixed policy.
+float32 by itself under a mixed policy (`normalization.BatchNormalization`:
+with bfloat16 activations in and out on the CPU).
 """
 
 import keras
@@ -18,6 +19,7 @@ from keras import ops
 
 from gmvae_keras.conv import Conv2D, Conv2DTranspose
 from gmvae_keras.layers import full_precision
+from gmvae_keras.normalization import BatchNormalization
 
 # Slope of every LeakyReLU. The paper does not give it.
 NEGATIVE_SLOPE = 0.2
@@ -112,7 +114,7 @@ class Encoder(keras.layers.Layer):
                     use_bias=False,
                     dtype=self.dtype_policy,
                 ),
-                keras.layers.BatchNormalization(dtype=self.dtype_policy),
+                BatchNormalization(dtype=self.dtype_policy),
                 keras.layers.LeakyReLU(negative_slope=NEGATIVE_SLOPE, dtype=self.dtype_policy),
             ]
         self.flatten = keras.layers.Flatten(dtype=self.dtype_policy)
@@ -186,7 +188,7 @@ class Decoder(keras.layers.Layer):
         for filters, kernel, stride in specs[:-1]:
             self.blocks += [
                 Conv2DTranspose(filters, kernel, strides=stride, padding="valid", use_bias=False, dtype=policy),
-                keras.layers.BatchNormalization(dtype=policy),
+                BatchNormalization(dtype=policy),
                 keras.layers.ReLU(dtype=policy),
             ]
         _, kernel, stride = specs[-1]
