@@ -84,7 +84,7 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class EpochSummary(keras.callbacks.Callback):
-    """Prints one line per epoch: every loss term, validation error, temperature.
+    """Prints one line per epoch: every loss term, the validation scores, temperature, time and images/s.
 
     Args:
         epochs: total epochs of the run, for the "epoch e/E" prefix.

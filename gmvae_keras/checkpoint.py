@@ -8,7 +8,7 @@ Layout of a run directory:
     checkpoints/epoch-NNNN.keras
                            model + optimizer after the last complete epoch
     best.keras             model with the best monitored validation score
-    metrics.json           final errors, written at the end
+    metrics.json           final scores, written at the end
     logs/                  TensorBoard
     export/                SavedModel
 

@@ -21,7 +21,8 @@ class Config(ModelSettings):
 
     mode: str = _field(
         "semi_supervised",
-        "semi_supervised, or clustering (no labels; loads the flagfile <dataset>_clustering.cfg).",
+        "semi_supervised, or clustering (no labels; keeps the epoch of the lowest validation loss and reports ACC "
+        "and NMI; loads the flagfile <dataset>_clustering.cfg).",
         choices=["semi_supervised", "clustering"],
     )
     # Data.
@@ -33,7 +34,9 @@ class Config(ModelSettings):
         100, "Labeled training images, drawn class-balanced and fixed for the run; 0 for clustering."
     )
     validation_fraction: float = _field(0.2, "Share of the official train set held out, stratified, for validation.")
-    seed: int = _field(0, "Seed of the split, the labeled set, the shuffling and the weights' initialisation.")
+    seed: int = _field(
+        0, "Seed of the split, the labeled set, the shuffling, the perturbations, the sampling noise and the weights."
+    )
     # Batches and schedule.
     batch_size: int = _field(200, "Training batch: unlabeled images followed by labeled images.")
     labeled_per_batch: int = _field(0, "Labeled images in each batch; 0 means batch_size/2 (none when num_labeled=0).")
@@ -70,7 +73,7 @@ class Config(ModelSettings):
         "float32",
         "Keras dtype policy of the run: float32 (paper), or mixed_bfloat16 / mixed_float16: the layers compute in "
         "16 bits while the weights, the sampling, the densities, the distances, the k-NN vote and the losses stay "
-        "float32 (mixed_float16 adds loss scaling). Fixed for the run: a resumed run keeps it.",
+        "float32 (mixed_float16 adds loss scaling). Fixed for the run: resuming with another is refused.",
         choices=["float32", "mixed_bfloat16", "mixed_float16"],
     )
     strategy: str = _field(

@@ -111,7 +111,7 @@ def export_saved_model(model, export_dir):
 
 
 def main(argv=None):
-    """`python -m gmvae_keras.export --model_dir=RUN [--which=best|last]`."""
+    """`python -m gmvae_keras.export --model_dir=RUN [--which=best|last] [--export_dir=DIR]`."""
     import argparse
 
     from gmvae_keras import checkpoint as ckpt

@@ -20,8 +20,9 @@ train part. The whole train part is the unlabeled stream.
 Pipelines
 ---------
 `make_train_dataset` yields, for one epoch or a run of epochs, dicts
-`{"images", "labels", "unlabeled_labels"}` whose image batch holds the
-unlabeled rows first and the labeled rows last; what an epoch draws depends
+`{"images", "labels", "unlabeled_labels"}` (plus `views`, a perturbed copy of
+the images, with `consistency_shift` or `consistency_flip`) whose image batch
+holds the unlabeled rows first and the labeled rows last; what an epoch draws depends
 on the seed and the epoch's number alone. `make_eval_dataset` yields
 `(images, labels)` batches in order.
 
