@@ -29,7 +29,7 @@ from gmvae_keras.model import GMVAE, LOSS_TERMS
 
 # Files of a run that `--overwrite` removes before starting afresh.
 _RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy", "config.json")
-_RUN_DIRS = ("checkpoints", "export", "logs")
+_RUN_DIRS = ("checkpoints", "export", "logs", "figures")
 
 
 def learning_rate(config, steps_per_epoch):

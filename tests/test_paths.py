@@ -226,6 +226,19 @@ def test_a_run_whose_config_is_not_json_is_refused_in_one_line(run_copy, tmp_pat
     assert _snapshot(tmp_path) == before
 
 
+def test_overwrite_starts_afresh_without_the_old_runs_figures(run_copy):
+    from gmvae_keras import checkpoint as ckpt
+    from gmvae_keras.train import train_and_evaluate
+
+    config = ckpt.read_config(run_copy)
+    (run_copy / "figures").mkdir()
+    (run_copy / "figures" / "confusion.png").write_bytes(b"of the old run")
+    metrics = train_and_evaluate(dataclasses.replace(config, margin=2.0, overwrite=True), run_copy)
+    assert not (run_copy / "figures").exists()
+    assert ckpt.read_config(run_copy).margin == 2.0
+    assert ckpt.read_json(run_copy / "metrics.json") == pytest.approx(metrics)
+
+
 def test_resuming_a_run_whose_state_is_not_json_is_refused(run_copy, tmp_path):
     from gmvae_keras import checkpoint as ckpt
     from gmvae_keras.train import train_and_evaluate
