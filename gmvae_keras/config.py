@@ -55,7 +55,8 @@ class Config(ModelSettings):
     consistency_shift: int = _field(
         0,
         "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, "
-        "while its label is still assigned on the image itself (consistency; not in the paper); 0 (paper) disables.",
+        "while its label is still assigned on the image itself (consistency; not in the paper); in a clustering run "
+        "(with --assignment_weight > 0) the label is the argmax of the image's own q(y|x̂). 0 (paper) disables.",
     )
     consistency_flip: bool = _field(
         False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits."
@@ -135,13 +136,21 @@ class Config(ModelSettings):
             raise ConfigError(f"--mode=clustering uses no labeled data; got --num_labeled={self.num_labeled}")
         if self.mode == "semi_supervised" and not self.num_labeled:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
-        if (self.consistency_shift or self.consistency_flip) and (
-            self.mode == "clustering" or not self.assignment_weight
+        if (self.consistency_shift or self.consistency_flip) and not self.assignment_weight:
+            raise ConfigError(
+                "--consistency_shift/--consistency_flip change L_A, which --assignment_weight=0 leaves out"
+            )
+        if (
+            self.mode == "clustering"
+            and self.assignment_weight
+            and not (self.consistency_shift or self.consistency_flip)
         ):
             raise ConfigError(
-                "--consistency_shift/--consistency_flip change L_A, which --mode=clustering and "
-                "--assignment_weight=0 leave out"
+                "--mode=clustering takes L_A only between an image and its second view; set --consistency_shift or "
+                "--consistency_flip, or --assignment_weight=0"
             )
+        if self.mode == "clustering" and self.metric_weight:
+            raise ConfigError("--mode=clustering has no labels for L_M; set --metric_weight=0")
         if self.consistency_share < 1.0 and not (self.consistency_shift or self.consistency_flip):
             raise ConfigError(
                 "--consistency_share splits L_A between the image and its second view; set --consistency_shift or "

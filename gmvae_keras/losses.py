@@ -23,14 +23,17 @@ _LOG_ZERO = -1e9
 
 
 def total_loss(terms, gaussian_weight, categorical_weight, assignment_weight, metric_weight):
-    """L = L_R + w_G·L_G + w_C·L_C + w_A·L_A + w_M·L_M, from a dict of the unweighted terms."""
-    return (
-        terms["reconstruction_loss"]
-        + gaussian_weight * terms["gaussian_loss"]
-        + categorical_weight * terms["categorical_loss"]
-        + assignment_weight * terms["assignment_loss"]
-        + metric_weight * terms["metric_loss"]
-    )
+    """L = L_R + w_G·L_G + w_C·L_C + w_A·L_A + w_M·L_M, from a dict of the unweighted terms.
+
+    L_A and L_M may be absent from `terms` (not computed for the batch): they count as 0.
+    """
+    total = terms["reconstruction_loss"] + gaussian_weight * terms["gaussian_loss"]
+    total += categorical_weight * terms["categorical_loss"]
+    if "assignment_loss" in terms:
+        total += assignment_weight * terms["assignment_loss"]
+    if "metric_loss" in terms:
+        total += metric_weight * terms["metric_loss"]
+    return total
 
 
 def reconstruction_loss(images, reconstructions, kind="mse"):

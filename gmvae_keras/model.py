@@ -69,7 +69,10 @@ class GMVAE(keras.Model):
       every class gets about an equal share (`losses.balance_assignment`).
     - a batch dict with `views` (a shifted or mirrored copy of `images`):
       L_A's cross-entropy is `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`
-      with `s = consistency_share`, its labels assigned on the images.
+      with `s = consistency_share`, its labels assigned on the images. Without
+      labeled images (clustering) and with `w_A > 0`, each image's label is
+      the argmax of its own q(y|x̂) (no gradient), so L_A asks the view's
+      q(y|·) to agree with the image's.
     - `prediction="knn"`: the model predicts by L_A's plain k-NN vote among
       the labeled training images it stores (`set_labeled_set`), and
       `predict_proba` returns the vote's shares (`losses.vote_shares`), so
@@ -327,12 +330,12 @@ class GMVAE(keras.Model):
         docstring), or None.
 
         Returns:
-            `(terms, total, assigned)`: a dict of the five unweighted terms,
-            the weighted sum and the labels assigned to the unlabeled part
-            (None when the auxiliary losses are off).
+            `(terms, total, assigned)`: a dict of the unweighted terms the
+            batch computes (L_A and L_M only when they are on), the weighted
+            sum and the labels assigned to the unlabeled part by the k-NN vote
+            (None without labeled images).
         """
         outputs = self(images, training=training)
-        zero = ops.zeros((), dtype=outputs["logits"].dtype)
         terms = {
             "reconstruction_loss": losses.reconstruction_loss(images, outputs["reconstruction"], self.reconstruction),
             "gaussian_loss": losses.gaussian_loss(
@@ -343,12 +346,18 @@ class GMVAE(keras.Model):
                 outputs["prior_variance"],
             ),
             "categorical_loss": losses.categorical_loss(outputs["logits"], self.categorical_kl),
-            "assignment_loss": zero,
-            "metric_loss": zero,
         }
         assigned = None
         num_labeled = 0 if labels is None else labels.shape[0]
-        if self._uses_auxiliary_losses(num_labeled):
+        if num_labeled == 0 and views is not None and self.assignment_weight > 0:
+            # No labeled images (clustering): each image's label is q(y|x̂)'s own
+            # argmax, and L_A asks the view to agree with it (not in the paper).
+            own = ops.argmax(outputs["logits"], axis=-1)  # integers: no gradient flows through them
+            view_logits = self.classify(views, training=training)[1]
+            terms["assignment_loss"] = losses.assignment_loss(
+                own, outputs["logits"], view_logits, self.consistency_share
+            )
+        elif self._uses_auxiliary_losses(num_labeled):
             features = outputs["features"]
             num_unlabeled = ops.shape(images)[0] - ops.shape(labels)[0]
             # One distance matrix serves the k-NN vote (its unlabeled × labeled
@@ -412,11 +421,8 @@ class GMVAE(keras.Model):
             values = replica.all_reduce(tf.distribute.ReduceOp.MEAN, values)
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
-        if assigned is None:
-            # The auxiliary losses are off (a clustering run): nothing was assigned, L_A and L_M are not terms.
-            for name in ("assignment_accuracy", "assignment_loss", "metric_loss"):
-                del logs[name]
+        # Only what this run computes: a clustering run logs no L_A or L_M (unless L_A on its own labels).
+        logs = {name: self.trackers[name].result() for name in values}
         logs["temperature"] = ops.convert_to_tensor(self.gumbel_softmax.temperature)
         if _multi_worker(tf.distribute.get_strategy()):
             # Keras averages multi-worker step outputs along axis 0, which

@@ -1,7 +1,9 @@
 """The command line and `train_and_evaluate` end to end, on tiny synthetic files."""
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -221,9 +223,25 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"precision": "fp8"}, ConfigError, "--precision must be one of"),
         (
-            {"prediction": "knn", "mode": "clustering", "num_labeled": 0},
+            {
+                "prediction": "knn",
+                "mode": "clustering",
+                "num_labeled": 0,
+                "assignment_weight": 0.0,
+                "metric_weight": 0.0,
+            },
             ConfigError,
             "--prediction=knn votes among labeled",
+        ),
+        (
+            {"mode": "clustering", "num_labeled": 0, "metric_weight": 0.0},
+            ConfigError,
+            "takes L_A only between an image and its second view",
+        ),
+        (
+            {"mode": "clustering", "num_labeled": 0, "assignment_weight": 0.0},
+            ConfigError,
+            "has no labels for L_M",
         ),
         (
             {"prediction": "knn", "num_labeled": 10, "batch_size": 60, "k": 15},
@@ -616,6 +634,15 @@ def test_clustering_run_reports_accuracy_and_nmi(mnist_files, tmp_path):
     assert state["monitor"] == "val_loss"
     with pytest.raises(ConfigError, match="--mode=clustering uses no labeled data"):
         train_and_evaluate(Config(**{**config.to_dict(), "num_labeled": 20}), tmp_path / "other")
+
+
+def test_clustering_with_a_view_trains_l_a_on_its_own_labels(mnist_files, tmp_path, capsys):
+    config = dataclasses.replace(_clustering_config(mnist_files), assignment_weight=1.0, consistency_shift=2, epochs=1)
+    metrics = train_and_evaluate(config, tmp_path / "run")
+    line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1")][0]
+    # L_A is a term of this clustering run; L_M and the assignment's accuracy (which would read labels) are not.
+    assert re.search(r" L_A=\d+\.\d+ ", line) and "L_M=" not in line and "assign_acc" not in line
+    assert 0.0 <= metrics["test_cluster_accuracy_best"] <= 100.0
 
 
 def test_clustering_model_selection_reads_no_labels(mnist_files, tmp_path, monkeypatch):
