@@ -347,17 +347,9 @@ class GMVAE(keras.Model):
             ),
             "categorical_loss": losses.categorical_loss(outputs["logits"], self.categorical_kl),
         }
-        assigned = None
+        assigned = all_labels = None
         num_labeled = 0 if labels is None else labels.shape[0]
-        if num_labeled == 0 and views is not None and self.assignment_weight > 0:
-            # No labeled images (clustering): each image's label is q(y|x̂)'s own
-            # argmax, and L_A asks the view to agree with it (not in the paper).
-            own = ops.argmax(outputs["logits"], axis=-1)  # integers: no gradient flows through them
-            view_logits = self.classify(views, training=training)[1]
-            terms["assignment_loss"] = losses.assignment_loss(
-                own, outputs["logits"], view_logits, self.consistency_share
-            )
-        elif self._uses_auxiliary_losses(num_labeled):
+        if self._uses_auxiliary_losses(num_labeled):
             features = outputs["features"]
             num_unlabeled = ops.shape(images)[0] - ops.shape(labels)[0]
             # One distance matrix serves the k-NN vote (its unlabeled × labeled
@@ -371,15 +363,18 @@ class GMVAE(keras.Model):
                 self.assignment_weighting,
                 self.assignment_balance,
             )
-            labels = ops.cast(labels, "int32")
-            all_labels = ops.concatenate([assigned, labels], axis=0)
-            if self.assignment_weight > 0:
-                view_logits = None if views is None else self.classify(views, training=training)[1]
-                terms["assignment_loss"] = losses.assignment_loss(
-                    all_labels, outputs["logits"], view_logits, self.consistency_share
-                )
-            if self.metric_weight > 0:
-                terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
+            all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
+        elif num_labeled == 0 and views is not None:
+            # No labeled images (clustering): each image's label is q(y|x̂)'s own
+            # argmax, and L_A asks the view to agree with it (not in the paper).
+            all_labels = ops.argmax(outputs["logits"], axis=-1)  # integers: no gradient flows through them
+        if all_labels is not None and self.assignment_weight > 0:
+            view_logits = None if views is None else self.classify(views, training=training)[1]
+            terms["assignment_loss"] = losses.assignment_loss(
+                all_labels, outputs["logits"], view_logits, self.consistency_share
+            )
+        if assigned is not None and self.metric_weight > 0:
+            terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
         total = losses.total_loss(
             terms, self.gaussian_weight, self.categorical_weight, self.assignment_weight, self.metric_weight
         )

@@ -239,3 +239,19 @@ def global_dtype_policy():
     previous = keras.config.dtype_policy()
     yield previous
     keras.config.set_dtype_policy(previous)
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    """The device check of `gmvae_keras.conv` (and of the fused BatchNorm) reports a CPU-only machine."""
+    from gmvae_keras import conv
+
+    monkeypatch.setattr(conv, "_runs_on_cpu", lambda: True)
+
+
+@pytest.fixture
+def on_gpu(monkeypatch):
+    """The device check reports a visible GPU (none is needed to take that branch)."""
+    from gmvae_keras import conv
+
+    monkeypatch.setattr(conv, "_runs_on_cpu", lambda: False)

@@ -9,18 +9,6 @@ from gmvae_keras import conv
 from gmvae_keras.conv import Conv2D, Conv2DTranspose, filter_gradient
 
 
-@pytest.fixture
-def on_cpu(monkeypatch):
-    """The device check reports a CPU-only machine, wherever the tests run."""
-    monkeypatch.setattr(conv, "_runs_on_cpu", lambda: True)
-
-
-@pytest.fixture
-def on_gpu(monkeypatch):
-    """The device check reports a visible GPU (none is needed to take that branch)."""
-    monkeypatch.setattr(conv, "_runs_on_cpu", lambda: False)
-
-
 def _outputs_and_gradients(layer, x):
     x = tf.constant(x)
     with tf.GradientTape() as tape:

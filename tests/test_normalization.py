@@ -5,20 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gmvae_keras import conv
 from gmvae_keras.normalization import BatchNormalization
 
 SHAPE = (6, 5, 4, 3)
-
-
-@pytest.fixture
-def on_cpu(monkeypatch):
-    monkeypatch.setattr(conv, "_runs_on_cpu", lambda: True)
-
-
-@pytest.fixture
-def on_gpu(monkeypatch):
-    monkeypatch.setattr(conv, "_runs_on_cpu", lambda: False)
 
 
 def _pair(policy, **kwargs):
