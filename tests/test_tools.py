@@ -327,6 +327,7 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
         _finished_seed(sweep, seed, tool.run_flags(args, seed, sweep / f"seed-{seed}"), error)
     assert tool.main(argv) == 0
     out = capsys.readouterr().out
+    assert out.startswith(f"[reproduce] mnist-100-cpu: seeds 10, 11 into {sweep}\n")
     assert (
         "| mnist | 100 | full model | cpu | 1.94 (± 0.49) | 2.50 (± 0.71; worst 3.00) | 3.50 (± 0.71; worst 4.00) "
         "| 10, 11 | 10 | 0.50 | 310 |"

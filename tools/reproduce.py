@@ -290,6 +290,8 @@ def main(argv=None):
     if args.data_dir:
         args.data_dir = str(Path(args.data_dir).resolve())
     sweep = Path(args.runs_dir).resolve() / sweep_name(args)
+    # `--seeds=11` means seeds 0 .. 10, not seed 11: say which seeds run before the first one starts.
+    print(f"[reproduce] {sweep.name}: seeds {', '.join(map(str, args.seeds))} into {sweep}", flush=True)
     results = []
     for seed in args.seeds:
         model_dir = sweep / f"seed-{seed}"
