@@ -46,12 +46,9 @@ class Config(ModelSettings):
     learning_rate: float = _field(1e-3, "Adam learning rate.")
     lr_schedule: str = _field(
         "constant",
-        "Learning-rate schedule: constant (paper), cosine decay to 0 over the run, or step decay (an option of the "
-        "authors' released code).",
-        choices=["constant", "cosine", "step"],
+        "Learning-rate schedule: constant (paper), or cosine decay to 0 over the run.",
+        choices=["constant", "cosine"],
     )
-    lr_decay_epochs: int = _field(30, "With --lr_schedule=step: epochs between decays.")
-    lr_decay_rate: float = _field(0.5, "With --lr_schedule=step: factor of each decay.")
     consistency_shift: int = _field(
         0,
         "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, "
@@ -110,10 +107,10 @@ class Config(ModelSettings):
     def validate(self, num_classes=None):
         """Raise ConfigError for impossible values (num_classes once the data is known)."""
         ModelSettings.validate(self)
-        for name in ("batch_size", "epochs", "eval_batch_size", "temperature_epochs", "lr_decay_epochs"):
+        for name in ("batch_size", "epochs", "eval_batch_size", "temperature_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "temperature_start", "temperature_end", "lr_decay_rate"):
+        for name in ("learning_rate", "temperature_start", "temperature_end"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
         for name in (

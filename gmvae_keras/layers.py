@@ -25,8 +25,6 @@ class GumbelSoftmax(keras.layers.Layer):
 
     Given logits `l`, a training-time call returns
     `softmax((l + g) / temperature)` with `g ~ Gumbel(0, 1)`. With
-    `hard=True` the forward value is the one-hot argmax of that sample while
-    the gradient is the soft sample's (straight-through estimator). With
     `training=False` the layer is deterministic and returns `softmax(l)`.
 
     The temperature lives in a non-trainable variable, so a callback can
@@ -38,18 +36,16 @@ class GumbelSoftmax(keras.layers.Layer):
 
     Args:
         temperature: initial temperature, > 0.
-        hard: return straight-through one-hot samples.
         seed: seed of the layer's `keras.random.SeedGenerator`.
         **kwargs: passed to `keras.layers.Layer`.
     """
 
-    def __init__(self, temperature=1.0, hard=False, seed=None, **kwargs):
+    def __init__(self, temperature=1.0, seed=None, **kwargs):
         kwargs.setdefault("dtype", full_precision())
         super().__init__(**kwargs)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.initial_temperature = float(temperature)
-        self.hard = bool(hard)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.temperature = self.add_weight(
@@ -71,24 +67,14 @@ class GumbelSoftmax(keras.layers.Layer):
         )
         gumbel = -ops.log(-ops.log(uniform))
         temperature = ops.cast(self.temperature, logits.dtype)
-        sample = ops.softmax((logits + gumbel) / temperature, axis=-1)
-        if self.hard:
-            one_hot = ops.one_hot(ops.argmax(sample, axis=-1), ops.shape(logits)[-1], dtype=sample.dtype)
-            sample = sample + ops.stop_gradient(one_hot - sample)
-        return sample
+        return ops.softmax((logits + gumbel) / temperature, axis=-1)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "temperature": self.initial_temperature,
-                "hard": self.hard,
-                "seed": self.seed,
-            }
-        )
+        config.update({"temperature": self.initial_temperature, "seed": self.seed})
         return config
 
 

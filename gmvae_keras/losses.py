@@ -161,14 +161,12 @@ def pairwise_distance(a, b=None):
     return ops.where(is_zero, 0.0, ops.sqrt(ops.where(is_zero, 1.0, squared)))
 
 
-def assign_labels(distances, labeled_labels, num_classes, k, weighting="distance", balance="none"):
+def assign_labels(distances, labeled_labels, num_classes, k, balance="none"):
     """Label each unlabeled sample by a k-NN vote among the labeled ones (eq. 8).
 
     Each unlabeled sample takes the class with the largest vote among its `k`
-    nearest labeled samples, by the Euclidean distance of their features.
-    With `weighting="distance"` each neighbour votes with weight 1/distance,
-    as in the paper; with `weighting="majority"` each votes 1, as in the
-    authors' released code (ties go to the smallest class index). With
+    nearest labeled samples, by the Euclidean distance of their features;
+    each neighbour votes with weight 1/distance, as in the paper. With
     `balance="vote"` (not in the paper) the votes are rebalanced over the
     batch by `balance_assignment`. No gradient flows through the assignment.
 
@@ -178,7 +176,6 @@ def assign_labels(distances, labeled_labels, num_classes, k, weighting="distance
         labeled_labels: `[n_labeled]` int labels in `[0, num_classes)`.
         num_classes: c.
         k: number of neighbours, 1 <= k <= n_labeled.
-        weighting: "distance" or "majority".
         balance: "none" or "vote".
 
     Returns:
@@ -191,7 +188,7 @@ def assign_labels(distances, labeled_labels, num_classes, k, weighting="distance
     num_labeled = distances.shape[-1]
     if num_labeled is not None and k > num_labeled:
         raise ConfigError(f"k={k} is larger than the number of labeled samples ({num_labeled})")
-    votes = class_votes_from_distances(distances, labeled_labels, num_classes, k, weighting)
+    votes = class_votes_from_distances(distances, labeled_labels, num_classes, k)
     if balance == "vote":
         shares = votes / ops.sum(votes, axis=-1, keepdims=True)
         return balance_assignment(ops.log(shares + 1e-4))
@@ -216,25 +213,22 @@ def balance_assignment(log_scores, iterations=3):
     return ops.cast(ops.argmax(log_scores, axis=-1), "int32")
 
 
-def class_votes_from_distances(distances, labeled_labels, num_classes, k, weighting="distance"):
+def class_votes_from_distances(distances, labeled_labels, num_classes, k):
     """`[n_unlabeled, c]` k-NN votes (the weights that `assign_labels` takes the argmax of)."""
     distances = ops.stop_gradient(distances)
     neg_distances, neighbours = ops.top_k(-distances, k=int(k))
-    if weighting == "distance":
-        weights = 1.0 / (-neg_distances + _EPSILON)
-    else:
-        weights = ops.ones_like(neg_distances)
+    weights = 1.0 / (-neg_distances + _EPSILON)
     neighbour_labels = ops.take(ops.cast(labeled_labels, "int32"), neighbours)
     return ops.sum(ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None], axis=1)
 
 
-def vote_shares(distances, labeled_labels, num_classes, k, weighting="distance"):
+def vote_shares(distances, labeled_labels, num_classes, k):
     """`[n, c]` each class's share of the k-NN vote: a distribution whose argmax is the vote.
 
     Finite at distance 0: a neighbour's weight is 1/(distance + ε), so an
     exact match takes nearly the whole vote rather than an infinite one.
     """
-    votes = class_votes_from_distances(distances, labeled_labels, num_classes, k, weighting)
+    votes = class_votes_from_distances(distances, labeled_labels, num_classes, k)
     return votes / ops.sum(votes, axis=-1, keepdims=True)
 
 

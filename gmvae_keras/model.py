@@ -92,11 +92,11 @@ class GMVAE(keras.Model):
     Args:
         image_shape: `(H, W, C)`, 28×28×C or 32×32×C.
         num_classes: c.
-        feature_size, latent_size, reconstruction, hard_gumbel,
-        gaussian_weight, categorical_weight, categorical_kl, assignment_weight,
-        metric_weight, margin, k, assignment_weighting, assignment_balance,
-        consistency_share, prediction: the model's settings, documented
-            and checked by `settings.ModelSettings`.
+        feature_size, latent_size, reconstruction, gaussian_weight,
+        categorical_weight, categorical_kl, assignment_weight, metric_weight,
+        margin, k, assignment_balance, consistency_share, prediction: the
+            model's settings, documented and checked by
+            `settings.ModelSettings`.
         temperature: initial Gumbel-Softmax temperature.
         labeled_set_size: labeled images stored for `prediction="knn"`
             (0 otherwise).
@@ -118,9 +118,7 @@ class GMVAE(keras.Model):
         margin=1.0,
         categorical_kl="image",
         k=5,
-        assignment_weighting="distance",
         temperature=1.0,
-        hard_gumbel=False,
         assignment_balance="none",
         consistency_share=1.0,
         prediction="classifier",
@@ -133,7 +131,6 @@ class GMVAE(keras.Model):
             feature_size=int(feature_size),
             latent_size=int(latent_size),
             reconstruction=reconstruction,
-            hard_gumbel=bool(hard_gumbel),
             gaussian_weight=float(gaussian_weight),
             categorical_weight=float(categorical_weight),
             categorical_kl=categorical_kl,
@@ -141,7 +138,6 @@ class GMVAE(keras.Model):
             metric_weight=float(metric_weight),
             margin=float(margin),
             k=int(k),
-            assignment_weighting=assignment_weighting,
             assignment_balance=assignment_balance,
             consistency_share=float(consistency_share),
             prediction=prediction,
@@ -170,9 +166,7 @@ class GMVAE(keras.Model):
         self.categorical_inference = CategoricalInference(
             self.num_classes, self.feature_size, name="categorical_inference", dtype=policy
         )
-        self.gumbel_softmax = GumbelSoftmax(
-            self.temperature, hard=self.hard_gumbel, seed=seed, name="gumbel_softmax", dtype=full
-        )
+        self.gumbel_softmax = GumbelSoftmax(self.temperature, seed=seed, name="gumbel_softmax", dtype=full)
         self.gaussian_inference = GaussianInference(self.latent_size, name="gaussian_inference", dtype=policy)
         self.gaussian_sample = GaussianSample(
             seed=None if seed is None else seed + 1, name="gaussian_sample", dtype=full
@@ -306,7 +300,6 @@ class GMVAE(keras.Model):
             self.labeled_image_labels,
             self.num_classes,
             self.k,
-            self.assignment_weighting,
         )
 
     def labels_from_outputs(self, features, logits, labeled_features=None):
@@ -360,7 +353,6 @@ class GMVAE(keras.Model):
                 labels,
                 self.num_classes,
                 self.k,
-                self.assignment_weighting,
                 self.assignment_balance,
             )
             all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
@@ -499,8 +491,7 @@ class GMVAE(keras.Model):
         """Both prediction rules for the same model, whichever one it was built with.
 
         Returns `{"classifier": argmax q(y|x̂), "knn": the k-NN vote among
-        labeled_images}` as int32 arrays, the vote with the model's `k` and
-        `assignment_weighting`.
+        labeled_images}` as int32 arrays, the vote with the model's `k`.
         """
         features, logits = self.features_and_logits(images, batch_size)
         labeled_features = self.extract_features(labeled_images, batch_size)
@@ -511,7 +502,6 @@ class GMVAE(keras.Model):
                 labeled_labels,
                 self.num_classes,
                 self.k,
-                self.assignment_weighting,
             ),
             len(features),
             batch_size,

@@ -22,11 +22,12 @@ def check_choice(name, value, choices):
         raise ConfigError(f"--{name} must be one of {list(choices)}, got {value!r}")
 
 
-# Options that measured as not helping and were removed (docs/RESULTS.md,
-# "Tried and not adopted"): the value that meant "off", the version that
-# removed the option and the last one that has it. A saved model or run
+# Options that were removed: those that measured as not helping
+# (docs/RESULTS.md, "Tried and not adopted") and those of the authors'
+# released code that no recipe used. The value that meant "off", the version
+# that removed the option and the last one that has it. A saved model or run
 # directory that holds one at "off" still loads. Saved models hold the
-# model's arguments (`warmup_steps`), run directories the flags.
+# model's arguments (`warmup_steps`, `hard_gumbel`), run directories the flags.
 REMOVED_OPTIONS = {
     "assignment_confidence": (0.0, "0.2.0", "0.1.0"),
     "ema_momentum": (0.0, "0.2.0", "0.1.0"),
@@ -34,10 +35,17 @@ REMOVED_OPTIONS = {
     "warmup_steps": (0, "0.3.0", "0.2.1"),
     "augment_shift": (0, "0.3.0", "0.2.1"),
     "augment_flip": (False, "0.3.0", "0.2.1"),
+    "hard_gumbel": (False, "0.3.0", "0.2.1"),
+    "assignment_weighting": ("distance", "0.3.0", "0.2.1"),
+    "lr_decay_epochs": (30, "0.3.0", "0.2.1"),
+    "lr_decay_rate": (0.5, "0.3.0", "0.2.1"),
 }
 # Values of kept options that were removed: the values, the version that
 # removed them and the last one that has them.
-REMOVED_VALUES = {"assignment_balance": (("distance",), "0.2.0", "0.1.0")}
+REMOVED_VALUES = {
+    "assignment_balance": (("distance",), "0.2.0", "0.1.0"),
+    "lr_schedule": (("step",), "0.3.0", "0.2.1"),
+}
 
 
 def drop_removed_options(values, source):
@@ -72,9 +80,6 @@ class ModelSettings:
     feature_size: int = field(100, "f_sz: length of the features x̂ = g(x).")
     latent_size: int = field(100, "z_sz: length of the Gaussian latent z.")
     reconstruction: str = field("mse", "Reconstruction loss L_R.", choices=("mse", "bce"))
-    hard_gumbel: bool = field(
-        False, "Straight-through one-hot Gumbel-Softmax samples (an option of the authors' released code)."
-    )
     # Loss weights.
     gaussian_weight: float = field(1.0, "w_G, weight of the Gaussian KL term L_G.")
     categorical_weight: float = field(1.0, "w_C, weight of the categorical KL term L_C.")
@@ -89,9 +94,6 @@ class ModelSettings:
     margin: float = field(1.0, "Margin of the lifted structured loss.")
     # The k-NN label assignment of L_A.
     k: int = field(5, "Neighbours in the k-NN label assignment.")
-    assignment_weighting: str = field(
-        "distance", "k-NN vote: 1/distance weights (paper) or plain majority.", choices=("distance", "majority")
-    )
     assignment_balance: str = field(
         "none",
         "Rebalance the k-NN votes of each batch so every class gets about an equal share of the unlabeled "
@@ -106,8 +108,8 @@ class ModelSettings:
     prediction: str = field(
         "classifier",
         "Predicted class: argmax q(y|x̂) (paper), or knn: the plain k-NN vote of L_A's assignment rule (--k, "
-        "--assignment_weighting; no --assignment_balance) among the labeled training images' features. Also "
-        "picks the best-validation model.",
+        "1/distance weights; no --assignment_balance) among the labeled training images' features. Also picks the "
+        "best-validation model.",
         choices=("classifier", "knn"),
     )
 

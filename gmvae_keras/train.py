@@ -36,13 +36,6 @@ def learning_rate(config, steps_per_epoch):
     """The learning rate or schedule of `config`, in optimizer steps."""
     if config.lr_schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps_per_epoch)
-    if config.lr_schedule == "step":
-        return keras.optimizers.schedules.ExponentialDecay(
-            config.learning_rate,
-            decay_steps=config.lr_decay_epochs * steps_per_epoch,
-            decay_rate=config.lr_decay_rate,
-            staircase=True,
-        )
     return config.learning_rate
 
 
@@ -55,23 +48,19 @@ def _refit_schedule(model, config, steps_per_epoch):
     replaced: the step count and Adam's moments are variables of their own.
 
     Returns:
-        What was rebuilt, for the resume line ("20 epochs (was 10)"), or None
-        when the restored schedule already fits.
+        What the cosine decay was rebuilt for, for the resume line ("20 epochs
+        (was 10)"), or None when the restored schedule already fits.
     """
     wanted = learning_rate(config, steps_per_epoch)
     # A LossScaleOptimizer (mixed_float16) holds the schedule in the optimizer it wraps.
     optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     restored = optimizer.get_config()["learning_rate"]
-    schedules = keras.optimizers.schedules
-    if not isinstance(wanted, schedules.LearningRateSchedule) or not isinstance(restored, dict):
+    if not isinstance(wanted, keras.optimizers.schedules.CosineDecay) or not isinstance(restored, dict):
         return None
     if restored.get("config") == wanted.get_config():
         return None
     optimizer.learning_rate = wanted
-    old_steps = restored.get("config", {}).get("decay_steps")
-    if isinstance(wanted, schedules.CosineDecay) and old_steps:
-        return f"{config.epochs} epochs (was {old_steps / steps_per_epoch:g})"
-    return f"{steps_per_epoch} steps per epoch"
+    return f"{config.epochs} epochs (was {restored['config']['decay_steps'] / steps_per_epoch:g})"
 
 
 def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=None):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from gmvae_keras.settings import REMOVED_OPTIONS
+from gmvae_keras.settings import REMOVED_OPTIONS, REMOVED_VALUES
 
 from conftest import REPO_ROOT, write_idx_dataset
 
@@ -57,6 +57,8 @@ def test_a_model_saved_by_0_1_0_loads_and_predicts_as_it_did():
         ({"assignment_confidence": 0.5}, "--assignment_confidence=0.5", "0.2.0"),
         ({"assignment_balance": "distance"}, "--assignment_balance='distance'", "0.2.0"),
         ({"warmup_steps": 70}, "--warmup_steps=70", "0.3.0"),
+        ({"hard_gumbel": True}, "--hard_gumbel=True", "0.3.0"),
+        ({"assignment_weighting": "majority"}, "--assignment_weighting='majority'", "0.3.0"),
     ],
 )
 def test_a_model_that_used_a_removed_option_is_refused_naming_it(tmp_path, changes, named, version):
@@ -101,6 +103,7 @@ def test_a_run_directory_of_0_1_0_resumes(tmp_path):
         ({"auxiliary_warmup_epochs": 0.5}, "0.3.0"),
         ({"augment_shift": 2}, "0.3.0"),
         ({"augment_flip": True}, "0.3.0"),
+        ({"lr_schedule": "step"}, "0.3.0"),
     ],
 )
 def test_a_run_directory_that_used_a_removed_option_is_refused_and_left_alone(tmp_path, changes, version):
@@ -108,9 +111,30 @@ def test_a_run_directory_that_used_a_removed_option_is_refused_and_left_alone(tm
     from gmvae_keras.train import train_and_evaluate
 
     run, values = _old_run(tmp_path, **changes)
-    values.pop("assignment_balance")
+    values = {key: value for key, value in values.items() if key not in changes}
     before = sorted(p.name for p in run.iterdir()), (run / "config.json").read_text()
     name = next(iter(changes))
     with pytest.raises(ConfigError, match=f"config.json sets --{name}=.*removed in gmvae_keras {version}"):
         train_and_evaluate(Config(**values), run)
     assert (sorted(p.name for p in run.iterdir()), (run / "config.json").read_text()) == before
+
+
+def _other_than(off):
+    return not off if isinstance(off, bool) else off + 1 if isinstance(off, (int, float)) else f"not {off}"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [(name, _other_than(off)) for name, (off, _, _) in REMOVED_OPTIONS.items()]
+    + [(name, removed[0]) for name, (removed, _, _) in REMOVED_VALUES.items()],
+)
+def test_every_removed_option_or_value_is_dropped_at_off_and_refused_otherwise_in_one_line(name, value):
+    from gmvae_keras.config import Config, ConfigError
+
+    if name in REMOVED_OPTIONS:
+        assert Config.from_dict({name: REMOVED_OPTIONS[name][0]}) == Config()
+    with pytest.raises(ConfigError) as refused:
+        Config.from_dict({name: value}, source="config.json")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"config.json sets --{name}={value!r}, ")
+    assert message.endswith(f"load it with gmvae_keras {(REMOVED_OPTIONS.get(name) or REMOVED_VALUES[name])[2]}")

@@ -83,21 +83,18 @@ def test_lifted_structured_loss_without_positive_pairs_is_zero():
 
 def _assignment_case():
     # One unlabeled point at 0. Its 3 nearest labeled points: one of class 0
-    # at distance 0.5 and two of class 1 at 2.0 and 2.1. Majority: 2 votes
-    # for class 1. Distance-weighted: 1/0.5 = 2 for class 0 > 1/2 + 1/2.1.
+    # at distance 0.5 and two of class 1 at 2.0 and 2.1. A plain majority
+    # would pick class 1; weighted by 1/distance, 1/0.5 = 2 for class 0 > 1/2 + 1/2.1.
     unlabeled = np.array([[0.0, 0.0]], "float32")
     labeled = np.array([[0.5, 0.0], [2.0, 0.0], [0.0, -2.1], [9.0, 9.0], [10.0, 0.0]], "float32")
     labels = np.array([0, 1, 1, 0, 0])
     return unlabeled, labeled, labels
 
 
-def test_assign_labels_distance_and_majority_disagree():
+def test_assign_labels_weighs_each_neighbour_by_one_over_its_distance():
     unlabeled, labeled, labels = _assignment_case()
     distances = losses.pairwise_distance(unlabeled, labeled)
-    distance = losses.assign_labels(distances, labels, 3, k=3, weighting="distance")
-    majority = losses.assign_labels(distances, labels, 3, k=3, weighting="majority")
-    assert distance.numpy().tolist() == [0]
-    assert majority.numpy().tolist() == [1]
+    assert losses.assign_labels(distances, labels, 3, k=3).numpy().tolist() == [0]
 
 
 def test_assign_labels_nearest_neighbour_and_batch():

@@ -87,7 +87,6 @@ def test_k_larger_than_labeled_part_is_a_clear_error():
         ({"margin": -0.1}, "--margin must be >= 0, got -0.1"),
         ({"k": 0}, "--k must be >= 1, got 0"),
         ({"reconstruction": "l1"}, "--reconstruction must be one of ['mse', 'bce'], got 'l1'"),
-        ({"assignment_weighting": "x"}, "--assignment_weighting must be one of ['distance', 'majority'], got 'x'"),
         ({"prediction": "vote"}, "--prediction must be one of ['classifier', 'knn'], got 'vote'"),
         ({"categorical_kl": "marginal"}, "--categorical_kl must be one of ['image', 'batch'], got 'marginal'"),
         ({"prediction": "knn", "labeled_set_size": 1}, "prediction='knn' needs labeled_set_size >= k=2"),
@@ -138,7 +137,7 @@ def test_knn_prediction_votes_among_the_stored_labeled_images():
 
 
 def test_knn_model_config_and_keras_file_round_trip(tmp_path):
-    model = tiny_model(prediction="knn", labeled_set_size=6, assignment_weighting="majority")
+    model = tiny_model(prediction="knn", labeled_set_size=6)
     ds, images, labels = batches()
     model.set_labeled_set(images[6:], labels[6:])
     model.fit(ds, epochs=1, verbose=0)
@@ -182,13 +181,7 @@ def _outputs(model, images):
 
 
 def test_model_config_and_keras_file_round_trip(tmp_path):
-    model = tiny_model(
-        hard_gumbel=True,
-        reconstruction="bce",
-        assignment_weighting="majority",
-        assignment_balance="vote",
-        consistency_share=0.5,
-    )
+    model = tiny_model(reconstruction="bce", assignment_balance="vote", consistency_share=0.5)
     ds, images, _ = batches()
     model.fit(ds, epochs=1, verbose=0)  # moves BatchNorm statistics off their init
     model.gumbel_softmax.temperature.assign(0.7)

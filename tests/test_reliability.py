@@ -295,14 +295,11 @@ def test_fuzz_assign_labels(data, num_labeled, num_unlabeled, num_classes, dims,
         with pytest.raises(ValueError, match="larger than the number of labeled samples"):
             losses.assign_labels(losses.pairwise_distance(unlabeled, labeled), labels, num_classes, k)
         return
-    for weighting in ("distance", "majority"):
-        assigned = losses.assign_labels(
-            losses.pairwise_distance(unlabeled, labeled), labels, num_classes, k, weighting
-        ).numpy()
-        assert assigned.shape == (num_unlabeled,)
-        assert set(assigned.tolist()) <= set(labels.tolist())
-        if duplicate and k == 1:
-            assert assigned[0] == labels[0] or np.any(np.all(labeled == labeled[0], axis=1) & (labels != labels[0]))
+    assigned = losses.assign_labels(losses.pairwise_distance(unlabeled, labeled), labels, num_classes, k).numpy()
+    assert assigned.shape == (num_unlabeled,)
+    assert set(assigned.tolist()) <= set(labels.tolist())
+    if duplicate and k == 1:
+        assert assigned[0] == labels[0] or np.any(np.all(labeled == labeled[0], axis=1) & (labels != labels[0]))
 
 
 @given(

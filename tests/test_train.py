@@ -184,15 +184,6 @@ def test_export_command_reexports_a_run(finished_run, tmp_path):
     assert export_main(["--model_dir", str(tmp_path / "nothing")]) == 2
 
 
-def test_step_schedule_halves_the_rate_every_lr_decay_epochs():
-    from gmvae_keras.train import learning_rate
-
-    steps = 5
-    schedule = learning_rate(Config(learning_rate=1e-3, lr_schedule="step", lr_decay_epochs=3), steps)
-    rates = [float(keras.ops.convert_to_numpy(schedule(step))) for step in range(40)]
-    assert rates == pytest.approx([1e-3 * 0.5 ** (step // (3 * steps)) for step in range(40)], rel=1e-6)
-
-
 def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
     model_dir, config, _, _ = finished_run
     before = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
@@ -387,7 +378,7 @@ def test_the_recipe_follows_dataset_and_labels_given_in_a_users_flagfile(tmp_pat
     assert flagfiles.names()[:3] == ["fashion_mnist", "fashion_mnist_clustering", "fashion_mnist_cpu"]
 
 
-def test_helpfull_lists_no_removed_option_and_says_where_kept_ones_come_from():
+def test_helpfull_lists_the_kept_options_and_no_removed_one():
     result = _cli("--helpfull")
     assert "--learning_rate" in result.stdout, result.stderr[-2000:]  # absl exits 1 after help
     for removed in (
@@ -397,17 +388,19 @@ def test_helpfull_lists_no_removed_option_and_says_where_kept_ones_come_from():
         "--auxiliary_warmup_epochs",
         "--augment_shift",
         "--augment_flip",
+        "hard_gumbel",
+        "--assignment_weighting",
+        "--lr_decay",
+        "step decay",
     ):
         assert removed not in result.stdout
     for kept in (
-        "hard_gumbel:",
         "--lr_schedule:",
         "--assignment_balance:",
         "--consistency_shift:",
         "consistency_flip:",
     ):
         assert kept in result.stdout
-    assert result.stdout.count("authors' released code") >= 2
     short = _cli("--helpshort").stdout
     assert "--dataset:" in short and "--settings:" in short and "--model_dir:" in short
 

@@ -11,7 +11,7 @@ each block prints one JSON line:
 * `val_error`: error (%) of the model's prediction (argmax q(y|x̂), or the vote with
   `--prediction=knn`) on `--images` validation images;
 * `assignment_accuracy`, `class_accuracy[c]`, `class_share[c]`: the assignment rule of L_A
-  (`losses.assign_labels`, the run's k and weighting) applied to `--images` training images
+  (`losses.assign_labels`, with the run's k) applied to `--images` training images
   against the whole labeled set: how often it is right, per true class, and the share of the
   images it gives each class; `worst_class` is the class it gets most wrong (always the plain
   vote: with `--assignment_balance` the run rebalances each batch's votes, which shows in
