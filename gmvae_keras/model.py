@@ -530,17 +530,13 @@ class GMVAE(keras.Model):
         z = mean + ops.sqrt(variance) * noise
         return keras.ops.convert_to_numpy(self.decoder(z, training=False))
 
-    def settings(self):
-        """The model's `ModelSettings`."""
-        return ModelSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSettings)})
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
                 "image_shape": self.image_shape,
                 "num_classes": self.num_classes,
-                **dataclasses.asdict(self.settings()),
+                **{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSettings)},
                 "temperature": self.temperature,
                 "labeled_set_size": self.labeled_set_size,
                 "seed": self.seed,

@@ -42,15 +42,6 @@ class SplitData:
     def num_labeled(self):
         return int(self.labeled_indices.shape[0])
 
-    def summary(self):
-        """One-line description of the split sizes."""
-        return (
-            f"{self.name}: {self.num_classes} classes, images "
-            f"{'x'.join(map(str, self.image_shape))}, train "
-            f"{len(self.train_labels)} ({self.num_labeled} labeled), "
-            f"validation {len(self.val_labels)}, test {len(self.test_labels)}"
-        )
-
 
 def _as_images_labels(pair, what, num_classes):
     try:
