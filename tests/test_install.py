@@ -78,3 +78,6 @@ def test_installed_package_trains_with_its_flagfiles_outside_the_source_tree(tmp
     assert run.returncode == 0, run.stderr[-2000:]
     config = json.loads((elsewhere / "run" / "config.json").read_text())
     assert config["margin"] == 2.0 and config["metric_weight"] == 1.0  # from mnist.cfg
+    assert config["latent_size"] == 4 and config["k"] == 3  # the command line wins
+    assert "epoch 1/1" in run.stdout and "val_error=" in run.stdout and "temperature=" in run.stdout
+    assert "done: test error" in run.stdout

@@ -312,12 +312,15 @@ def test_mixed_model_computes_in_16_bits_and_keeps_the_delicate_parts_in_float32
     assert model.encoder(images).dtype == half
 
 
-def test_mixed_bfloat16_train_step_losses_are_float32_and_finite(global_dtype_policy):
+@pytest.mark.parametrize("policy, half", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
+def test_mixed_train_step_losses_are_float32_and_finite(global_dtype_policy, policy, half):
     # Built under the global policy, as train.train_and_evaluate builds it.
-    keras.config.set_dtype_policy("mixed_bfloat16")
+    keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
     model = tiny_model()
-    assert model.encoder.blocks[0].compute_dtype == "bfloat16"
+    if policy == "mixed_float16":  # with loss scaling, as train.build_model compiles it
+        model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(1e-3)), jit_compile=False)
+    assert model.encoder.blocks[0].compute_dtype == half
     ds, images, _ = batches(steps=1)
     logs = model.train_step(next(iter(ds)))
     for name in ("loss", "reconstruction_loss", "gaussian_loss", "categorical_loss", "assignment_loss", "metric_loss"):
@@ -327,7 +330,8 @@ def test_mixed_bfloat16_train_step_losses_are_float32_and_finite(global_dtype_po
     batch_norm = model.encoder.blocks[1]
     assert batch_norm.moving_mean.dtype == "float32" and batch_norm.moving_variance.dtype == "float32"
     # Adam's moments (all but the step count) stay float32.
-    moments = [v for v in model.optimizer.variables if v.dtype != "int64"]
+    adam = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    moments = [v for v in adam.variables if v.dtype != "int64"]
     assert moments and {v.dtype for v in moments} == {"float32"}
 
 

@@ -161,7 +161,13 @@ def test_deterministic_runs_are_identical(mnist_files, tmp_path):
             command + [f"--model_dir={tmp_path / name}"], capture_output=True, text=True, timeout=600
         )
         assert result.returncode == 0, result.stderr[-2000:]
+        assert "done: test error" in result.stdout
         outputs.append([line for line in result.stdout.splitlines() if line.startswith("epoch ")])
+    # The flagfile of --dataset, then the command line over it.
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["margin"] == 2.0 and config["metric_weight"] == 1.0  # from mnist.cfg
+    assert config["latent_size"] == 4 and config["k"] == 3
+    assert all("val_error=" in line and "temperature=" in line for line in outputs[0])
 
     # Every loss term and metric of every epoch (the summary lines, minus timings).
     def strip(lines):

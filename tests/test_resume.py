@@ -22,7 +22,7 @@ from conftest import REPO_ROOT, tiny_values, write_idx_dataset
 # run stops as Ctrl-C would, after its first epoch is checkpointed, and its resume starts from the run directory.
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import tensorflow as tf
 
     values, root, devices = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -49,6 +49,8 @@ SCRIPT = textwrap.dedent(
         raise AssertionError("the run was not interrupted")
     except KeyboardInterrupt:
         pass
+    # Stopped, not finished: the run scored nothing.
+    assert not os.path.exists(root + "/resumed/metrics.json")
     callbacks.EpochSummary.on_epoch_end = summary
     train_and_evaluate(Config(**values), root + "/resumed")
     """

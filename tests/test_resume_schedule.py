@@ -4,7 +4,8 @@ import keras
 import pytest
 
 from gmvae_keras.callbacks import LearningRateLogger
-from gmvae_keras.train import learning_rate, train_and_evaluate
+from gmvae_keras.config import Config
+from gmvae_keras.train import _refit_schedule, build_model, learning_rate, train_and_evaluate
 
 from conftest import tiny_config, write_idx_dataset
 
@@ -45,3 +46,18 @@ def test_resuming_a_cosine_run_with_more_epochs_rebuilds_its_schedule(tmp_path, 
     model = keras.saving.load_model(model_dir / "checkpoints" / "epoch-0003.keras")
     assert int(model.optimizer.iterations) == 3 * steps
     assert model.optimizer.get_config()["learning_rate"]["config"]["decay_steps"] == 3 * steps
+
+
+def test_a_mixed_float16_model_gets_its_new_schedule_inside_its_loss_scale_optimizer(global_dtype_policy):
+    # Under the run's global policy, as train.train_and_evaluate builds it.
+    keras.config.set_dtype_policy("mixed_float16")
+    config = Config(feature_size=8, latent_size=4, k=3, epochs=1, lr_schedule="cosine", precision="mixed_float16")
+    steps = 2
+    model = build_model(config, 10, (28, 28, 1), steps)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.encoder.blocks[0].compute_dtype == "float16"
+
+    config.epochs = 2
+    assert _refit_schedule(model, config, steps) == "2 epochs (was 1)"
+    assert model.optimizer.inner_optimizer.get_config()["learning_rate"]["config"]["decay_steps"] == 2 * steps
+    assert _refit_schedule(model, config, steps) is None  # it fits now

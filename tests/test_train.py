@@ -292,28 +292,6 @@ def test_cli_bad_flag_value_is_one_line_and_nonzero(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_cli_trains_with_dataset_flagfile_and_overrides(mnist_files, tmp_path):
-    result = _cli(
-        "--dataset=mnist",
-        f"--data_dir={mnist_files}",
-        "--num_labeled=20",
-        "--batch_size=40",
-        "--k=3",
-        "--epochs=1",
-        "--steps_per_epoch=2",
-        "--feature_size=8",
-        "--latent_size=4",
-        "--verbose=0",
-        f"--model_dir={tmp_path / 'r'}",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    config = json.loads((tmp_path / "r" / "config.json").read_text())
-    # From flags/mnist.cfg, not overridden:
-    assert config["margin"] == 2.0 and config["latent_size"] == 4 and config["k"] == 3
-    assert "epoch 1/1" in result.stdout and "val_error=" in result.stdout and "temperature=" in result.stdout
-    assert "done: test error" in result.stdout
-
-
 def test_dataset_flagfile_goes_first_so_the_command_line_wins():
     argv = with_recipe(["prog", "--dataset=svhn", "--k=7"])
     assert argv[1] == f"--flagfile={FLAGS_DIR / 'svhn.cfg'}"
@@ -553,32 +531,6 @@ def test_short_real_mnist_run(tmp_path, real_dataset):
     assert metrics["test_error_best"] < 80.0
 
 
-def test_interrupted_run_resumes_after_its_last_complete_epoch(mnist_files, tmp_path, monkeypatch, capsys):
-    from gmvae_keras import callbacks
-
-    original = callbacks.EpochSummary.on_epoch_end
-
-    def interrupt_in_second_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    config = tiny_config(mnist_files, epochs=3, image_summary_every=0, steps_per_epoch=2)
-    monkeypatch.setattr(callbacks.EpochSummary, "on_epoch_end", interrupt_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_and_evaluate(config, tmp_path / "run")
-    state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert state["epoch"] == 2 and not (tmp_path / "run" / "metrics.json").exists()
-
-    monkeypatch.setattr(callbacks.EpochSummary, "on_epoch_end", original)
-    capsys.readouterr()
-    metrics = train_and_evaluate(config, tmp_path / "run")
-    out = capsys.readouterr().out
-    assert "resuming" in out and "after epoch 2" in out
-    assert "epoch 3/3" in out and "epoch 1/3" not in out
-    assert metrics["epochs"] == 3
-
-
 @pytest.mark.parametrize("name, feature_size, latent_size", [("mnist", "100", "150"), ("fashion_mnist", "200", "50")])
 def test_clustering_flagfiles_hold_the_papers_settings(name, feature_size, latent_size):
     parsed = _read_flagfile(FLAGS_DIR / f"{name}_clustering.cfg")
@@ -702,21 +654,3 @@ def test_a_mixed_bfloat16_run_trains_resumes_in_bfloat16_and_restores_the_policy
     with pytest.raises(RunError, match="--precision='mixed_bfloat16' there, 'float32' now"):
         train_and_evaluate(tiny_config(mnist_files, epochs=2, steps_per_epoch=2, image_summary_every=0), model_dir)
     assert keras.config.dtype_policy().name == "float32"
-
-
-def test_a_mixed_float16_run_scales_its_loss_and_gives_finite_losses(
-    mnist_files, tmp_path, monkeypatch, capsys, global_dtype_policy
-):
-    model_dir = tmp_path / "run"
-    values = dict(steps_per_epoch=2, image_summary_every=0, precision="mixed_float16", lr_schedule="cosine")
-    metrics = train_and_evaluate(tiny_config(mnist_files, epochs=1, **values), model_dir)
-    assert np.isfinite(metrics["test_error_last"])
-    loaded = _spy_on_load_model(monkeypatch)
-    # Resumed with more epochs: the cosine schedule is rebuilt inside the LossScaleOptimizer.
-    train_and_evaluate(tiny_config(mnist_files, epochs=2, **values), model_dir)
-    resumed = loaded[0]
-    assert isinstance(resumed.optimizer, keras.optimizers.LossScaleOptimizer)
-    assert resumed.optimizer.inner_optimizer.get_config()["learning_rate"]["config"]["decay_steps"] == 4
-    assert "learning-rate schedule rebuilt for 2 epochs (was 1)" in capsys.readouterr().out
-    losses = _event_values(model_dir / "logs" / "train", "epoch_loss")
-    assert len(losses) == 2 and np.all(np.isfinite(losses))
