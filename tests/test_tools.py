@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -151,39 +150,45 @@ def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
         )
 
 
-def test_ab_benchmark_alternates_two_trees_and_reports_paired_ratios(tmp_path):
-    # Tree A stands for an older commit: its package has no gmvae_keras.benchmarks.
-    older = tmp_path / "older"
-    shutil.copytree(
-        pathlib.Path(gmvae_keras.__file__).parent,
-        older / "gmvae_keras",
-        ignore=shutil.ignore_patterns("__pycache__", "benchmarks.py"),
-    )
-    current = pathlib.Path(gmvae_keras.__file__).resolve().parents[1]
+def test_ab_benchmark_alternates_two_trees_and_reports_paired_ratios(tmp_path, monkeypatch, capsys):
+    tool = _load_tool("ab_benchmark")
+    trees = {}
+    for name in ("a", "b"):
+        (tmp_path / name / "gmvae_keras").mkdir(parents=True)
+        (tmp_path / name / "gmvae_keras" / "__init__.py").touch()
+        trees[(tmp_path / name).resolve()] = name
+    # Images/s of each tree, round by round: B/A is 1.5, 1.1 and 0.9.
+    rates = {"a": iter([100.0, 200.0, 100.0]), "b": iter([150.0, 220.0, 90.0])}
+    calls = []
+
+    def fake_sample(tree, setting, steps, warmup):
+        calls.append((trees[tree], setting, steps, warmup))
+        return {"images_per_second": next(rates[trees[tree]]), "cpu_utilization": 1.0, "package": str(tree)}
+
+    monkeypatch.setattr(tool, "sample", fake_sample)
     out = tmp_path / "ab.json"
-    command = [
-        sys.executable,
-        str(TOOLS / "ab_benchmark.py"),
-        "--a",
-        str(older),
-        "--b",
-        str(current),
-        "--rounds",
-        "2",
-        "--steps",
-        "1",
-        "--warmup",
-        "1",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ["--a", str(tmp_path / "a"), "--b", str(tmp_path / "b"), "--rounds", "3", "--warmup", "1"]
+    assert tool.main(args + ["--out", str(out)]) == 0
+    # A then B, B then A, A then B: the drift of the machine favours neither tree.
+    assert [name for name, *_ in calls] == ["a", "b", "b", "a", "a", "b"]
+    assert all(setting is tool.SETTINGS["mnist"] and (steps, warmup) == (15, 1) for _, setting, steps, warmup in calls)
     result = json.loads(out.read_text())
-    assert result["a"] == str(older.resolve())
+    assert json.loads(capsys.readouterr().out) == result
+    assert result["a"] == str((tmp_path / "a").resolve()) and result["rounds"] == 3
     mnist = result["settings"]["mnist"]
-    assert len(mnist["a_images_per_second"]) == len(mnist["b_images_per_second"]) == 2
-    assert len(mnist["paired_ratios_b_over_a"]) == 2 and mnist["median_paired_ratio_b_over_a"] > 0
+    assert mnist["a_images_per_second"] == [100.0, 200.0, 100.0]
+    assert mnist["b_images_per_second"] == [150.0, 220.0, 90.0]
+    assert mnist["a_median"] == 100.0 and mnist["b_median"] == 150.0
+    assert mnist["paired_ratios_b_over_a"] == pytest.approx([1.5, 1.1, 0.9])
+    assert mnist["median_paired_ratio_b_over_a"] == pytest.approx(1.1) and mnist["rounds_b_faster"] == 2
+
+
+def test_ab_benchmark_times_a_tree_in_a_worker_that_imports_its_package():
+    tool = _load_tool("ab_benchmark")
+    current = pathlib.Path(gmvae_keras.__file__).resolve().parents[1]
+    result = tool.sample(current, tool.SETTINGS["mnist"], steps=1, warmup=1)
+    assert pathlib.Path(result["package"]) == current / "gmvae_keras"
+    assert result["images_per_second"] > 0 and result["cpu_utilization"] > 0
 
 
 def test_ab_benchmark_refuses_a_directory_without_the_package(tmp_path):
@@ -432,8 +437,8 @@ def test_reproduce_passes_a_sigterm_on_to_the_training(tmp_path):
 def test_the_speed_tools_read_one_set_of_settings():
     from gmvae_keras.benchmarks import SETTINGS
 
-    assert _load_tool("benchmark")._settings() is SETTINGS
-    assert _load_tool("soak").SETTINGS is SETTINGS
+    assert _load_tool("benchmark").SETTINGS is SETTINGS
+    assert _load_tool("ab_benchmark").SETTINGS is SETTINGS
     assert _load_tool("conv_kernels").SETTINGS is SETTINGS
     for setting in SETTINGS.values():
         assert setting["batch_size"] % 2 == 0  # half unlabeled, half labeled

@@ -7,16 +7,19 @@ project's VM: docs/PERFORMANCE.md), two benchmark runs taken minutes apart
 cannot rank two versions. This tool alternates them instead: each round
 times tree A then tree B (B then A in every other round), each in a fresh
 subprocess that imports `gmvae_keras` from that tree, builds the paper's
-model for the setting (`gmvae_keras.benchmarks.SETTINGS`, read by this process
-and passed to the worker, so a tree older than that module can be measured
-too), warms up and
-times `--steps` train steps on a synthetic batch. It prints one JSON object:
+model for the setting (`gmvae_keras.benchmarks.SETTINGS` of this process,
+passed to both workers, so that the two trees time the same model), warms up
+and times `--steps` train steps on a synthetic batch. It prints one JSON object:
 every sample, each tree's median images/s, and the median over rounds of the
 paired ratio B/A (the drift between two neighbouring samples is small, so
 the paired ratio is the figure to read).
 
 `--a` and `--b` are directories holding a `gmvae_keras` package, for example
-a `git worktree add ../before <commit>` checkout and this tree.
+a `git worktree add ../before <commit>` checkout and this tree. The worker
+times a tree with this tree's `tools/benchmark.py`, which imports that tree's
+`gmvae_keras.benchmarks` and builds its `GMVAE` with today's arguments: a
+commit older than 059ede7 cannot be measured (older A/B runs in
+docs/PERFORMANCE.md used the tool of their time).
 """
 
 import argparse
@@ -27,6 +30,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from gmvae_keras.benchmarks import SETTINGS, print_report
 
 TOOLS = Path(__file__).resolve().parent
 RESULT_MARK = "AB_RESULT "
@@ -44,9 +49,6 @@ def parse_args(argv):
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is None:
-        # Not in the worker, which may run a tree that predates gmvae_keras.benchmarks.
-        from gmvae_keras.benchmarks import SETTINGS  # noqa: PLC0415
-
         unknown = [name for name in args.settings if name not in SETTINGS]
         if unknown:
             parser.error(f"--settings: unknown {', '.join(unknown)} (choose from {', '.join(sorted(SETTINGS))})")
@@ -79,8 +81,7 @@ def _load_benchmark_tool():
 def worker(setting, steps, warmup):
     """Runs inside the tree under test; prints one RESULT_MARK line.
 
-    `setting` is a `gmvae_keras.benchmarks.SETTINGS` entry, passed in by the
-    parent process: the tree under test may predate that module.
+    `setting` is the parent process's `gmvae_keras.benchmarks.SETTINGS` entry.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf  # noqa: PLC0415
@@ -123,8 +124,6 @@ def sample(tree, setting, steps, warmup):
 
 
 def compare(args, setting):
-    from gmvae_keras.benchmarks import SETTINGS  # noqa: PLC0415
-
     steps = args.steps or {"mnist": 15, "svhn": 3}[setting]
     trees = {"a": Path(args.a).resolve(), "b": Path(args.b).resolve()}
     samples = {"a": [], "b": []}
@@ -167,8 +166,6 @@ def main(argv=None):
         "settings": {setting: compare(args, setting) for setting in args.settings},
         "load_average_1min_end": os.getloadavg()[0],
     }
-    from gmvae_keras.benchmarks import print_report  # noqa: PLC0415
-
     print_report(result, args.out)
     return 0
 

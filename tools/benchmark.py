@@ -55,23 +55,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gmvae_keras.benchmarks import cpu_info
+from gmvae_keras.benchmarks import SETTINGS, cpu_info
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
-
-
-def _settings():
-    """`gmvae_keras.benchmarks.SETTINGS`, the paper's MNIST and SVHN settings.
-
-    Imported on use, not with this file: `tools/ab_benchmark.py`'s worker loads
-    this file to build and time the model of a source tree that may predate
-    `gmvae_keras.benchmarks`, and passes the setting in itself.
-    """
-    from gmvae_keras.benchmarks import SETTINGS  # noqa: PLC0415
-
-    return SETTINGS
-
 
 FLOPS_CONVENTION = (
     "FLOPs = 2 x multiply-accumulates (MACs) of the Conv2D, Conv2DTranspose and Dense layers only "
@@ -103,7 +90,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--quick", action="store_true", help="very few steps: a smoke test of the tool")
-    parser.add_argument("--settings", nargs="+", choices=sorted(_settings()), default=["mnist", "svhn"])
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["mnist", "svhn"])
     parser.add_argument("--no-torch", dest="no_torch", action="store_true", help="skip the PyTorch port")
     parser.add_argument("--jit_compile", action="store_true", help="compile the train step with XLA")
     parser.add_argument(
@@ -389,7 +376,7 @@ def run_setting(name, args):
     # As gmvae_keras.main runs: the global policy too, for whatever the models do not build themselves.
     keras.config.set_dtype_policy(args.precision)
 
-    setting = _settings()[name]
+    setting = SETTINGS[name]
     result = {
         "batch_size": setting["batch_size"],
         "image_shape": list(setting["image_shape"]),
@@ -569,7 +556,7 @@ def main(argv=None):
                 sys.executable,
                 str(TOOLS / "torch_port.py"),
                 "--bench",
-                json.dumps(_settings()[name]),
+                json.dumps(SETTINGS[name]),
                 "--warmup",
                 str(args.warmup),
                 "--repeats",
