@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from gmvae_keras import losses
+from gmvae_keras import determinism, losses
 from gmvae_keras.layers import GaussianSample, GumbelSoftmax, full_precision
 from gmvae_keras.networks import (
     CategoricalInference,
@@ -395,7 +395,7 @@ class GMVAE(keras.Model):
             # scale, so that small gradients survive float16, and divides the
             # gradients by it again in `apply`.
             scaled = self.optimizer.scale_loss(total / replicas)
-        gradients = tape.gradient(scaled, self.trainable_variables)
+        gradients = determinism.gradients(tape, scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
 
         values = {"loss": total, **terms}

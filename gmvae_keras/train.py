@@ -7,11 +7,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
-from gmvae_keras import distribute, paths
+from gmvae_keras import determinism, distribute, paths
 from gmvae_keras.benchmarks import cpu_info
 from gmvae_keras.callbacks import (
     EpochNoiseSeeds,
@@ -225,7 +224,7 @@ def _train_and_evaluate(config, model_dir):
     # Seeds the weights' initialisation; each epoch's data and noise are drawn from the seed and the epoch alone.
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+        determinism.enable()
     last = ckpt.last_checkpoint(model_dir, state)
     with strategy.scope():
         if last is not None:
