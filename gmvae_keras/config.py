@@ -80,7 +80,9 @@ class Config(ModelSettings):
         "TF_CONFIG).",
         choices=["default", "mirrored", "multi_worker"],
     )
-    deterministic: bool = _field(False, "Deterministic TensorFlow ops (same seed, same losses); slower.")
+    deterministic: bool = _field(
+        False, "Deterministic TensorFlow ops and summation orders (same seed, same losses); slower."
+    )
     overwrite: bool = _field(False, "Start afresh in a model_dir that holds a run made with other flags.")
     verbose: int = _field(
         1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.", choices=[0, 1, 2]
