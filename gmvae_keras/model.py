@@ -536,7 +536,7 @@ class GMVAE(keras.Model):
             {
                 "image_shape": self.image_shape,
                 "num_classes": self.num_classes,
-                **{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSettings)},
+                **dataclasses.asdict(ModelSettings.model_settings(self)),
                 "temperature": self.temperature,
                 "labeled_set_size": self.labeled_set_size,
                 "seed": self.seed,

@@ -46,6 +46,12 @@ REMOVED_VALUES = {
     "assignment_balance": (("distance",), "0.2.0", "0.1.0"),
     "lr_schedule": (("step",), "0.3.0", "0.2.1"),
 }
+# Removed options that acted only together with another option's value: a
+# run directory that holds them without it loads whatever they were set to.
+ACTED_ONLY_WITH = {
+    "lr_decay_epochs": ("lr_schedule", "step"),
+    "lr_decay_rate": ("lr_schedule", "step"),
+}
 
 
 def drop_removed_options(values, source):
@@ -57,7 +63,8 @@ def drop_removed_options(values, source):
     values = dict(values)
     for name, (off, removed_in, last_in) in REMOVED_OPTIONS.items():
         if name in values:
-            if values[name] != off:
+            inert = name in ACTED_ONLY_WITH and values.get(ACTED_ONLY_WITH[name][0]) != ACTED_ONLY_WITH[name][1]
+            if values[name] != off and not inert:
                 raise ConfigError(
                     f"{source} sets --{name}={values[name]!r}, an option removed in gmvae_keras {removed_in}; "
                     f"load it with gmvae_keras {last_in}"

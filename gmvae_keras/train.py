@@ -48,7 +48,8 @@ def _refit_schedule(model, config, steps_per_epoch):
 
     Returns:
         What the cosine decay was rebuilt for, for the resume line ("20 epochs
-        (was 10)"), or None when the restored schedule already fits.
+        of 480 steps (was 4800 steps)"), or None when the restored schedule
+        already fits.
     """
     wanted = learning_rate(config, steps_per_epoch)
     # A LossScaleOptimizer (mixed_float16) holds the schedule in the optimizer it wraps.
@@ -59,7 +60,8 @@ def _refit_schedule(model, config, steps_per_epoch):
     if restored.get("config") == wanted.get_config():
         return None
     optimizer.learning_rate = wanted
-    return f"{config.epochs} epochs (was {restored['config']['decay_steps'] / steps_per_epoch:g})"
+    # In steps: a changed --steps_per_epoch or batch rebuilds it too, at the same --epochs.
+    return f"{config.epochs} epochs of {steps_per_epoch} steps (was {restored['config']['decay_steps']} steps)"
 
 
 def build_model(config, num_classes, image_shape, steps_per_epoch, labeled_set=None):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from gmvae_keras.settings import REMOVED_OPTIONS, REMOVED_VALUES
+from gmvae_keras.settings import ACTED_ONLY_WITH, REMOVED_OPTIONS, REMOVED_VALUES
 
 from conftest import REPO_ROOT, write_idx_dataset
 
@@ -133,8 +133,17 @@ def test_every_removed_option_or_value_is_dropped_at_off_and_refused_otherwise_i
 
     if name in REMOVED_OPTIONS:
         assert Config.from_dict({name: REMOVED_OPTIONS[name][0]}) == Config()
+    # An option that acted only with another's value is refused only together with it.
+    enabling = dict([ACTED_ONLY_WITH[name]]) if name in ACTED_ONLY_WITH else {}
     with pytest.raises(ConfigError) as refused:
-        Config.from_dict({name: value}, source="config.json")
+        Config.from_dict({name: value, **enabling}, source="config.json")
     message = str(refused.value)
     assert "\n" not in message and message.startswith(f"config.json sets --{name}={value!r}, ")
     assert message.endswith(f"load it with gmvae_keras {(REMOVED_OPTIONS.get(name) or REMOVED_VALUES[name])[2]}")
+
+
+def test_a_removed_option_that_had_no_effect_under_the_runs_schedule_loads_at_any_value():
+    from gmvae_keras.config import Config
+
+    values = {"lr_schedule": "cosine", "lr_decay_epochs": 10, "lr_decay_rate": 0.1}
+    assert Config.from_dict(values) == Config(lr_schedule="cosine")

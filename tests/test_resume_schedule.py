@@ -42,7 +42,7 @@ def test_resuming_a_cosine_run_with_more_epochs_rebuilds_its_schedule(tmp_path, 
     expected = float(keras.ops.convert_to_numpy(schedule(2 * steps)))
     assert expected > 0
     assert logged_learning_rates[2] == pytest.approx(expected, rel=1e-6)
-    assert f"resuming {model_dir}: learning-rate schedule rebuilt for 3 epochs (was 1)" in out
+    assert f"resuming {model_dir}: learning-rate schedule rebuilt for 3 epochs of 2 steps (was 2 steps)" in out
     model = keras.saving.load_model(model_dir / "checkpoints" / "epoch-0003.keras")
     assert int(model.optimizer.iterations) == 3 * steps
     assert model.optimizer.get_config()["learning_rate"]["config"]["decay_steps"] == 3 * steps
@@ -58,6 +58,8 @@ def test_a_mixed_float16_model_gets_its_new_schedule_inside_its_loss_scale_optim
     assert model.encoder.blocks[0].compute_dtype == "float16"
 
     config.epochs = 2
-    assert _refit_schedule(model, config, steps) == "2 epochs (was 1)"
+    assert _refit_schedule(model, config, steps) == "2 epochs of 2 steps (was 2 steps)"
     assert model.optimizer.inner_optimizer.get_config()["learning_rate"]["config"]["decay_steps"] == 2 * steps
     assert _refit_schedule(model, config, steps) is None  # it fits now
+    # The same epochs with more steps each (another batch size) rebuild it too.
+    assert _refit_schedule(model, config, 3) == "2 epochs of 3 steps (was 4 steps)"
