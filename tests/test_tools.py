@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 import gmvae_keras
@@ -203,89 +202,6 @@ def _load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _tiny_flags(tiny_run):
-    config = json.loads((tiny_run / "config.json").read_text())
-    return [
-        "--dataset=mnist",
-        f"--data_dir={config['data_dir']}",
-        "--num_labeled=20",
-        "--batch_size=40",
-        "--feature_size=8",
-        "--latent_size=4",
-        "--k=3",
-        "--epochs=1",
-        "--steps_per_epoch=2",
-    ]
-
-
-@pytest.mark.parametrize("extra", [[], ["--prediction=knn"]])
-def test_assignment_probe_reports_each_block(tiny_run, tmp_path, capsys, extra):
-    out = tmp_path / "probe.jsonl"
-    tool = _load_tool("assignment_probe")
-    flags = _tiny_flags(tiny_run) + extra
-    assert tool.main(["--every", "1", "--reports", "2", "--images", "50", "--out", str(out), "--"] + flags) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines == out.read_text().strip().splitlines()
-    rows = [json.loads(line) for line in lines]
-    assert [row["step"] for row in rows] == [1, 2]
-    for row in rows:
-        assert sum(row["class_share"]) == pytest.approx(1.0)
-        assert row["worst_class_accuracy"] == min(a for a in row["class_accuracy"] if a is not None)
-        assert 0.0 <= row["assignment_accuracy"] <= 1.0 and 0.0 <= row["val_error"] <= 100.0
-        assert np.isfinite(row["train_metric_loss"]) and row["train_metric_loss"] > 0
-        assert 0.0 <= row["train_assignment_accuracy"] <= 1.0
-
-
-def test_assignment_report_matches_an_independent_nearest_neighbour(tiny_run):
-    import keras
-
-    from gmvae_keras import data as data_lib
-    from gmvae_keras.config import Config
-
-    config = Config.from_dict(json.loads((tiny_run / "config.json").read_text()))
-    data = data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir, num_labeled=config.num_labeled, seed=config.seed
-    )
-    model = keras.saving.load_model(tiny_run / "best.keras")
-    subset, val_subset = np.arange(0, 120, 2), np.arange(10)
-    report = _load_tool("assignment_probe").assignment_report(model, data, subset, val_subset)
-    labeled_features = model.extract_features(data.train_images[data.labeled_indices])
-    features = model.extract_features(data.train_images[subset])
-    # The model's vote: its k nearest labeled images, each weighing 1/(distance + ε).
-    distances = np.sqrt(((features[:, None, :] - labeled_features[None]) ** 2).sum(-1))
-    nearest = np.argsort(distances, axis=1)[:, : model.k]
-    votes = np.zeros((len(subset), data.num_classes))
-    for row, columns in enumerate(nearest):
-        for column in columns:
-            votes[row, data.train_labels[data.labeled_indices][column]] += 1.0 / (distances[row, column] + 1e-7)
-    assigned = np.argmax(votes, axis=1)
-    truth = data.train_labels[subset]
-    assert report["assignment_accuracy"] == pytest.approx(np.mean(assigned == truth))
-    for c in range(data.num_classes):
-        assert report["class_accuracy"][c] == pytest.approx(np.mean(assigned[truth == c] == c))
-        assert report["class_share"][c] == pytest.approx(np.mean(assigned == c))
-    predictions = model.predict_labels(data.val_images[val_subset])
-    assert report["val_error"] == pytest.approx(100 * np.mean(predictions != data.val_labels[val_subset]))
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--every", "0"], "--every must be >= 1"),
-        (["--out", "/no/such/folder/probe.jsonl"], "does not exist"),
-        (["--", "--dataset=no_such_dataset"], "unknown dataset"),
-        (["--", "--dataset=mnist", "--no_such_flag=1"], "no_such_flag"),
-        (["--", "--dataset=mnist", "--mode=clustering", "--num_labeled=0"], "semi_supervised"),
-    ],
-)
-def test_assignment_probe_errors_are_one_line(args, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        _load_tool("assignment_probe").main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1 and message in err
 
 
 def _finished_seed(sweep, seed, flags, test_error):
