@@ -114,41 +114,6 @@ def test_torch_port_matches_a_mixed_bfloat16_model_under_autocast():
     _load_tool("torch_port").check("mnist", autocast_bfloat16=True, verbose=False)
 
 
-def test_conv_kernels_tool_times_every_stride_one_encoder_convolution(tmp_path):
-    out = tmp_path / "kernels.json"
-    command = [
-        sys.executable,
-        str(TOOLS / "conv_kernels.py"),
-        "--settings",
-        "mnist",
-        "--repeats",
-        "1",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())["settings"]["mnist"]
-    # 28x28 encoder: kernels 5-5-4-5-3 with strides 1-1-2-2-1.
-    assert [row["shape"] for row in rows] == [
-        "200x28x28x1 -> 16, kernel 5",
-        "200x24x24x16 -> 32, kernel 5",
-        "200x3x3x128 -> 100, kernel 3",
-    ]
-    for row in rows:
-        assert row["relative_difference"] < 1e-5
-        assert all(
-            row[key] > 0
-            for key in (
-                "forward",
-                "input_gradient_tf",
-                "input_gradient_forward_conv",
-                "filter_gradient",
-                "filter_gradient_forward_conv",
-            )
-        )
-
-
 def test_ab_benchmark_alternates_two_trees_and_reports_paired_ratios(tmp_path, monkeypatch, capsys):
     tool = _load_tool("ab_benchmark")
     trees = {}
@@ -355,7 +320,6 @@ def test_the_speed_tools_read_one_set_of_settings():
 
     assert _load_tool("benchmark").SETTINGS is SETTINGS
     assert _load_tool("ab_benchmark").SETTINGS is SETTINGS
-    assert _load_tool("conv_kernels").SETTINGS is SETTINGS
     for setting in SETTINGS.values():
         assert setting["batch_size"] % 2 == 0  # half unlabeled, half labeled
 
