@@ -1,5 +1,5 @@
 """Settings of the speed benchmarks (`tools/benchmark.py`, `tools/ab_benchmark.py`,
-`tools/conv_kernels.py`, `tools/torch_port.py`).
+`tools/torch_port.py`).
 
 `SETTINGS[name]` holds, for the paper's MNIST and SVHN settings
 (`flags/<name>.cfg`): the image shape, the batch layout (`batch_size` images,

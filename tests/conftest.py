@@ -5,7 +5,8 @@ three pixels (little-endian), so tests can tell which image a pipeline row
 came from: `decode_index(images)` inverts the encoding, for uint8 images or
 float images scaled to [0, 1].
 
-Every test starts from global seed 0 (`_global_seed`). Tests of the real data
+Every test starts from global seed 0 (`_global_seed`) and ends with `--deterministic`'s
+process-wide state off (`_determinism_left_off`). Tests of the real data
 sets take the `real_dataset` fixture. Hypothesis runs
 the `ci` settings profile when `CI=true` (fixed examples), else `dev`.
 """
@@ -14,6 +15,7 @@ import gzip
 import os
 import pathlib
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -55,6 +57,31 @@ def _global_seed():
     import keras
 
     keras.utils.set_random_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _determinism_left_off():
+    """A test that trains with `--deterministic` in this process does not leave it on.
+
+    `gmvae_keras.determinism.enable` holds for the whole process: the tests after such a test would
+    otherwise sum their gradients in its order and run without Grappler's arithmetic optimizer.
+    """
+    yield
+    determinism = sys.modules.get("gmvae_keras.determinism")
+    if determinism is not None and determinism._enabled:
+        disable_determinism(determinism)
+
+
+def disable_determinism(determinism):
+    """Undoes `determinism.enable`: its flag, Grappler's arithmetic optimizer (on by default) and op determinism."""
+    import tensorflow as tf
+
+    # TensorFlow exports `enable_op_determinism` only; the way back is in the module that defines it.
+    from tensorflow.python.framework import config as tf_config
+
+    tf_config.disable_op_determinism()
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": True})
+    determinism._enabled = False
 
 
 # Set by CI when the real data sets are beside the clone: a real-data test then fails instead of skipping.

@@ -1,4 +1,5 @@
-"""The test suite's own guards: real-data tests that may not skip, and the Hypothesis profiles."""
+"""The test suite's own guards: real-data tests that may not skip, the Hypothesis profiles, and no
+`--deterministic` state left behind by a test."""
 
 import os
 import shutil
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, disable_determinism
 
 REAL_DATA_TEST = """
 def test_reads_mnist(real_dataset):
@@ -89,3 +90,16 @@ def test_hypothesis_profile_follows_the_ci_variable(ci, profile):
     assert result.returncode == 0, result.stderr[-2000:]
     expected = {"ci": "True 30 True", "dev": "False 100 False"}[profile]
     assert result.stdout.split() == expected.split()
+
+
+def test_disable_determinism_undoes_enable():
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    from gmvae_keras import determinism
+
+    determinism.enable()
+    assert determinism._enabled and tf_config.is_op_determinism_enabled()
+    disable_determinism(determinism)
+    assert not determinism._enabled and not tf_config.is_op_determinism_enabled()
+    assert tf.config.optimizer.get_experimental_options()["arithmetic_optimization"] is True

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gmvae_keras import conv
+from gmvae_keras import conv, networks
+from gmvae_keras.benchmarks import SETTINGS
 from gmvae_keras.conv import Conv2D, Conv2DTranspose, filter_gradient
 
 
@@ -161,6 +162,39 @@ def test_filter_gradient_equals_tensorflow_kernel(batch, height, width, k_h, k_w
     got = filter_gradient(tf.constant(x), tf.constant(dy)).numpy()
     assert got.shape == (k_h, k_w, c_in, c_out)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def _stride_one_encoder_convolutions(setting):
+    """(height, in_channels, out_channels, kernel) of each stride-1 convolution of the setting's encoder."""
+    height, _, channels = setting["image_shape"]
+    shapes = []
+    for layer in networks.Encoder(setting["image_shape"], setting["feature_size"]).blocks:
+        if isinstance(layer, keras.layers.Conv2D):
+            (kernel, _), (stride, _), out = layer.kernel_size, layer.strides, layer.filters
+            if stride == 1:
+                shapes.append((height, channels, out, kernel))
+            height, channels = (height - kernel) // stride + 1, out
+    return shapes
+
+
+def test_input_gradient_equals_tensorflow_kernel_on_the_mnist_encoder():
+    # The shapes docs/PERFORMANCE.md timed: kernels 5-5-4-5-3 with strides 1-1-2-2-1, at the paper's batch.
+    setting = SETTINGS["mnist"]
+    shapes = _stride_one_encoder_convolutions(setting)
+    assert shapes == [(28, 1, 16, 5), (24, 16, 32, 5), (3, 128, 100, 3)]
+    rng, batch = np.random.default_rng(2), setting["batch_size"]
+    for height, c_in, c_out, k in shapes:
+        dy = rng.normal(size=(batch, height - k + 1, height - k + 1, c_out)).astype("float32")
+        kernel = rng.normal(size=(k, k, c_in, c_out)).astype("float32")
+        expected = tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=[batch, height, height, c_in],
+            filter=kernel,
+            out_backprop=dy,
+            strides=[1, 1, 1, 1],
+            padding="VALID",
+        ).numpy()
+        got = conv.input_gradient(tf.constant(dy), tf.constant(kernel), (height, height)).numpy()
+        assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-5, (height, c_in, c_out, k)
 
 
 def test_the_device_check_reads_the_logical_devices():

@@ -35,14 +35,9 @@ def test_an_add_n_of_three_depends_on_which_inputs_another_op_holds():
 
 
 @pytest.fixture
-def deterministic(monkeypatch):
-    """`determinism.enable` for one test, undone afterwards (op determinism itself is left off)."""
-    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: None)
-    monkeypatch.setattr(determinism, "_enabled", False)
-    previous = tf.config.optimizer.get_experimental_options().get("arithmetic_optimization", True)
+def deterministic():
+    """`determinism.enable` for one test (conftest's `_determinism_left_off` undoes it afterwards)."""
     determinism.enable()
-    yield
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": previous})
 
 
 def _train_step_sums(views):
