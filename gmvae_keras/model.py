@@ -361,10 +361,15 @@ class GMVAE(keras.Model):
             # argmax, and L_A asks the view to agree with it (not in the paper).
             all_labels = ops.argmax(outputs["logits"], axis=-1)  # integers: no gradient flows through them
         if all_labels is not None and self.assignment_weight > 0:
-            view_logits = None if views is None else self.classify(views, training=training)[1]
-            terms["assignment_loss"] = losses.assignment_loss(
-                all_labels, outputs["logits"], view_logits, self.consistency_share
-            )
+            if views is None:
+                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
+            else:
+                # s·CE(view) + (1 - s)·CE(image); with s = 1 the image's term is not even computed.
+                share = self.consistency_share
+                loss = share * losses.assignment_loss(all_labels, self.classify(views, training=training)[1])
+                if share < 1.0:
+                    loss += (1.0 - share) * losses.assignment_loss(all_labels, outputs["logits"])
+                terms["assignment_loss"] = loss
         if assigned is not None and self.metric_weight > 0:
             terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
         total = losses.total_loss(
