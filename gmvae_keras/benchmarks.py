@@ -1,55 +1,54 @@
 """Settings of the speed benchmarks (`tools/benchmark.py`, `tools/ab_benchmark.py`,
 `tools/torch_port.py`).
 
-`SETTINGS[name]` holds, for the paper's MNIST and SVHN settings
-(`flags/<name>.cfg`): the image shape, the batch layout (`batch_size` images,
-half unlabeled and half labeled), the network sizes and loss weights of the
-model, and the real data set's sizes (`num_train`, `num_test`,
-`num_labeled`), with which the input-pipeline benchmark draws random data of
-the same size. Kept in the package so that every tool reads the same values;
-plain data, so importing it does not load TensorFlow.
+`SETTINGS[name]` holds, for the paper's MNIST and SVHN settings: the batch
+layout (`batch_size` images, half unlabeled and half labeled), the network
+sizes and loss weights of the model and `num_labeled`, read from
+`flags/<name>.cfg`; and the image shape and the real data set's sizes
+(`num_train`, `num_test`), with which the input-pipeline benchmark draws
+random data of the same size. Kept in the package so that every tool reads
+the same values; importing it does not load TensorFlow.
 """
 
 import json
 import pathlib
 import platform
 
-SETTINGS = {
-    "mnist": dict(
-        image_shape=(28, 28, 1),
-        num_classes=10,
-        batch_size=200,  # 100 unlabeled + 100 labeled
-        feature_size=100,
-        latent_size=100,
-        k=5,
-        margin=2.0,
-        gaussian_weight=1.0,
-        categorical_weight=1.0,
-        assignment_weight=1.0,
-        metric_weight=1.0,
-        temperature=1.0,
-        num_train=60000,
-        num_test=10000,
-        num_labeled=100,
-    ),
-    "svhn": dict(
-        image_shape=(32, 32, 3),
-        num_classes=10,
-        batch_size=400,  # 200 unlabeled + 200 labeled
-        feature_size=100,
-        latent_size=150,
-        k=3,
-        margin=0.5,
-        gaussian_weight=1.0,
-        categorical_weight=1.0,
-        assignment_weight=5.0,
-        metric_weight=3.0,
-        temperature=1.0,
-        num_train=73257,
-        num_test=26032,
-        num_labeled=1000,
-    ),
+from gmvae_keras import flagfiles
+
+# What the flagfiles do not say: the data sets themselves.
+_DATA_SETS = {
+    "mnist": dict(image_shape=(28, 28, 1), num_classes=10, num_train=60000, num_test=10000),
+    "svhn": dict(image_shape=(32, 32, 3), num_classes=10, num_train=73257, num_test=26032),
 }
+_FROM_FLAGFILE = (
+    "batch_size",
+    "feature_size",
+    "latent_size",
+    "k",
+    "margin",
+    "gaussian_weight",
+    "categorical_weight",
+    "assignment_weight",
+    "metric_weight",
+)
+
+
+def _setting(name):
+    config = flagfiles.config_from_args([f"--dataset={name}"])
+    data = _DATA_SETS[name]
+    return dict(
+        image_shape=data["image_shape"],
+        num_classes=data["num_classes"],
+        **{key: getattr(config, key) for key in _FROM_FLAGFILE},
+        temperature=config.temperature_start,
+        num_train=data["num_train"],
+        num_test=data["num_test"],
+        num_labeled=config.num_labeled,
+    )
+
+
+SETTINGS = {name: _setting(name) for name in _DATA_SETS}
 
 
 def print_report(result, out=None):

@@ -55,16 +55,6 @@ def atomic_save_model(model, path):
             tmp.unlink()
 
 
-def saved_model_path(model_dir, which="best"):
-    """`best.keras`, or the last epoch's checkpoint for `which="last"`; None if absent."""
-    model_dir = Path(model_dir)
-    if which == "best":
-        path = model_dir / "best.keras"
-    else:
-        path = last_checkpoint(model_dir, read_json(model_dir / "state.json", {}) or {})
-    return path if path is not None and path.exists() else None
-
-
 class RunError(ValueError):
     """A run directory that cannot be used; the message is one line."""
 
@@ -80,6 +70,7 @@ def read_config(model_dir):
     values = read_json(path)
     if values is None:
         return None
+    # `from_dict` drops them too, but here, outside the `try`, a removed option is refused in its own words.
     values = drop_removed_options(values, str(path))
     try:
         return Config.from_dict(values)
@@ -96,8 +87,12 @@ def read_run(model_dir, which="best"):
     config = read_config(model_dir)
     if config is None:
         raise RunError(f"{model_dir} holds no run (config.json is missing)")
-    path = saved_model_path(model_dir, which)
-    if path is None:
+    folder = Path(model_dir)
+    if which == "best":
+        path = folder / "best.keras"
+    else:
+        path = last_checkpoint(folder, read_json(folder / "state.json", {}) or {})
+    if path is None or not path.exists():
         raise RunError(f"no {which} model in {model_dir}")
     return config, path
 

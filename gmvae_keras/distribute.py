@@ -13,22 +13,19 @@ import tensorflow as tf
 from gmvae_keras import data as data_lib
 from gmvae_keras.config import ConfigError
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
-
 
 def make_strategy(name):
     """The tf.distribute strategy called `name`.
 
     `multi_worker` reads the cluster from the `TF_CONFIG` environment variable and
-    must be created before TensorFlow runs any op in the process.
+    must be created before TensorFlow runs any op in the process. `Config.validate` checks the name.
     """
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    strategies = {
+        "default": tf.distribute.get_strategy,
+        "mirrored": tf.distribute.MirroredStrategy,
+        "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,
+    }
+    return strategies[name]()
 
 
 def is_chief(strategy):

@@ -26,12 +26,6 @@ def path(name):
     return pathlib.Path(str(resource)) if resource.is_file() else None
 
 
-def names():
-    """The names of every shipped flagfile, sorted."""
-    folder = importlib.resources.files("gmvae_keras") / "flags"
-    return sorted(entry.name[: -len(".cfg")] for entry in folder.iterdir() if entry.name.endswith(".cfg"))
-
-
 def recipe(dataset, mode="semi_supervised", settings="paper", num_labeled=None):
     """The flagfiles of a recipe, in the order they apply ([] for a dataset without one).
 

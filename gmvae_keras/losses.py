@@ -7,6 +7,20 @@ averaged over the positive pairs of the batch.
 
     L = L_R + w_G·L_G + w_C·L_C + w_A·L_A + w_M·L_M
 
+| paper | function | log key | flag |
+|---|---|---|---|
+| L | `total_loss` | `loss` | |
+| L_R | `reconstruction_loss` | `reconstruction_loss` | `--reconstruction` |
+| L_G | `gaussian_loss` | `gaussian_loss` | `--gaussian_weight` |
+| L_C | `categorical_loss` | `categorical_loss` | `--categorical_weight`, `--categorical_kl` |
+| L_A | `assignment_loss` | `assignment_loss` | `--assignment_weight` |
+| eq. 8 | `assign_labels`, `vote_shares` | `assignment_accuracy` | `--k`, `--assignment_balance` |
+| L_M | `lifted_structured_loss` | `metric_loss` | `--metric_weight`, `--margin` |
+
+Beyond the paper, `GMVAE.compute_losses` takes L_A's cross-entropy on a
+second view of the images too (`--consistency_shift`, `--consistency_flip`,
+`--consistency_share`).
+
 Each function computes in the dtype of its inputs: `GMVAE` gives them
 float32 under a mixed precision policy (`GMVAE.call` casts what the 16-bit
 networks return), so no loss, distance or vote is taken in 16 bits.
@@ -108,33 +122,18 @@ def categorical_loss(logits, kl="image"):
     return ops.mean(ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes))
 
 
-def assignment_loss(labels, logits, view_logits=None, view_share=1.0):
+def assignment_loss(labels, logits):
     """L_A: cross-entropy of q(y|x̂) against true or assigned labels.
-
-    Beyond the paper (`--consistency_shift`/`--consistency_flip`): with
-    `view_logits`, q(y|·) of a perturbed view of the same images, `view_share`
-    of L_A is the cross-entropy on the view and the rest on the image itself.
 
     Args:
         labels: `[batch]` int labels (true for labeled samples, from
             `assign_labels` for unlabeled ones).
         logits: `[batch, c]` logits of q(y|x̂).
-        view_logits: `[batch, c]` logits of the view, or None (the paper).
-        view_share: in [0, 1], the view's share of L_A.
 
     Returns:
         Scalar: averaged over the batch.
     """
-
-    def cross_entropy(logits):
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-
-    if view_logits is None:
-        return cross_entropy(logits)
-    loss = view_share * cross_entropy(view_logits)
-    if view_share < 1.0:  # with the whole share on the view, the image's term is not even computed
-        loss += (1.0 - view_share) * cross_entropy(logits)
-    return loss
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
 
 def pairwise_distance(a, b=None):
@@ -161,14 +160,15 @@ def pairwise_distance(a, b=None):
     return ops.where(is_zero, 0.0, ops.sqrt(ops.where(is_zero, 1.0, squared)))
 
 
-def assign_labels(distances, labeled_labels, num_classes, k, balance="none"):
-    """Label each unlabeled sample by a k-NN vote among the labeled ones (eq. 8).
+def vote_shares(distances, labeled_labels, num_classes, k, normalize=True):
+    """The k-NN vote of eq. 8: `[n_unlabeled, c]` each class's share of the vote.
 
-    Each unlabeled sample takes the class with the largest vote among its `k`
-    nearest labeled samples, by the Euclidean distance of their features;
-    each neighbour votes with weight 1/distance, as in the paper. With
-    `balance="vote"` (not in the paper) the votes are rebalanced over the
-    batch by `balance_assignment`. No gradient flows through the assignment.
+    Each unlabeled sample's `k` nearest labeled samples, by the Euclidean
+    distance of their features, vote for their class with weight 1/distance,
+    as in the paper; `normalize=False` returns these summed weights (the
+    votes) rather than their shares. A neighbour's weight is
+    1/(distance + ε), so an exact match takes nearly the whole vote rather
+    than an infinite one. No gradient flows through the vote.
 
     Args:
         distances: `[n_unlabeled, n_labeled]` feature distances
@@ -176,10 +176,7 @@ def assign_labels(distances, labeled_labels, num_classes, k, balance="none"):
         labeled_labels: `[n_labeled]` int labels in `[0, num_classes)`.
         num_classes: c.
         k: number of neighbours, 1 <= k <= n_labeled.
-        balance: "none" or "vote".
-
-    Returns:
-        `[n_unlabeled]` int32 labels.
+        normalize: shares (True) or votes (False).
 
     Raises:
         ConfigError: for k > n_labeled (`ModelSettings.validate` checks the
@@ -188,10 +185,31 @@ def assign_labels(distances, labeled_labels, num_classes, k, balance="none"):
     num_labeled = distances.shape[-1]
     if num_labeled is not None and k > num_labeled:
         raise ConfigError(f"k={k} is larger than the number of labeled samples ({num_labeled})")
-    votes = class_votes_from_distances(distances, labeled_labels, num_classes, k)
+    distances = ops.stop_gradient(distances)
+    neg_distances, neighbours = ops.top_k(-distances, k=int(k))
+    weights = 1.0 / (-neg_distances + _EPSILON)
+    neighbour_labels = ops.take(ops.cast(labeled_labels, "int32"), neighbours)
+    votes = ops.sum(ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None], axis=1)
+    return votes / ops.sum(votes, axis=-1, keepdims=True) if normalize else votes
+
+
+def assign_labels(distances, labeled_labels, num_classes, k, balance="none"):
+    """Label each unlabeled sample by the k-NN vote among the labeled ones (eq. 8).
+
+    Each takes the class with the largest vote (`vote_shares`). With
+    `balance="vote"` (not in the paper) the votes' shares are rebalanced over
+    the batch by `balance_assignment`.
+
+    Args:
+        distances, labeled_labels, num_classes, k: as `vote_shares`.
+        balance: "none" or "vote".
+
+    Returns:
+        `[n_unlabeled]` int32 labels.
+    """
     if balance == "vote":
-        shares = votes / ops.sum(votes, axis=-1, keepdims=True)
-        return balance_assignment(ops.log(shares + 1e-4))
+        return balance_assignment(ops.log(vote_shares(distances, labeled_labels, num_classes, k) + 1e-4))
+    votes = vote_shares(distances, labeled_labels, num_classes, k, normalize=False)
     return ops.cast(ops.argmax(votes, axis=-1), "int32")
 
 
@@ -211,25 +229,6 @@ def balance_assignment(log_scores, iterations=3):
         log_scores = log_scores - ops.logsumexp(log_scores, axis=0, keepdims=True) + log_target
         log_scores = log_scores - ops.logsumexp(log_scores, axis=1, keepdims=True)
     return ops.cast(ops.argmax(log_scores, axis=-1), "int32")
-
-
-def class_votes_from_distances(distances, labeled_labels, num_classes, k):
-    """`[n_unlabeled, c]` k-NN votes (the weights that `assign_labels` takes the argmax of)."""
-    distances = ops.stop_gradient(distances)
-    neg_distances, neighbours = ops.top_k(-distances, k=int(k))
-    weights = 1.0 / (-neg_distances + _EPSILON)
-    neighbour_labels = ops.take(ops.cast(labeled_labels, "int32"), neighbours)
-    return ops.sum(ops.one_hot(neighbour_labels, num_classes, dtype=weights.dtype) * weights[..., None], axis=1)
-
-
-def vote_shares(distances, labeled_labels, num_classes, k):
-    """`[n, c]` each class's share of the k-NN vote: a distribution whose argmax is the vote.
-
-    Finite at distance 0: a neighbour's weight is 1/(distance + ε), so an
-    exact match takes nearly the whole vote rather than an infinite one.
-    """
-    votes = class_votes_from_distances(distances, labeled_labels, num_classes, k)
-    return votes / ops.sum(votes, axis=-1, keepdims=True)
 
 
 def lifted_structured_loss(labels, distances, margin):

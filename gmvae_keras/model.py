@@ -235,7 +235,7 @@ class GMVAE(keras.Model):
         return ops.cast(x, self.dtype_policy.variable_dtype)
 
     def call(self, images, training=None):
-        """Full forward pass; returns a dict of every intermediate quantity, in full precision (`_full`)."""
+        """Full forward pass; returns a dict of what the losses read, in full precision (`_full`)."""
         features = self.encoder(images, training=training)
         logits = self.categorical_inference(features)
         y = self.gumbel_softmax(logits, training=training)
@@ -244,12 +244,9 @@ class GMVAE(keras.Model):
         prior_mean, prior_variance = self.gaussian_prior(y)
         reconstruction = self.decoder(z, training=training)
         # Every loss, density and distance is computed from these: in float32 under a mixed policy.
-        logits = self._full(logits)
         return {
             "features": self._full(features),
-            "logits": logits,
-            "probabilities": ops.softmax(logits, axis=-1),
-            "y": self._full(y),
+            "logits": self._full(logits),
             "z_mean": self._full(z_mean),
             "z_variance": self._full(z_variance),
             "z": self._full(z),
@@ -302,21 +299,13 @@ class GMVAE(keras.Model):
             self.k,
         )
 
-    def labels_from_outputs(self, features, logits, labeled_features=None):
-        """`[n]` int32 predictions: the argmax of `probabilities_from_outputs`."""
-        probabilities = self.probabilities_from_outputs(features, logits, labeled_features)
-        return ops.cast(ops.argmax(probabilities, axis=-1), "int32")
-
     # ------------------------------------------------------------ training
 
     @property
     def metrics(self):
         return list(self.trackers.values()) + [self.error_tracker]
 
-    def _uses_auxiliary_losses(self, num_labeled):
-        return num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0)
-
-    def compute_losses(self, images, labels=None, unlabeled_labels=None, training=True, views=None):
+    def compute_losses(self, images, labels=None, training=True, views=None):
         """Every loss term of the batch, the weighted total and the assignments.
 
         `views`: the batch's second views for L_A (see the class
@@ -342,7 +331,7 @@ class GMVAE(keras.Model):
         }
         assigned = all_labels = None
         num_labeled = 0 if labels is None else labels.shape[0]
-        if self._uses_auxiliary_losses(num_labeled):
+        if num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0):
             features = outputs["features"]
             num_unlabeled = ops.shape(images)[0] - ops.shape(labels)[0]
             # One distance matrix serves the k-NN vote (its unlabeled × labeled
@@ -361,10 +350,15 @@ class GMVAE(keras.Model):
             # argmax, and L_A asks the view to agree with it (not in the paper).
             all_labels = ops.argmax(outputs["logits"], axis=-1)  # integers: no gradient flows through them
         if all_labels is not None and self.assignment_weight > 0:
-            view_logits = None if views is None else self.classify(views, training=training)[1]
-            terms["assignment_loss"] = losses.assignment_loss(
-                all_labels, outputs["logits"], view_logits, self.consistency_share
-            )
+            if views is None:
+                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
+            else:
+                # s·CE(view) + (1 - s)·CE(image); with s = 1 the image's term is not even computed.
+                share = self.consistency_share
+                loss = share * losses.assignment_loss(all_labels, self.classify(views, training=training)[1])
+                if share < 1.0:
+                    loss += (1.0 - share) * losses.assignment_loss(all_labels, outputs["logits"])
+                terms["assignment_loss"] = loss
         if assigned is not None and self.metric_weight > 0:
             terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
         total = losses.total_loss(
@@ -410,7 +404,6 @@ class GMVAE(keras.Model):
             self.trackers[name].update_state(value)
         # Only what this run computes: a clustering run logs no L_A or L_M (unless L_A on its own labels).
         logs = {name: self.trackers[name].result() for name in values}
-        logs["temperature"] = ops.convert_to_tensor(self.gumbel_softmax.temperature)
         if _multi_worker(tf.distribute.get_strategy()):
             # Keras averages multi-worker step outputs along axis 0, which
             # scalars lack: give each value one (the replicas agree anyway).
@@ -423,20 +416,20 @@ class GMVAE(keras.Model):
         # need a variable of their own, which every saved model would then carry. Runs score with
         # `predict_labels`, which encodes them once per call.
         images, labels, _, _ = self._unpack(data)
-        predicted = self.labels_from_outputs(*self.classify(images, training=False))
+        probabilities = self.probabilities_from_outputs(*self.classify(images, training=False))
+        predicted = ops.cast(ops.argmax(probabilities, axis=-1), "int32")
         wrong = ops.not_equal(predicted, ops.cast(labels, "int32"))
         self.error_tracker.update_state(100.0 * ops.cast(wrong, "float32"))
         return {"error": self.error_tracker.result()}
 
     # ----------------------------------------------------------- inference
 
-    def _infer(self, images):
-        return self.classify(images, training=False)
-
     def features_and_logits(self, images, batch_size=1000):
         """`(x̂, logits of q(y|x̂))` as numpy arrays, `batch_size` images at a time, deterministic."""
         if self._inference_function is None:
-            self._inference_function = tf.function(self._infer, reduce_retracing=True)
+            self._inference_function = tf.function(
+                lambda images: self.classify(images, training=False), reduce_retracing=True
+            )
         images = unit_float(images)
         outputs = [
             self._inference_function(tf.constant(images[start : start + batch_size]))
@@ -446,9 +439,6 @@ class GMVAE(keras.Model):
             return np.zeros((0, self.feature_size), "float32"), np.zeros((0, self.num_classes), "float32")
         return tuple(np.concatenate([keras.ops.convert_to_numpy(part[i]) for part in outputs]) for i in (0, 1))
 
-    def _inference_loss(self, images):
-        return self.compute_losses(images, training=False)[1]
-
     def unsupervised_loss(self, images, batch_size=1000):
         """The mean weighted L_R + w_G·L_G + w_C·L_C of images, in inference mode, reading no labels.
 
@@ -456,7 +446,9 @@ class GMVAE(keras.Model):
         samples. A clustering run selects its model by it on validation.
         """
         if self._loss_function is None:
-            self._loss_function = tf.function(self._inference_loss, reduce_retracing=True)
+            self._loss_function = tf.function(
+                lambda images: self.compute_losses(images, training=False)[1], reduce_retracing=True
+            )
         images = np.asarray(images)
         total = 0.0
         for start in range(0, len(images), batch_size):

@@ -24,7 +24,7 @@ from gmvae_keras.callbacks import (
 )
 from gmvae_keras.checkpoint import RunError
 from gmvae_keras.export import export_saved_model
-from gmvae_keras.model import GMVAE, LOSS_TERMS
+from gmvae_keras.model import GMVAE, LOSS_TERMS, unit_float
 
 # Files of a run that `--overwrite` removes before starting afresh.
 _RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy", "config.json")
@@ -262,7 +262,7 @@ def _train_and_evaluate(config, model_dir):
             keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"), write_graph=False),
             ImageSummaries(
                 model_dir / "logs" / "images",
-                data.val_images[:10].astype("float32") / 255.0,
+                unit_float(data.val_images[:10]),
                 every=config.image_summary_every,
                 seed=config.seed,
             ),

@@ -95,6 +95,9 @@ def test_assign_labels_weighs_each_neighbour_by_one_over_its_distance():
     unlabeled, labeled, labels = _assignment_case()
     distances = losses.pairwise_distance(unlabeled, labeled)
     assert losses.assign_labels(distances, labels, 3, k=3).numpy().tolist() == [0]
+    votes = np.array([[2.0, 1 / 2.0 + 1 / 2.1, 0.0]])
+    np.testing.assert_allclose(losses.vote_shares(distances, labels, 3, k=3, normalize=False), votes, rtol=1e-5)
+    np.testing.assert_allclose(losses.vote_shares(distances, labels, 3, k=3), votes / votes.sum(), rtol=1e-5)
 
 
 def test_assign_labels_nearest_neighbour_and_batch():
@@ -209,15 +212,3 @@ def test_assignment_loss_is_cross_entropy():
     log_q = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -np.mean(log_q[np.arange(2), labels])
     np.testing.assert_allclose(float(losses.assignment_loss(labels, logits)), expected, rtol=1e-5)
-
-
-def test_assignment_loss_splits_its_share_between_view_and_image():
-    rng = np.random.default_rng(0)
-    logits, view_logits = rng.normal(size=(2, 5, 3)).astype("float32")
-    labels = np.array([0, 1, 2, 2, 1])
-    on_image = float(losses.assignment_loss(labels, logits))
-    on_view = float(losses.assignment_loss(labels, view_logits))
-    assert abs(on_image - on_view) > 1e-3
-    split = float(losses.assignment_loss(labels, logits, view_logits, view_share=0.25))
-    np.testing.assert_allclose(split, 0.25 * on_view + 0.75 * on_image, rtol=1e-5)
-    np.testing.assert_allclose(float(losses.assignment_loss(labels, logits, view_logits)), on_view, rtol=1e-6)

@@ -353,7 +353,6 @@ def test_the_recipe_follows_dataset_and_labels_given_in_a_users_flagfile(tmp_pat
     # The user's file overrides the recipe (k), and the command line the user's file.
     assert (config.dataset, config.num_labeled, config.k, config.batch_size) == ("fashion_mnist", 1000, 4, 150)
     assert config_from_args([f"--flagfile={own}", "--k=5"]).k == 5
-    assert flagfiles.names()[:3] == ["fashion_mnist", "fashion_mnist_clustering", "fashion_mnist_cpu"]
 
 
 def test_helpfull_lists_the_kept_options_and_no_removed_one():
