@@ -33,6 +33,19 @@ def enable():
     _enabled = True
 
 
+def disable():
+    """Undoes `enable` (nothing to undo without it): default sums, arithmetic optimizer on, op determinism off."""
+    global _enabled
+    if not _enabled:
+        return
+    # TensorFlow exports `enable_op_determinism` only; the way back is in the module that defines it.
+    from tensorflow.python.framework import config as tf_config
+
+    tf_config.disable_op_determinism()
+    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": True})
+    _enabled = False
+
+
 def gradients(tape, target, sources):
     """`tape.gradient(target, sources)`; after `enable`, in a traced function, summed in a fixed order.
 

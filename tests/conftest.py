@@ -68,20 +68,8 @@ def _determinism_left_off():
     """
     yield
     determinism = sys.modules.get("gmvae_keras.determinism")
-    if determinism is not None and determinism._enabled:
-        disable_determinism(determinism)
-
-
-def disable_determinism(determinism):
-    """Undoes `determinism.enable`: its flag, Grappler's arithmetic optimizer (on by default) and op determinism."""
-    import tensorflow as tf
-
-    # TensorFlow exports `enable_op_determinism` only; the way back is in the module that defines it.
-    from tensorflow.python.framework import config as tf_config
-
-    tf_config.disable_op_determinism()
-    tf.config.optimizer.set_experimental_options({"arithmetic_optimization": True})
-    determinism._enabled = False
+    if determinism is not None:
+        determinism.disable()
 
 
 # Set by CI when the real data sets are beside the clone: a real-data test then fails instead of skipping.

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, disable_determinism
+from conftest import REPO_ROOT
 
 REAL_DATA_TEST = """
 def test_reads_mnist(real_dataset):
@@ -92,7 +92,7 @@ def test_hypothesis_profile_follows_the_ci_variable(ci, profile):
     assert result.stdout.split() == expected.split()
 
 
-def test_disable_determinism_undoes_enable():
+def test_determinism_disable_undoes_enable():
     import tensorflow as tf
     from tensorflow.python.framework import config as tf_config
 
@@ -100,6 +100,6 @@ def test_disable_determinism_undoes_enable():
 
     determinism.enable()
     assert determinism._enabled and tf_config.is_op_determinism_enabled()
-    disable_determinism(determinism)
+    determinism.disable()
     assert not determinism._enabled and not tf_config.is_op_determinism_enabled()
     assert tf.config.optimizer.get_experimental_options()["arithmetic_optimization"] is True
