@@ -52,8 +52,7 @@ class Config(ModelSettings):
     consistency_shift: int = _field(
         0,
         "Take L_A's cross-entropy on a second view of each training image, translated randomly by up to N pixels, "
-        "while its label is still assigned on the image itself (consistency; not in the paper); in a clustering run "
-        "(with --assignment_weight > 0) the label is the argmax of the image's own q(y|x̂). 0 (paper) disables.",
+        "while its label is still assigned on the image itself (consistency; not in the paper). 0 (paper) disables.",
     )
     consistency_flip: bool = _field(
         False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits."
@@ -139,17 +138,9 @@ class Config(ModelSettings):
             raise ConfigError(
                 "--consistency_shift/--consistency_flip change L_A, which --assignment_weight=0 leaves out"
             )
-        if (
-            self.mode == "clustering"
-            and self.assignment_weight
-            and not (self.consistency_shift or self.consistency_flip)
-        ):
-            raise ConfigError(
-                "--mode=clustering takes L_A only between an image and its second view; set --consistency_shift or "
-                "--consistency_flip, or --assignment_weight=0"
-            )
-        if self.mode == "clustering" and self.metric_weight:
-            raise ConfigError("--mode=clustering has no labels for L_M; set --metric_weight=0")
+        for name, term in (("assignment_weight", "L_A"), ("metric_weight", "L_M")):
+            if self.mode == "clustering" and getattr(self, name):
+                raise ConfigError(f"--mode=clustering has no labels for {term}; set --{name}=0")
         if self.consistency_share < 1.0 and not (self.consistency_shift or self.consistency_flip):
             raise ConfigError(
                 "--consistency_share splits L_A between the image and its second view; set --consistency_shift or "

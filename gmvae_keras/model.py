@@ -69,10 +69,7 @@ class GMVAE(keras.Model):
       every class gets about an equal share (`losses.balance_assignment`).
     - a batch dict with `views` (a shifted or mirrored copy of `images`):
       L_A's cross-entropy is `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`
-      with `s = consistency_share`, its labels assigned on the images. Without
-      labeled images (clustering) and with `w_A > 0`, each image's label is
-      the argmax of its own q(y|x̂) (no gradient), so L_A asks the view's
-      q(y|·) to agree with the image's.
+      with `s = consistency_share`, its labels assigned on the images.
     - `prediction="knn"`: the model predicts by L_A's plain k-NN vote among
       the labeled training images it stores (`set_labeled_set`), and
       `predict_proba` returns the vote's shares (`losses.vote_shares`), so
@@ -329,7 +326,7 @@ class GMVAE(keras.Model):
             ),
             "categorical_loss": losses.categorical_loss(outputs["logits"], self.categorical_kl),
         }
-        assigned = all_labels = None
+        assigned = None
         num_labeled = 0 if labels is None else labels.shape[0]
         if num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0):
             features = outputs["features"]
@@ -345,11 +342,7 @@ class GMVAE(keras.Model):
                 self.assignment_balance,
             )
             all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
-        elif num_labeled == 0 and views is not None:
-            # No labeled images (clustering): each image's label is q(y|x̂)'s own
-            # argmax, and L_A asks the view to agree with it (not in the paper).
-            all_labels = ops.argmax(outputs["logits"], axis=-1)  # integers: no gradient flows through them
-        if all_labels is not None and self.assignment_weight > 0:
+        if assigned is not None and self.assignment_weight > 0:
             if views is None:
                 terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
             else:
@@ -402,7 +395,7 @@ class GMVAE(keras.Model):
             values = replica.all_reduce(tf.distribute.ReduceOp.MEAN, values)
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        # Only what this run computes: a clustering run logs no L_A or L_M (unless L_A on its own labels).
+        # Only what this run computes: a clustering run logs no L_A or L_M.
         logs = {name: self.trackers[name].result() for name in values}
         if _multi_worker(tf.distribute.get_strategy()):
             # Keras averages multi-worker step outputs along axis 0, which
