@@ -14,7 +14,13 @@ import io
 import sys
 from pathlib import Path
 
-import matplotlib
+if __name__ == "__main__":
+    # As in gmvae_keras.main: TensorFlow's C++ start-up notices would bury the output; before any import of it.
+    from gmvae_keras._quiet import quiet_tensorflow
+
+    quiet_tensorflow()
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # never open a window
 import matplotlib.pyplot as plt  # noqa: E402

@@ -1,7 +1,12 @@
+import os
 import struct
+import subprocess
+import sys
 
 from gmvae_keras.figures import DPI
 from gmvae_keras.figures import main as figures_main
+
+from conftest import REPO_ROOT
 
 
 def png_size(path):
@@ -32,3 +37,18 @@ def test_figures_command_errors_are_one_line(tmp_path, capsys):
     assert figures_main(["--model_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+def test_figures_command_prints_only_its_error_line(tmp_path):
+    # As a command, after TensorFlow has loaded: none of its start-up notices around the one line.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gmvae_keras.figures", f"--model_dir={tmp_path}"],
+        capture_output=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=240,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "config.json" in lines[0], lines
