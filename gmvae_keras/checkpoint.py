@@ -11,6 +11,7 @@ Layout of a run directory:
     metrics.json           final scores, written at the end
     logs/                  TensorBoard
     export/                SavedModel
+    figures/               PNGs of `python -m gmvae_keras.figures`
 
 Every file is written under a temporary name and renamed into place, so a
 run killed at any moment leaves the previous version intact. `state.json`

@@ -1,9 +1,10 @@
-"""The run configuration: one dataclass, the single place every flag is defined.
+"""The run configuration: one dataclass holding every setting of a run.
 
 `Config` extends the model's settings (`settings.ModelSettings`) with the
 run's. `gmvae_keras.flagfiles` turns each field into an absl flag (its help
 text is the field's `help` metadata) and builds a `Config` from the parsed
-flags; tests and library users build a `Config` directly.
+flags (and defines `--settings` and `--model_dir` itself); tests and library users build a `Config`
+directly.
 """
 
 import dataclasses
@@ -19,10 +20,14 @@ __all__ = ["Config", "ConfigError"]
 class Config(ModelSettings):
     """Every setting of a run: the model's (`ModelSettings`) and the data, schedule and run directory's."""
 
+    # A clustering run has no labels: these must be 0.
+    _CLUSTERING_ZEROS = ("num_labeled", "assignment_weight", "metric_weight")
+
     mode: str = _field(
         "semi_supervised",
         "semi_supervised, or clustering (no labels; keeps the epoch of the lowest validation loss and reports ACC "
-        "and NMI; loads the flagfile <dataset>_clustering.cfg).",
+        "and NMI; loads the flagfile <dataset>_clustering.cfg where there is one, for mnist and fashion_mnist; "
+        "another dataset needs --num_labeled=0 --assignment_weight=0 --metric_weight=0).",
         choices=["semi_supervised", "clustering"],
     )
     # Data.
@@ -130,17 +135,20 @@ class Config(ModelSettings):
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
         for name in ("mode", "verbose", "lr_schedule", "strategy", "precision"):
             check_choice(name, getattr(self, name), Config.choices(name))
-        if self.mode == "clustering" and self.num_labeled:
-            raise ConfigError(f"--mode=clustering uses no labeled data; got --num_labeled={self.num_labeled}")
+        if self.mode == "clustering":
+            # All at once: a dataset without a clustering flagfile starts from the semi-supervised defaults.
+            labeled = [f"--{name}={getattr(self, name)}" for name in self._CLUSTERING_ZEROS if getattr(self, name)]
+            if labeled:
+                raise ConfigError(
+                    "--mode=clustering uses no labeled data (no labeled set, L_A or L_M): set "
+                    f"{' '.join(f'--{name}=0' for name in self._CLUSTERING_ZEROS)}; got {', '.join(labeled)}"
+                )
         if self.mode == "semi_supervised" and not self.num_labeled:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
         if (self.consistency_shift or self.consistency_flip) and not self.assignment_weight:
             raise ConfigError(
                 "--consistency_shift/--consistency_flip change L_A, which --assignment_weight=0 leaves out"
             )
-        for name, term in (("assignment_weight", "L_A"), ("metric_weight", "L_M")):
-            if self.mode == "clustering" and getattr(self, name):
-                raise ConfigError(f"--mode=clustering has no labels for {term}; set --{name}=0")
         if self.consistency_share < 1.0 and not (self.consistency_shift or self.consistency_flip):
             raise ConfigError(
                 "--consistency_share splits L_A between the image and its second view; set --consistency_shift or "

@@ -226,12 +226,12 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         (
             {"mode": "clustering", "num_labeled": 0, "metric_weight": 0.0},
             ConfigError,
-            "has no labels for L_A; set --assignment_weight=0",
+            "set --num_labeled=0 --assignment_weight=0 --metric_weight=0; got --assignment_weight=1.0$",
         ),
         (
             {"mode": "clustering", "num_labeled": 0, "assignment_weight": 0.0},
             ConfigError,
-            "has no labels for L_M",
+            "uses no labeled data .*; got --metric_weight=1.0$",
         ),
         (
             {"prediction": "knn", "num_labeled": 10, "batch_size": 60, "k": 15},

@@ -32,8 +32,8 @@ Modules
 -------
 `names` (data set names), `files` (IDX and SVHN `.mat` readers),
 `tfds_source` (tensorflow-datasets), `sources` (`load_raw`), `splits`,
-`pipelines`, `perturbations` (shifts and flips of training images) and
-`errors` (`DataError`, integer checks). Everything public is importable from
+`pipelines`, `perturbations` (the shifted and flipped second views of
+training images) and `errors` (`DataError`, integer checks). Everything public is importable from
 `gmvae_keras.data` itself.
 """
 

@@ -1,4 +1,4 @@
-"""Seeded perturbations of training batches: random shifts and left-right flips."""
+"""Seeded random shifts and left-right flips: the second view of each training image for L_A (consistency)."""
 
 from __future__ import annotations
 
