@@ -38,8 +38,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gmvae_keras import checkpoint, flagfiles, paths
-from gmvae_keras.config import ConfigError
+from gmvae_keras import flagfiles, paths
+from gmvae_keras.config import Config, ConfigError
 
 # Test error (%) of the paper, mean (± std) over 5 seeds.
 PAPER = {
@@ -149,9 +149,7 @@ def run_flags(args, seed, model_dir):
 
 def stale_flags(run_flags, model_dir):
     """The flags in which a finished run differs from `run_flags` ([] when it matches)."""
-    previous = checkpoint.read_config(model_dir)
-    if previous is None:
-        raise ValueError(f"{model_dir} has metrics.json but no config.json")
+    previous = Config.from_dict(json.loads((model_dir / "config.json").read_text()), f"{model_dir}/config.json")
     return flagfiles.config_from_args(run_flags).describe_differences(previous)
 
 
