@@ -20,9 +20,6 @@ __all__ = ["Config", "ConfigError"]
 class Config(ModelSettings):
     """Every setting of a run: the model's (`ModelSettings`) and the data, schedule and run directory's."""
 
-    # A clustering run has no labels: these must be 0.
-    _CLUSTERING_ZEROS = ("num_labeled", "assignment_weight", "metric_weight")
-
     mode: str = _field(
         "semi_supervised",
         "semi_supervised, or clustering (no labels; keeps the epoch of the lowest validation loss and reports ACC "
@@ -137,11 +134,12 @@ class Config(ModelSettings):
             check_choice(name, getattr(self, name), Config.choices(name))
         if self.mode == "clustering":
             # All at once: a dataset without a clustering flagfile starts from the semi-supervised defaults.
-            labeled = [f"--{name}={getattr(self, name)}" for name in self._CLUSTERING_ZEROS if getattr(self, name)]
+            zeros = ("num_labeled", "assignment_weight", "metric_weight")
+            labeled = [f"--{name}={getattr(self, name)}" for name in zeros if getattr(self, name)]
             if labeled:
                 raise ConfigError(
                     "--mode=clustering uses no labeled data (no labeled set, L_A or L_M): set "
-                    f"{' '.join(f'--{name}=0' for name in self._CLUSTERING_ZEROS)}; got {', '.join(labeled)}"
+                    f"{' '.join(f'--{name}=0' for name in zeros)}; got {', '.join(labeled)}"
                 )
         if self.mode == "semi_supervised" and not self.num_labeled:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
