@@ -311,6 +311,27 @@ def test_cpu_settings_flagfile_follows_the_papers():
         with_recipe(["prog", "--dataset=svhn", "--settings=cpu"])
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_clustering_cpu_settings_follow_the_papers_clustering_settings(dataset):
+    argv = with_recipe(["prog", f"--dataset={dataset}", "--mode=clustering", "--settings=cpu"])
+    assert argv[1:3] == [
+        f"--flagfile={FLAGS_DIR / f'{dataset}_clustering.cfg'}",
+        f"--flagfile={FLAGS_DIR / f'{dataset}_clustering_cpu.cfg'}",
+    ]
+    config = config_from_args([f"--dataset={dataset}", "--mode=clustering", "--settings=cpu"])
+    assert (config.epochs, config.lr_schedule, config.temperature_epochs, config.categorical_kl) == (
+        30,
+        "cosine",
+        4,
+        "batch",
+    )
+    # Still §5.3.1's everywhere else, and without labels.
+    assert (config.batch_size, config.gaussian_weight, config.reconstruction) == (64, 5.0, "bce")
+    assert (config.num_labeled, config.assignment_weight, config.metric_weight) == (0, 0.0, 0.0)
+    # The paper's clustering settings keep the paper's per-image L_C.
+    assert config_from_args([f"--dataset={dataset}", "--mode=clustering"]).categorical_kl == "image"
+
+
 def test_cpu_settings_for_one_label_count_come_last():
     flags_dir = FLAGS_DIR
     files = [
