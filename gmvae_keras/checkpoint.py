@@ -27,8 +27,7 @@ from pathlib import Path
 
 import keras
 
-from gmvae_keras.config import Config
-from gmvae_keras.settings import ConfigError, drop_removed_options
+from gmvae_keras.config import RunError, read_config, read_json
 
 
 def atomic_write_text(path, text):
@@ -54,29 +53,6 @@ def atomic_save_model(model, path):
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-class RunError(ValueError):
-    """A run directory that cannot be used; the message is one line."""
-
-
-def read_config(model_dir):
-    """The `Config` of a run directory's config.json; None when it has none.
-
-    Raises:
-        ConfigError: config.json sets an option removed since (said in the option's own words).
-        RunError: config.json is not a configuration of this version (an unknown key, say).
-    """
-    path = Path(model_dir) / "config.json"
-    values = read_json(path)
-    if values is None:
-        return None
-    # `from_dict` drops them too, but here, outside the `try`, a removed option is refused in its own words.
-    values = drop_removed_options(values, str(path))
-    try:
-        return Config.from_dict(values)
-    except (ConfigError, TypeError) as e:
-        raise RunError(f"{path} is not a gmvae_keras configuration ({e})") from None
 
 
 def read_run(model_dir, which="best"):
@@ -111,22 +87,6 @@ def remove_stale_temporaries(model_dir):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-
-
-def read_json(path, default=None):
-    """The JSON value in `path`; `default` when there is no such file.
-
-    Raises:
-        RunError: `path` is a folder, unreadable or not JSON (a run killed by hand-editing, say).
-    """
-    path = Path(path)
-    if not path.exists():
-        return default
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"cannot read {path}: {e}") from None
 
 
 def initial_state():

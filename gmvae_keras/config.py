@@ -9,11 +9,12 @@ directly.
 
 import dataclasses
 import json
+from pathlib import Path
 
 from gmvae_keras.settings import ConfigError, ModelSettings, check_choice, drop_removed_options
 from gmvae_keras.settings import field as _field
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "RunError", "read_config", "read_json"]
 
 
 @dataclasses.dataclass
@@ -205,3 +206,42 @@ class Config(ModelSettings):
             for f in dataclasses.fields(self)
             if f.name not in self.RESUMABLE_CHANGES and getattr(self, f.name) != getattr(other, f.name)
         ]
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used; the message is one line."""
+
+
+def read_config(model_dir):
+    """The `Config` of a run directory's config.json; None when it has none.
+
+    Raises:
+        ConfigError: config.json sets an option removed since (said in the option's own words).
+        RunError: config.json is not a configuration of this version (an unknown key, say).
+    """
+    path = Path(model_dir) / "config.json"
+    values = read_json(path)
+    if values is None:
+        return None
+    # `from_dict` drops them too, but here, outside the `try`, a removed option is refused in its own words.
+    values = drop_removed_options(values, str(path))
+    try:
+        return Config.from_dict(values)
+    except (ConfigError, TypeError) as e:
+        raise RunError(f"{path} is not a gmvae_keras configuration ({e})") from None
+
+
+def read_json(path, default=None):
+    """The JSON value in `path`; `default` when there is no such file.
+
+    Raises:
+        RunError: `path` is a folder, unreadable or not JSON (a run killed by hand-editing, say).
+    """
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"cannot read {path}: {e}") from None

@@ -30,7 +30,6 @@ Extra flags after `--` go to every run.
 """
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -39,7 +38,7 @@ import sys
 from pathlib import Path
 
 from gmvae_keras import flagfiles, paths
-from gmvae_keras.config import Config, ConfigError
+from gmvae_keras.config import ConfigError, RunError, read_config, read_json
 
 # Test error (%) of the paper, mean (± std) over 5 seeds.
 PAPER = {
@@ -149,7 +148,9 @@ def run_flags(args, seed, model_dir):
 
 def stale_flags(run_flags, model_dir):
     """The flags in which a finished run differs from `run_flags` ([] when it matches)."""
-    previous = Config.from_dict(json.loads((model_dir / "config.json").read_text()), f"{model_dir}/config.json")
+    previous = read_config(model_dir)
+    if previous is None:
+        raise RunError(f"{model_dir / 'metrics.json'} has no config.json beside it")
     return flagfiles.config_from_args(run_flags).describe_differences(previous)
 
 
@@ -301,7 +302,7 @@ def main(argv=None):
 
             try:
                 stale = stale_flags(run_flags(args, seed, model_dir), model_dir)
-            except (flags.Error, OSError, ValueError, TypeError) as e:  # bad extra flags, an unreadable config.json
+            except (flags.Error, ValueError) as e:  # bad extra flags, an unreadable config.json (RunError)
                 print(f"error: cannot compare {model_dir} with this command: {str(e).splitlines()[0]}", file=sys.stderr)
                 return 2
             if stale:
@@ -319,7 +320,15 @@ def main(argv=None):
             if code != 0:
                 print(f"[reproduce] seed {seed} stopped with status {code}; rerun to resume", file=sys.stderr)
                 return code
-        results.append(json.loads(metrics_path.read_text()))
+        try:
+            metrics = read_json(metrics_path)
+        except RunError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if metrics is None:
+            print(f"error: seed {seed} ended without writing {metrics_path}", file=sys.stderr)
+            return 2
+        results.append(metrics)
     text = clustering_table(args, results) if args.mode == "clustering" else table(args, results)
     out = Path(args.out) if args.out else sweep / "results.md"
     out.parent.mkdir(parents=True, exist_ok=True)
