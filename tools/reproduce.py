@@ -6,8 +6,8 @@
 
     python tools/reproduce.py --dataset=mnist --mode=clustering --seeds=10-12
 
-`--seeds=N` runs seeds 0 .. N-1; `--seeds=10-14` or `--seeds=10,11,12` the
-seeds listed.
+`--seeds=N` runs seeds 0 .. N-1 (N <= 10; more are written 0-N); `--seeds=10-14` or
+`--seeds=10,11,12` the seeds listed.
 
 Each seed trains with `python -m gmvae_keras.main` into its own run directory
 under `--runs_dir`; seeds whose `metrics.json` exists are not rerun, and an
@@ -62,7 +62,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "svhn"])
     parser.add_argument("--num_labeled", type=int, default=None, help="default: the dataset's flagfile")
-    parser.add_argument("--seeds", default="5", help="N (seeds 0 .. N-1), A-B (A .. B) or A,B,C")
+    parser.add_argument("--seeds", default="5", help="N <= 10 (seeds 0 .. N-1), A-B (A .. B) or A,B,C")
     parser.add_argument("--epochs", type=int, default=None, help="default: the flagfile's (200 in the paper)")
     parser.add_argument("--ablation", action="store_true", help="w_M = 0: the paper's Table 2")
     parser.add_argument(
@@ -104,6 +104,12 @@ def parse_seeds(text):
             seeds = list(range(int(text)))
     except ValueError:
         raise ValueError(problem) from None
+    if "," not in text and "-" not in text and len(seeds) > 10:
+        # `--seeds=12` reads like "seed 12", one of the reporting seeds 10-19; make the writer say which they mean.
+        raise ValueError(
+            f"--seeds={text} would run seeds 0-{len(seeds) - 1}: write that, "
+            f"or --seeds={text}-{text} for seed {text} alone"
+        )
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ValueError(problem)
     return seeds
