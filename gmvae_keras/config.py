@@ -223,6 +223,8 @@ def read_config(model_dir):
     values = read_json(path)
     if values is None:
         return None
+    if not isinstance(values, dict):
+        raise RunError(f"{path} is not a gmvae_keras configuration (not a JSON object)")
     # `from_dict` drops them too, but here, outside the `try`, a removed option is refused in its own words.
     values = drop_removed_options(values, str(path))
     try:

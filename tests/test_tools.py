@@ -233,19 +233,28 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
     assert "no_such_flag" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("broken", ["metrics.json", "config.json"])
-def test_reproduce_refuses_a_finished_seed_with_unreadable_files_in_one_line(tmp_path, capsys, broken):
+@pytest.mark.parametrize(
+    "broken, content, message",
+    [
+        ("metrics.json", '{"cut short', "cannot read {path}: "),
+        ("config.json", '{"cut short', "cannot read {path}: "),
+        ("config.json", "[1, 2]", "{path} is not a gmvae_keras configuration (not a JSON object)"),
+    ],
+)
+def test_reproduce_refuses_a_finished_seed_with_unreadable_files_in_one_line(
+    tmp_path, capsys, broken, content, message
+):
     tool = _load_tool("reproduce")
     argv = ["--dataset=mnist", "--seeds=10-10", "--settings=cpu", f"--runs_dir={tmp_path}"]
     args = tool.parse_args(argv)
     args.num_labeled = 100
     model_dir = tmp_path / "mnist-100-cpu" / "seed-10"
     _finished_seed(model_dir.parent, 10, tool.run_flags(args, 10, model_dir), 2.0)
-    (model_dir / broken).write_text('{"cut short')
+    (model_dir / broken).write_text(content)
     assert tool.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
-    assert f"cannot read {model_dir / broken}" in err
+    assert message.format(path=model_dir / broken) in err
     assert not (model_dir.parent / "results.md").exists()
 
 
