@@ -68,7 +68,7 @@ def read_run(model_dir, which="best"):
     if which == "best":
         path = folder / "best.keras"
     else:
-        path = last_checkpoint(folder, read_json(folder / "state.json", {}) or {})
+        path = last_checkpoint(folder, read_json(folder / "state.json", {}))
     if path is None or not path.exists():
         raise RunError(f"no {which} model in {model_dir}")
     return config, path

@@ -223,8 +223,6 @@ def read_config(model_dir):
     values = read_json(path)
     if values is None:
         return None
-    if not isinstance(values, dict):
-        raise RunError(f"{path} is not a gmvae_keras configuration (not a JSON object)")
     # `from_dict` drops them too, but here, outside the `try`, a removed option is refused in its own words.
     values = drop_removed_options(values, str(path))
     try:
@@ -234,16 +232,22 @@ def read_config(model_dir):
 
 
 def read_json(path, default=None):
-    """The JSON value in `path`; `default` when there is no such file.
+    """The JSON object (a dict) in `path`; `default` when there is no such file.
+
+    Every file of a run directory holds one object, so any other JSON value is refused here rather than
+    failing later as a TypeError at its first lookup.
 
     Raises:
-        RunError: `path` is a folder, unreadable or not JSON (a run killed by hand-editing, say).
+        RunError: `path` is a folder, unreadable, not JSON or not a JSON object (a hand-edited file, say).
     """
     path = Path(path)
     if not path.exists():
         return default
     try:
         with open(path) as f:
-            return json.load(f)
+            value = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RunError(f"cannot read {path}: {e}") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} is not a JSON object")
+    return value

@@ -239,14 +239,17 @@ def test_overwrite_starts_afresh_without_the_old_runs_figures(run_copy):
     assert ckpt.read_json(run_copy / "metrics.json") == pytest.approx(metrics)
 
 
-def test_resuming_a_run_whose_state_is_not_json_is_refused(run_copy, tmp_path):
+@pytest.mark.parametrize(
+    "content, message", [("{", r"^cannot read .*state\.json: "), ("[]", r"^.*state\.json is not a JSON object$")]
+)
+def test_resuming_a_run_whose_state_is_not_a_json_object_is_refused(run_copy, tmp_path, content, message):
     from gmvae_keras import checkpoint as ckpt
     from gmvae_keras.train import train_and_evaluate
 
     config = ckpt.read_config(run_copy)
-    (run_copy / "state.json").write_text("{")
+    (run_copy / "state.json").write_text(content)
     before = _snapshot(tmp_path)
-    with pytest.raises(ckpt.RunError, match=r"^cannot read .*state\.json: "):
+    with pytest.raises(ckpt.RunError, match=message):
         train_and_evaluate(dataclasses.replace(config, epochs=2), run_copy)
     assert _snapshot(tmp_path) == before
 

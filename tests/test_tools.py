@@ -238,7 +238,8 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
     [
         ("metrics.json", '{"cut short', "cannot read {path}: "),
         ("config.json", '{"cut short', "cannot read {path}: "),
-        ("config.json", "[1, 2]", "{path} is not a gmvae_keras configuration (not a JSON object)"),
+        ("config.json", "[1, 2]", "{path} is not a JSON object"),
+        ("metrics.json", "[1, 2]", "{path} is not a JSON object"),
     ],
 )
 def test_reproduce_refuses_a_finished_seed_with_unreadable_files_in_one_line(
