@@ -79,3 +79,8 @@ def cpu_info():
         pass
     model = model or platform.processor() or None
     return model, {name: name in flags for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")}
+
+
+def bfloat16_hardware(cpu_flags):
+    """Whether the CPU computes bfloat16 in hardware (AMX or AVX-512 bfloat16 instructions of `cpu_info()[1]`)."""
+    return bool(cpu_flags.get("amx_bf16") or cpu_flags.get("avx512_bf16"))

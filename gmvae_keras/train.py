@@ -11,7 +11,7 @@ import numpy as np
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
 from gmvae_keras import determinism, distribute, paths
-from gmvae_keras.benchmarks import cpu_info
+from gmvae_keras.benchmarks import bfloat16_hardware, cpu_info
 from gmvae_keras.callbacks import (
     EpochNoiseSeeds,
     EpochSummary,
@@ -187,6 +187,15 @@ def train_and_evaluate(config, model_dir):
         keras.config.set_dtype_policy(previous_policy)
 
 
+def _bfloat16_emulated(precision):
+    """Whether `precision` asks for bfloat16 that this host has no hardware for."""
+    if precision != "mixed_bfloat16":
+        return False
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU") and not bfloat16_hardware(cpu_info()[1])
+
+
 def _train_and_evaluate(config, model_dir):
     """`train_and_evaluate` of a validated `config`, under its dtype policy."""
     # Created before any other TensorFlow work: multi-worker collectives need it.
@@ -222,6 +231,13 @@ def _train_and_evaluate(config, model_dir):
         ckpt.atomic_write_text(model_dir / "config.json", config.to_json() + "\n")
         if not labeled_path.exists():
             np.save(labeled_path, data.labeled_indices)
+
+    if chief and _bfloat16_emulated(config.precision):
+        print(
+            "note: this CPU has no bfloat16 instructions (AMX, AVX-512 BF16) and no GPU is visible: "
+            "--precision=mixed_bfloat16 is emulated and trains slower than float32 here",
+            flush=True,
+        )
 
     # Seeds the weights' initialisation; each epoch's data and noise are drawn from the seed and the epoch alone.
     keras.utils.set_random_seed(config.seed)

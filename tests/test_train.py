@@ -633,17 +633,25 @@ def _spy_on_load_model(monkeypatch):
 
 
 def test_a_mixed_bfloat16_run_trains_resumes_in_bfloat16_and_restores_the_policy(
-    mnist_files, tmp_path, monkeypatch, global_dtype_policy
+    mnist_files, tmp_path, monkeypatch, capsys, global_dtype_policy
 ):
+    import gmvae_keras.train as train_module
+
     keras.config.set_dtype_policy("float32")
     model_dir = tmp_path / "run"
     config = tiny_config(mnist_files, epochs=1, steps_per_epoch=2, image_summary_every=0, precision="mixed_bfloat16")
+    no_bfloat16 = {"avx2": True, "avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(train_module, "cpu_info", lambda: ("Test CPU", no_bfloat16))
     first = train_and_evaluate(config, model_dir)
+    # On a CPU without bfloat16 instructions the run says, once, why it is slow.
+    assert capsys.readouterr().out.count("--precision=mixed_bfloat16 is emulated and trains slower") == 1
+    monkeypatch.setattr(train_module, "cpu_info", lambda: ("Test CPU", {**no_bfloat16, "amx_bf16": True}))
     assert keras.config.dtype_policy().name == "float32"
     assert json.loads((model_dir / "config.json").read_text())["precision"] == "mixed_bfloat16"
     config.epochs = 2
     loaded = _spy_on_load_model(monkeypatch)
     metrics = train_and_evaluate(config, model_dir)  # resumes after epoch 1
+    assert "is emulated" not in capsys.readouterr().out
     assert keras.config.dtype_policy().name == "float32"
     assert first["epochs"] == 1 and metrics["epochs"] == 2
     assert np.isfinite(metrics["test_error_best"]) and 0.0 <= metrics["test_error_best"] <= 100.0

@@ -55,7 +55,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gmvae_keras.benchmarks import SETTINGS, cpu_info
+from gmvae_keras.benchmarks import SETTINGS, bfloat16_hardware, cpu_info
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -497,11 +497,6 @@ def _torch_status(args):
     if importlib.util.find_spec("torch") is None:
         return "torch is not installed (pip install torch==2.13.0 to compare)"
     return None
-
-
-def bfloat16_hardware(cpu_flags):
-    """Whether the CPU computes bfloat16 in hardware (AMX or AVX-512 bfloat16 instructions)."""
-    return bool(cpu_flags.get("amx_bf16") or cpu_flags.get("avx512_bf16"))
 
 
 def precision_notes(precision, cpu_flags):
