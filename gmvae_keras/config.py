@@ -217,7 +217,8 @@ def read_config(model_dir):
 
     Raises:
         ConfigError: config.json sets an option removed since (said in the option's own words).
-        RunError: config.json is not a configuration of this version (an unknown key, say).
+        RunError: config.json is unreadable, not a JSON object (`read_json`) or not a configuration of this
+            version (an unknown key, say).
     """
     path = Path(model_dir) / "config.json"
     values = read_json(path)
