@@ -99,7 +99,9 @@ def test_benchmark_says_when_its_precision_has_no_comparable_figure():
     assert tool.bfloat16_hardware({**no_bfloat16, "amx_bf16": True}) is True
     assert tool.bfloat16_hardware({**no_bfloat16, "avx512_bf16": True}) is True
     (note,) = tool.precision_notes("mixed_bfloat16", no_bfloat16)
-    assert "emulated" in note and "not comparable" in note
+    assert "emulated, slowly" in note and "not comparable" in note
+    (note,) = tool.precision_notes("mixed_bfloat16", no_bfloat16, jit_compile=True)
+    assert "emulated, by XLA" in note and "not comparable" in note
     assert tool.precision_notes("mixed_bfloat16", {**no_bfloat16, "amx_bf16": True}) == []
     assert tool.precision_notes("float32", no_bfloat16) == []
     # The PyTorch port has no float16 counterpart on a CPU: null with a reason, even when torch is there.

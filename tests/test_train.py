@@ -632,6 +632,20 @@ def _spy_on_load_model(monkeypatch):
     return loaded
 
 
+def test_only_an_emulated_bfloat16_run_without_xla_gets_the_slowness_note(monkeypatch):
+    import gmvae_keras.train as train_module
+
+    no_bfloat16 = {"avx2": True, "avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(train_module, "cpu_info", lambda: ("Test CPU", no_bfloat16))
+    note = train_module._precision_note(Config(precision="mixed_bfloat16"))
+    assert note.startswith("note: ") and "emulated" in note and "--jit_compile" in note
+    # Under XLA the emulation keeps up with float32, so there is nothing to warn about.
+    assert train_module._precision_note(Config(precision="mixed_bfloat16", jit_compile=True)) is None
+    assert train_module._precision_note(Config(precision="float32")) is None
+    monkeypatch.setattr(train_module, "cpu_info", lambda: ("Test CPU", {**no_bfloat16, "avx512_bf16": True}))
+    assert train_module._precision_note(Config(precision="mixed_bfloat16")) is None
+
+
 def test_a_mixed_bfloat16_run_trains_resumes_in_bfloat16_and_restores_the_policy(
     mnist_files, tmp_path, monkeypatch, capsys, global_dtype_policy
 ):

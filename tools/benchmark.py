@@ -32,8 +32,8 @@ port runs under `torch.autocast("cpu", dtype=torch.bfloat16)`, with the same
 parts kept float32; with `mixed_float16` its fields are null (torch's float16
 autocast on a CPU is no comparable baseline). The JSON records `precision` and
 `bfloat16_hardware` (the CPU has AMX or AVX-512 bfloat16 instructions); without
-them bfloat16 is emulated, slowly, and a note says the figures are not
-comparable. `matmul_peak_gflops` stays a float32 figure.
+them bfloat16 is emulated (slowly, unless `--jit_compile` has XLA do it)
+and a note says the figures are not comparable. `matmul_peak_gflops` stays a float32 figure.
 
 Each setting is measured in its own subprocess (so peak RSS and thread pools
 are per setting), the PyTorch port in another one. Numbers taken while other
@@ -499,11 +499,12 @@ def _torch_status(args):
     return None
 
 
-def precision_notes(precision, cpu_flags):
+def precision_notes(precision, cpu_flags, jit_compile=False):
     """The notes the JSON carries about `--precision` on a CPU with `cpu_flags` (`cpu_info()[1]`)."""
     if precision == "mixed_bfloat16" and not bfloat16_hardware(cpu_flags):
+        how = "by XLA (--jit_compile)" if jit_compile else "slowly (--jit_compile has XLA emulate it faster)"
         return [
-            "this CPU has no bfloat16 instructions (amx_bf16, avx512_bf16): bfloat16 is emulated, slowly, so the "
+            f"this CPU has no bfloat16 instructions (amx_bf16, avx512_bf16): bfloat16 is emulated, {how}, so the "
             "--precision=mixed_bfloat16 figures are not comparable with those of a CPU that has them"
         ]
     return []
@@ -523,7 +524,7 @@ def main(argv=None):
     if torch_skip:
         notes.append(f"torch fields are null: {torch_skip}")
     cpu_flags = cpu_info()[1]
-    notes += precision_notes(args.precision, cpu_flags)
+    notes += precision_notes(args.precision, cpu_flags, args.jit_compile)
     output = {
         "tool": "tools/benchmark.py",
         "quick": args.quick,
