@@ -82,6 +82,7 @@ def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
     assert environment["jit_compile"] is False
     assert environment["torch"] is None
     assert any("torch" in note for note in printed["notes"])
+    assert 0 <= printed["busy_cores_before"] <= os.cpu_count()
 
     assert list(printed["settings"]) == ["mnist"]
     mnist = printed["settings"]["mnist"]
@@ -110,6 +111,16 @@ def test_benchmark_says_when_its_precision_has_no_comparable_figure():
     assert tool._torch_status(tool.parse_args(["--no-torch", "--precision=mixed_bfloat16"])) == "skipped (--no-torch)"
     with pytest.raises(SystemExit):
         tool.parse_args(["--precision=fp8"])
+
+
+def test_benchmark_counts_the_cores_other_work_keeps_busy_now():
+    tool = _load_tool("benchmark")
+    # user nice system idle iowait irq softirq steal, in clock ticks summed over all cores
+    first = [100, 0, 50, 800, 50, 0, 0, 0]
+    second = [250, 0, 100, 1050, 100, 0, 0, 0]
+    assert tool.busy_share(first, second) == pytest.approx(200 / 500)
+    assert tool.busy_share(first, first) == 0.0
+    assert tool.busy_cores(0.01, stat="/nonexistent/stat") is None
 
 
 def test_torch_port_matches_a_mixed_bfloat16_model_under_autocast():

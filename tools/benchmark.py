@@ -37,7 +37,9 @@ and a note says the figures are not comparable. `matmul_peak_gflops` stays a flo
 
 Each setting is measured in its own subprocess (so peak RSS and thread pools
 are per setting), the PyTorch port in another one. Numbers taken while other
-work loads the CPU are not meaningful: the JSON records the load average.
+work loads the CPU are not meaningful: the JSON records how many cores other
+work kept busy just before the run (from /proc/stat, over a second) and the
+load average.
 `--quick` takes very few steps, as a smoke test of the tool.
 """
 
@@ -510,6 +512,35 @@ def precision_notes(precision, cpu_flags, jit_compile=False):
     return []
 
 
+def _cpu_times(stat="/proc/stat"):
+    with open(stat) as f:
+        fields = f.readline().split()
+    # user nice system idle iowait irq softirq steal; guest time is already counted in user.
+    return [int(v) for v in fields[1:9]]
+
+
+def busy_share(first, second):
+    """The share of all cores' time that was not idle between two `/proc/stat` samples."""
+    delta = [b - a for a, b in zip(first, second, strict=True)]
+    total = sum(delta)
+    return (total - delta[3] - delta[4]) / total if total else 0.0
+
+
+def busy_cores(seconds=1.0, stat="/proc/stat"):
+    """How many cores were busy over the next `seconds`; None where /proc/stat is missing.
+
+    The load average decays over minutes: it still counts a training that ended or was paused
+    just before, so it cannot tell whether other work shares the CPU now.
+    """
+    try:
+        first = _cpu_times(stat)
+        time.sleep(seconds)
+        second = _cpu_times(stat)
+    except OSError:
+        return None
+    return busy_share(first, second) * os.cpu_count()
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
@@ -519,6 +550,7 @@ def main(argv=None):
 
     started = time.time()
     load_start = os.getloadavg()
+    busy_before = busy_cores()
     torch_skip = _torch_status(args)
     notes, failed = [], False
     if torch_skip:
@@ -589,11 +621,15 @@ def main(argv=None):
     load_end = os.getloadavg()
     output["load_average_1min"] = {"start": load_start[0], "end": load_end[0]}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if load_start[0] > 0.5:
+    output["busy_cores_before"] = busy_before
+    if busy_before is None:
+        busy, seen = load_start[0], f"the 1-minute load average was {load_start[0]:.2f} on {cores} cores"
+    else:
+        busy, seen = busy_before, f"{busy_before:.2f} of {os.cpu_count()} cores were busy"
+    if busy > 0.5:
         notes.append(
-            f"the 1-minute load average was {load_start[0]:.2f} on {cores} cores before the benchmark started: "
-            "other work shared the CPU, so these numbers understate this code's speed (the load at the end "
-            "includes the benchmark's own)"
+            f"{seen} before the benchmark started: other work shared the CPU, so these numbers understate "
+            "this code's speed"
         )
     output["total_seconds"] = time.time() - started
     from gmvae_keras.benchmarks import print_report  # noqa: PLC0415
