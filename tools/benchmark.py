@@ -620,9 +620,9 @@ def main(argv=None):
     output["environment"].setdefault("torch_autocast", None)
     load_end = os.getloadavg()
     output["load_average_1min"] = {"start": load_start[0], "end": load_end[0]}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     output["busy_cores_before"] = busy_before
     if busy_before is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         busy, seen = load_start[0], f"the 1-minute load average was {load_start[0]:.2f} on {cores} cores"
     else:
         busy, seen = busy_before, f"{busy_before:.2f} of {os.cpu_count()} cores were busy"
