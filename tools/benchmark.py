@@ -424,7 +424,7 @@ def run_setting(name, args):
         "cpu_model": cpu_model,
         "cpu_flags": cpu_flags,
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": usable_cpus(),
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
@@ -526,6 +526,11 @@ def busy_share(first, second):
     return (total - delta[3] - delta[4]) / total if total else 0.0
 
 
+def usable_cpus():
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def busy_cores(seconds=1.0, stat="/proc/stat"):
     """How many cores were busy over the next `seconds`; None where /proc/stat is missing.
 
@@ -622,8 +627,7 @@ def main(argv=None):
     output["load_average_1min"] = {"start": load_start[0], "end": load_end[0]}
     output["busy_cores_before"] = busy_before
     if busy_before is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        busy, seen = load_start[0], f"the 1-minute load average was {load_start[0]:.2f} on {cores} cores"
+        busy, seen = load_start[0], f"the 1-minute load average was {load_start[0]:.2f} on {usable_cpus()} cores"
     else:
         busy, seen = busy_before, f"{busy_before:.2f} of {os.cpu_count()} cores were busy"
     if busy > 0.5:
