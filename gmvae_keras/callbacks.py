@@ -99,6 +99,7 @@ class EpochSummary(keras.callbacks.Callback):
         ("assignment_loss", "L_A"),
         ("metric_loss", "L_M"),
         ("assignment_accuracy", "assign_acc"),
+        ("assignments_kept", "kept"),
     )
 
     def __init__(self, epochs, print_fn=None):
@@ -117,6 +118,10 @@ class EpochSummary(keras.callbacks.Callback):
                 parts.append(f"{short}={logs[name]:.2f}%")
         if "val_clusters_used" in logs:
             parts.append(f"clusters_used={logs['val_clusters_used']:.2f}")
+        if "val_smallest_share" in logs:
+            parts.append(f"smallest_share={logs['val_smallest_share']:.2f}")
+        if "val_shared_clusters" in logs:
+            parts.append(f"shared_clusters={int(logs['val_shared_clusters'])}")
         if "temperature" in logs:
             parts.append(f"temperature={logs['temperature']:.3f}")
         if "epoch_seconds" in logs:
@@ -188,7 +193,10 @@ class ValidationMetrics(keras.callbacks.Callback):
     error, %), `val_cluster_accuracy` (ACC, %, best cluster-to-class
     matching) and `val_nmi` (%), and, from the predictions alone,
     `val_clusters_used` (`cluster_usage`: 10 when 10 clusters hold equal
-    shares, 1 when every image is in one). With `clustering=True` it logs
+    shares, 1 when every image is in one), and two indicators of merged
+    classes that read no labels: `val_smallest_share`
+    (`metrics.smallest_share`) and `val_shared_clusters`
+    (`metrics.shared_clusters`, k-means on x̂). With `clustering=True` it logs
     `val_loss`, the model's `unsupervised_loss` (no labels read), and no
     `val_error`: a clustering model's categories are not the classes. All are
     added to the epoch logs: place it before the callbacks that read them
@@ -214,8 +222,13 @@ class ValidationMetrics(keras.callbacks.Callback):
         # The label-free scores first: a clustering run selects its model by them.
         if self.clustering:
             logs["val_loss"] = self.model.unsupervised_loss(self.images, self.batch_size)
-        predictions = self.model.predict_labels(self.images, self.batch_size)
-        logs["val_clusters_used"] = cluster_usage(predictions, self.model.num_classes)
+        features, logits = self.model.features_and_logits(self.images, self.batch_size)
+        predictions = self.model.probabilities(features, logits, self.batch_size).argmax(axis=-1)
+        num_classes = self.model.num_classes
+        logs["val_clusters_used"] = cluster_usage(predictions, num_classes)
+        logs["val_smallest_share"] = metrics.smallest_share(predictions, num_classes)
+        if len(features) >= num_classes:  # k-means needs an image per cluster
+            logs["val_shared_clusters"] = metrics.shared_clusters(features, predictions, num_classes)
         scores = evaluate_predictions(self.labels, predictions, self.clustering)
         logs.update({"val_" + name: value for name, value in scores.items()})
 
