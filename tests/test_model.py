@@ -94,6 +94,8 @@ def test_k_larger_than_labeled_part_is_a_clear_error():
         ({"assignment_balance": "distance"}, "--assignment_balance must be one of ['none', 'vote'], got 'distance'"),
         ({"consistency_share": 0.0}, "--consistency_share must be in (0, 1], got 0.0"),
         ({"consistency_share": 1.5}, "--consistency_share must be in (0, 1], got 1.5"),
+        ({"vote_threshold": 1.5}, "--vote_threshold must be in [0, 1], got 1.5"),
+        ({"vote_threshold": -0.1}, "--vote_threshold must be in [0, 1], got -0.1"),
         ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
     ],
 )
