@@ -99,7 +99,6 @@ class EpochSummary(keras.callbacks.Callback):
         ("assignment_loss", "L_A"),
         ("metric_loss", "L_M"),
         ("assignment_accuracy", "assign_acc"),
-        ("assignments_kept", "kept"),
     )
 
     def __init__(self, epochs, print_fn=None):

@@ -153,10 +153,6 @@ class Config(ModelSettings):
                 "--consistency_share splits L_A between the image and its second view; set --consistency_shift or "
                 "--consistency_flip"
             )
-        if self.vote_threshold > 0 and not (self.assignment_weight or self.metric_weight):
-            raise ConfigError(
-                "--vote_threshold acts on L_A and L_M, which --assignment_weight=0 --metric_weight=0 leave out"
-            )
         if self.prediction == "knn" and self.mode == "clustering":
             raise ConfigError("--prediction=knn votes among labeled images; --mode=clustering has none")
         if self.prediction == "knn" and self.k > self.num_labeled:

@@ -15,7 +15,6 @@ averaged over the positive pairs of the batch.
 | L_C | `categorical_loss` | `categorical_loss` | `--categorical_weight`, `--categorical_kl` |
 | L_A | `assignment_loss` | `assignment_loss` | `--assignment_weight` |
 | eq. 8 | `assign_labels`, `vote_shares` | `assignment_accuracy` | `--k`, `--assignment_balance` |
-| | `sure_assignments` | `assignments_kept` | `--vote_threshold` |
 | L_M | `lifted_structured_loss` | `metric_loss` | `--metric_weight`, `--margin` |
 
 Beyond the paper, `GMVAE.compute_losses` takes L_A's cross-entropy on a
@@ -123,24 +122,18 @@ def categorical_loss(logits, kl="image"):
     return ops.mean(ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes))
 
 
-def assignment_loss(labels, logits, kept=None):
+def assignment_loss(labels, logits):
     """L_A: cross-entropy of q(y|x̂) against true or assigned labels.
 
     Args:
         labels: `[batch]` int labels (true for labeled samples, from
             `assign_labels` for unlabeled ones).
         logits: `[batch, c]` logits of q(y|x̂).
-        kept: optional `[batch]` bool, the samples that count (see
-            `sure_assignments`); None counts every sample.
 
     Returns:
-        Scalar: averaged over the batch (over the kept samples).
+        Scalar: averaged over the batch.
     """
-    cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    if kept is None:
-        return ops.mean(cross_entropy)
-    kept = ops.cast(kept, cross_entropy.dtype)
-    return ops.sum(cross_entropy * kept) / ops.maximum(ops.sum(kept), 1.0)
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
 
 def pairwise_distance(a, b=None):
@@ -220,23 +213,6 @@ def assign_labels(distances, labeled_labels, num_classes, k, balance="none"):
     return ops.cast(ops.argmax(votes, axis=-1), "int32")
 
 
-def sure_assignments(distances, labeled_labels, num_classes, k, assigned, threshold):
-    """`[n_unlabeled]` bool: the assignments whose class holds at least `threshold` of the k-NN vote.
-
-    Not in the paper (`--vote_threshold`): an unlabeled sample whose vote is
-    split counts in neither L_A nor L_M for that step, so that an early,
-    unsure vote does not pull it into another class's cluster for good.
-
-    Args:
-        distances, labeled_labels, num_classes, k: as `vote_shares`.
-        assigned: `[n_unlabeled]` the labels of `assign_labels`.
-        threshold: the share in [0, 1] the assigned class needs.
-    """
-    shares = vote_shares(distances, labeled_labels, num_classes, k)
-    share = ops.sum(shares * ops.one_hot(assigned, num_classes, dtype=shares.dtype), axis=-1)
-    return share >= threshold
-
-
 def balance_assignment(log_scores, iterations=3):
     """Labels from `[n, c]` class scores, rebalanced so each class gets about n/c of them.
 
@@ -255,7 +231,7 @@ def balance_assignment(log_scores, iterations=3):
     return ops.cast(ops.argmax(log_scores, axis=-1), "int32")
 
 
-def lifted_structured_loss(labels, distances, margin, kept=None):
+def lifted_structured_loss(labels, distances, margin):
     """L_M: the lifted structured loss of Song et al. (2016).
 
     In the form of TensorFlow's metric-learning losses (which the authors'
@@ -277,9 +253,6 @@ def lifted_structured_loss(labels, distances, margin, kept=None):
         distances: `[batch, batch]` distances of the features x̂
             (`pairwise_distance`).
         margin: the margin α.
-        kept: optional `[batch]` bool: the samples that take part (see
-            `sure_assignments`); the others are in no pair, positive or
-            negative. None: all.
 
     Returns:
         Scalar: averaged over the ordered positive pairs, halved.
@@ -288,16 +261,9 @@ def lifted_structured_loss(labels, distances, margin, kept=None):
     same = ops.equal(labels[:, None], labels[None, :])
     batch_size = ops.shape(labels)[0]
     eye = ops.eye(batch_size, dtype="bool")
-    pairs = ops.logical_not(eye)
-    not_negative = same
-    if kept is not None:
-        kept = ops.reshape(ops.cast(kept, "bool"), (-1,))
-        both = ops.logical_and(kept[:, None], kept[None, :])
-        pairs = ops.logical_and(pairs, both)
-        not_negative = ops.logical_or(same, ops.logical_not(both))
-    positives = ops.cast(ops.logical_and(same, pairs), distances.dtype)
+    positives = ops.cast(ops.logical_and(same, ops.logical_not(eye)), distances.dtype)
     # log Σ_{k ∈ negatives(i)} exp(margin − D_ik), one value per row.
-    negative_logits = ops.where(not_negative, _LOG_ZERO, margin - distances)
+    negative_logits = ops.where(same, _LOG_ZERO, margin - distances)
     row_terms = ops.logsumexp(negative_logits, axis=1)
     # J_ij = log(Σ_neg(i) + Σ_neg(j)) + D_ij, combined stably in log space.
     j = ops.logaddexp(row_terms[:, None], row_terms[None, :]) + distances

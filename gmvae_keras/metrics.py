@@ -86,3 +86,32 @@ def smallest_share(predictions, num_classes):
     equally often, 0 when one is never predicted (another took its images). Reads no labels."""
     counts = np.bincount(np.asarray(predictions).reshape(-1).astype(np.int64), minlength=int(num_classes))
     return float(counts.min() * int(num_classes) / max(counts.sum(), 1))
+
+
+def uncovered_share(features, labeled_features, num_clusters, seed=0):
+    """The share of images in feature clusters that hold no labeled image; reads no labels.
+
+    k-means with `num_clusters` clusters on the features of the images and
+    of the labeled images together. An image whose cluster holds no labeled
+    image has no labeled example of its kind: the k-NN vote names it after
+    another group's labeled images, which is how a class without a labeled
+    example of one of its styles merges into a neighbouring class.
+
+    Args:
+        features: `[n, d]` features of the images scored.
+        labeled_features: `[m, d]` features of the labeled images.
+        num_clusters: k-means' k (a few per class).
+        seed: seed of k-means' initialisation.
+    """
+    from sklearn.cluster import KMeans
+
+    features = np.asarray(features, np.float64)
+    labeled_features = np.asarray(labeled_features, np.float64)
+    if features.ndim != 2 or labeled_features.ndim != 2 or features.shape[1] != labeled_features.shape[1]:
+        raise ValueError(f"features {features.shape} and labeled features {labeled_features.shape} do not match")
+    if len(features) + len(labeled_features) < num_clusters:
+        raise ValueError(f"k-means with k={num_clusters} needs at least {num_clusters} images")
+    clusters = KMeans(n_clusters=int(num_clusters), n_init=2, random_state=seed).fit_predict(
+        np.concatenate([features, labeled_features])
+    )
+    return float(np.mean(~np.isin(clusters[: len(features)], clusters[len(features) :])))

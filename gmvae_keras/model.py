@@ -67,10 +67,6 @@ class GMVAE(keras.Model):
     Beyond the paper, each off by default:
     - `assignment_balance="vote"`: each batch's assignment is rebalanced so
       every class gets about an equal share (`losses.balance_assignment`).
-    - `vote_threshold > 0`: an unlabeled sample whose assigned class holds
-      less than that share of its k-NN vote is left out of L_A and L_M for
-      the step (`losses.sure_assignments`); the share kept is logged as
-      `assignments_kept`.
     - a batch dict with `views` (a shifted or mirrored copy of `images`):
       L_A's cross-entropy is `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`
       with `s = consistency_share`, its labels assigned on the images.
@@ -95,7 +91,7 @@ class GMVAE(keras.Model):
         num_classes: c.
         feature_size, latent_size, reconstruction, gaussian_weight,
         categorical_weight, categorical_kl, assignment_weight, metric_weight,
-        margin, k, assignment_balance, vote_threshold, consistency_share, prediction: the
+        margin, k, assignment_balance, consistency_share, prediction: the
             model's settings, documented and checked by
             `settings.ModelSettings`.
         temperature: initial Gumbel-Softmax temperature.
@@ -121,7 +117,6 @@ class GMVAE(keras.Model):
         k=5,
         temperature=1.0,
         assignment_balance="none",
-        vote_threshold=0.0,
         consistency_share=1.0,
         prediction="classifier",
         labeled_set_size=0,
@@ -141,7 +136,6 @@ class GMVAE(keras.Model):
             margin=float(margin),
             k=int(k),
             assignment_balance=assignment_balance,
-            vote_threshold=float(vote_threshold),
             consistency_share=float(consistency_share),
             prediction=prediction,
         )
@@ -178,8 +172,7 @@ class GMVAE(keras.Model):
         self.decoder = Decoder(self.image_shape, self.latent_size, name="decoder", dtype=policy)
 
         self.trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy", "assignments_kept")
+            name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
         }
         self.error_tracker = keras.metrics.Mean(name="error")
         self._inference_function = None
@@ -319,9 +312,7 @@ class GMVAE(keras.Model):
             `(terms, total, assigned)`: a dict of the unweighted terms the
             batch computes (L_A and L_M only when they are on), the weighted
             sum and the labels assigned to the unlabeled part by the k-NN vote
-            (None without labeled images). With `vote_threshold > 0`, `terms`
-            also holds `assignments_kept`, the share of the unlabeled part
-            kept in L_A and L_M (not a loss: `total_loss` ignores it).
+            (None without labeled images).
         """
         outputs = self(images, training=training)
         terms = {
@@ -351,31 +342,18 @@ class GMVAE(keras.Model):
                 self.assignment_balance,
             )
             all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
-            kept = None
-            if self.vote_threshold > 0:
-                sure = losses.sure_assignments(
-                    distances[:num_unlabeled, num_unlabeled:],
-                    labels,
-                    self.num_classes,
-                    self.k,
-                    assigned,
-                    self.vote_threshold,
-                )
-                kept = ops.concatenate([sure, ops.ones_like(ops.cast(labels, "bool"))], axis=0)
-                terms["assignments_kept"] = ops.mean(ops.cast(sure, "float32"))
         if assigned is not None and self.assignment_weight > 0:
             if views is None:
-                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"], kept)
+                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
             else:
                 # s·CE(view) + (1 - s)·CE(image); with s = 1 the image's term is not even computed.
                 share = self.consistency_share
-                view_logits = self.classify(views, training=training)[1]
-                loss = share * losses.assignment_loss(all_labels, view_logits, kept)
+                loss = share * losses.assignment_loss(all_labels, self.classify(views, training=training)[1])
                 if share < 1.0:
-                    loss += (1.0 - share) * losses.assignment_loss(all_labels, outputs["logits"], kept)
+                    loss += (1.0 - share) * losses.assignment_loss(all_labels, outputs["logits"])
                 terms["assignment_loss"] = loss
         if assigned is not None and self.metric_weight > 0:
-            terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin, kept)
+            terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
         total = losses.total_loss(
             terms, self.gaussian_weight, self.categorical_weight, self.assignment_weight, self.metric_weight
         )

@@ -107,12 +107,6 @@ class ModelSettings:
         "images (Sinkhorn over the classes; not in the paper): none (paper) or vote.",
         choices=("none", "vote"),
     )
-    vote_threshold: float = field(
-        0.0,
-        "Leave an unlabeled image out of L_A and L_M for a step when its assigned class holds less than this share "
-        "of its k-NN vote, so an unsure early vote does not pull it into another class for good (not in the paper); "
-        "0 keeps every image (paper).",
-    )
     consistency_share: float = field(
         1.0,
         "With a second view (--consistency_shift/--consistency_flip): the share of L_A's cross-entropy taken on "
@@ -142,8 +136,6 @@ class ModelSettings:
         for f in dataclasses.fields(ModelSettings):
             if f.metadata["choices"]:
                 check_choice(f.name, getattr(self, f.name), f.metadata["choices"])
-        if not 0.0 <= self.vote_threshold <= 1.0:
-            raise ConfigError(f"--vote_threshold must be in [0, 1], got {self.vote_threshold}")
         if not 0.0 < self.consistency_share <= 1.0:
             raise ConfigError(f"--consistency_share must be in (0, 1], got {self.consistency_share}")
 

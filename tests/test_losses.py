@@ -212,39 +212,3 @@ def test_assignment_loss_is_cross_entropy():
     log_q = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -np.mean(log_q[np.arange(2), labels])
     np.testing.assert_allclose(float(losses.assignment_loss(labels, logits)), expected, rtol=1e-5)
-
-
-def test_sure_assignments_keeps_the_votes_whose_class_holds_the_threshold():
-    unlabeled, labeled, labels = _assignment_case()
-    distances = losses.pairwise_distance(unlabeled, labeled)
-    assigned = losses.assign_labels(distances, labels, 3, k=3)
-    share = 2.0 / (2.0 + 1 / 2.0 + 1 / 2.1)  # class 0's share of the vote, as in the test above
-    assert losses.sure_assignments(distances, labels, 3, 3, assigned, share - 1e-4).numpy().tolist() == [True]
-    assert losses.sure_assignments(distances, labels, 3, 3, assigned, share + 1e-4).numpy().tolist() == [False]
-    # The share is that of the class assigned, not of the vote's winner.
-    other = tf.constant([1], "int32")
-    assert losses.sure_assignments(distances, labels, 3, 3, other, 1 - share + 1e-4).numpy().tolist() == [False]
-
-
-def test_assignment_loss_averages_over_the_kept_samples_only():
-    rng = np.random.default_rng(1)
-    logits = rng.normal(size=(6, 3)).astype("float32")
-    labels = np.array([0, 2, 1, 1, 0, 2])
-    kept = np.array([True, False, True, True, False, True])
-    expected = float(losses.assignment_loss(labels[kept], logits[kept]))
-    np.testing.assert_allclose(float(losses.assignment_loss(labels, logits, kept)), expected, rtol=1e-6)
-    everything = float(losses.assignment_loss(labels, logits))
-    np.testing.assert_allclose(float(losses.assignment_loss(labels, logits, np.ones(6, bool))), everything, rtol=1e-6)
-
-
-def test_lifted_structured_loss_leaves_out_the_samples_not_kept():
-    rng = np.random.default_rng(2)
-    labels = np.array([0, 0, 1, 1, 2, 2, 0, 1])
-    embeddings = rng.normal(size=(8, 5)).astype("float32")
-    kept = np.array([True, True, False, True, True, True, False, True])
-    distances = losses.pairwise_distance(embeddings)
-    # As if the samples left out were not in the batch: in no positive pair and among no negatives.
-    expected = numpy_lifted_loss(labels[kept], embeddings[kept].astype("float64"), 1.0)
-    np.testing.assert_allclose(float(losses.lifted_structured_loss(labels, distances, 1.0, kept)), expected, rtol=1e-4)
-    everything = float(losses.lifted_structured_loss(labels, distances, 1.0))
-    assert float(losses.lifted_structured_loss(labels, distances, 1.0, np.ones(8, bool))) == everything

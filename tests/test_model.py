@@ -94,8 +94,6 @@ def test_k_larger_than_labeled_part_is_a_clear_error():
         ({"assignment_balance": "distance"}, "--assignment_balance must be one of ['none', 'vote'], got 'distance'"),
         ({"consistency_share": 0.0}, "--consistency_share must be in (0, 1], got 0.0"),
         ({"consistency_share": 1.5}, "--consistency_share must be in (0, 1], got 1.5"),
-        ({"vote_threshold": 1.5}, "--vote_threshold must be in [0, 1], got 1.5"),
-        ({"vote_threshold": -0.1}, "--vote_threshold must be in [0, 1], got -0.1"),
         ({"num_classes": 1}, "num_classes must be >= 2, got 1"),
     ],
 )
@@ -351,40 +349,6 @@ def test_a_saved_mixed_model_reloads_mixed_under_a_float32_global_policy(tmp_pat
     assert _compute_dtypes(loaded) == _compute_dtypes(model)
     np.testing.assert_array_equal(loaded.predict_proba(images), model.predict_proba(images))
     np.testing.assert_array_equal(loaded.extract_features(images), model.extract_features(images))
-
-
-def test_vote_threshold_leaves_the_unsure_assignments_out_of_both_auxiliary_terms():
-    from gmvae_keras import losses
-
-    _, images, labels = batches()
-    images, true = tf.constant(images), tf.constant(labels[6:], "int32")
-    keras.utils.set_random_seed(0)
-    model = tiny_model(k=3)
-    plain, _, assigned = model.compute_losses(images, true, training=False)
-    assert "assignments_kept" not in plain
-    features, logits = model.classify(images, training=False)
-    distances = losses.pairwise_distance(features)
-    all_labels = tf.concat([assigned, true], axis=0)
-    shares = losses.vote_shares(distances[:6, 6:], true, 3, 3).numpy()
-    threshold = float(np.median(shares[np.arange(6), assigned.numpy()]))
-    sure = shares[np.arange(6), assigned.numpy()] >= threshold
-    assert 0 < sure.sum() < 6  # some are left out, some kept
-    model.vote_threshold = threshold
-    terms, total, with_threshold = model.compute_losses(images, true, training=False)
-    np.testing.assert_array_equal(np.asarray(with_threshold), np.asarray(assigned))
-    kept = np.concatenate([sure, np.ones(6, bool)])
-    np.testing.assert_allclose(float(terms["assignments_kept"]), sure.mean(), rtol=1e-6)
-    expected_a = losses.assignment_loss(all_labels, logits, kept)
-    expected_m = losses.lifted_structured_loss(all_labels, distances, model.margin, kept)
-    np.testing.assert_allclose(float(terms["assignment_loss"]), float(expected_a), rtol=1e-5)
-    np.testing.assert_allclose(float(terms["metric_loss"]), float(expected_m), rtol=1e-5)
-    assert abs(float(terms["metric_loss"]) - float(plain["metric_loss"])) > 1e-4
-    for name in ("reconstruction_loss", "gaussian_loss", "categorical_loss"):
-        np.testing.assert_allclose(terms[name], plain[name], rtol=1e-6, err_msg=name)
-    # assignments_kept is logged, not added to the loss.
-    weighted = sum(float(terms[n]) * w for n, w in (("reconstruction_loss", 1), ("gaussian_loss", 1)))
-    weighted += float(terms["categorical_loss"]) + float(terms["assignment_loss"]) + float(terms["metric_loss"])
-    np.testing.assert_allclose(float(total), weighted, rtol=1e-5)
 
 
 @pytest.mark.parametrize("prediction", ["classifier", "knn"])

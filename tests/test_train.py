@@ -209,8 +209,6 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"consistency_flip": True, "assignment_weight": 0.0}, ConfigError, "change L_A, which"),
         ({"consistency_shift": 2, "consistency_share": 0.0}, ConfigError, r"--consistency_share must be in \(0, 1\]"),
         ({"consistency_share": 0.5}, ConfigError, "set --consistency_shift or --consistency_flip"),
-        ({"vote_threshold": 2.0}, ConfigError, r"--vote_threshold must be in \[0, 1\]"),
-        ({"vote_threshold": 0.8, "assignment_weight": 0.0, "metric_weight": 0.0}, ConfigError, "acts on L_A and L_M"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"precision": "fp8"}, ConfigError, "--precision must be one of"),
