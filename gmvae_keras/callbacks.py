@@ -121,6 +121,8 @@ class EpochSummary(keras.callbacks.Callback):
             parts.append(f"smallest_share={logs['val_smallest_share']:.2f}")
         if "val_shared_clusters" in logs:
             parts.append(f"shared_clusters={int(logs['val_shared_clusters'])}")
+        if "val_uncovered_share" in logs:
+            parts.append(f"uncovered={logs['val_uncovered_share']:.3f}")
         if "temperature" in logs:
             parts.append(f"temperature={logs['temperature']:.3f}")
         if "epoch_seconds" in logs:
@@ -192,10 +194,12 @@ class ValidationMetrics(keras.callbacks.Callback):
     error, %), `val_cluster_accuracy` (ACC, %, best cluster-to-class
     matching) and `val_nmi` (%), and, from the predictions alone,
     `val_clusters_used` (`cluster_usage`: 10 when 10 clusters hold equal
-    shares, 1 when every image is in one), and two indicators of merged
-    classes that read no labels: `val_smallest_share`
-    (`metrics.smallest_share`) and `val_shared_clusters`
-    (`metrics.shared_clusters`, k-means on x̂). With `clustering=True` it logs
+    shares, 1 when every image is in one), and indicators of merged
+    classes that read no validation labels: `val_smallest_share`
+    (`metrics.smallest_share`), `val_shared_clusters`
+    (`metrics.shared_clusters`, k-means on x̂) and, given the labeled
+    training images, `val_uncovered_share` (`metrics.uncovered_share` with
+    three clusters per class). With `clustering=True` it logs
     `val_loss`, the model's `unsupervised_loss` (no labels read), and no
     `val_error`: a clustering model's categories are not the classes. All are
     added to the epoch logs: place it before the callbacks that read them
@@ -206,14 +210,17 @@ class ValidationMetrics(keras.callbacks.Callback):
         labels: `[n]` int labels.
         batch_size: inference batch size.
         clustering: score an unsupervised clustering model.
+        labeled_images: the labeled training images, for
+            `val_uncovered_share` (None: not logged).
     """
 
-    def __init__(self, images, labels, batch_size=1000, clustering=False):
+    def __init__(self, images, labels, batch_size=1000, clustering=False, labeled_images=None):
         super().__init__()
         self.images = images
         self.labels = np.asarray(labels)
         self.batch_size = int(batch_size)
         self.clustering = bool(clustering)
+        self.labeled_images = labeled_images
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or len(self.labels) == 0:
@@ -228,6 +235,9 @@ class ValidationMetrics(keras.callbacks.Callback):
         logs["val_smallest_share"] = metrics.smallest_share(predictions, num_classes)
         if len(features) >= num_classes:  # k-means needs an image per cluster
             logs["val_shared_clusters"] = metrics.shared_clusters(features, predictions, num_classes)
+        if self.labeled_images is not None and len(self.labeled_images):
+            labeled_features = self.model.extract_features(self.labeled_images, self.batch_size)
+            logs["val_uncovered_share"] = metrics.uncovered_share(features, labeled_features, 3 * num_classes)
         scores = evaluate_predictions(self.labels, predictions, self.clustering)
         logs.update({"val_" + name: value for name, value in scores.items()})
 

@@ -273,7 +273,13 @@ def _train_and_evaluate(config, model_dir):
     ]
     if chief:
         callbacks += [
-            ValidationMetrics(data.val_images, data.val_labels, config.eval_batch_size, clustering=clustering),
+            ValidationMetrics(
+                data.val_images,
+                data.val_labels,
+                config.eval_batch_size,
+                clustering=clustering,
+                labeled_images=data.labeled_images,
+            ),
             LearningRateLogger(),
             checkpointer,
             # An explicit progress bar runs here, so that it ends its line before the summary.

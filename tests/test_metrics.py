@@ -9,6 +9,7 @@ from gmvae_keras.metrics import (
     normalized_mutual_info,
     shared_clusters,
     smallest_share,
+    uncovered_share,
 )
 
 
@@ -93,3 +94,13 @@ def test_smallest_share_is_one_when_balanced_and_zero_for_a_missing_class():
     assert smallest_share([0, 0, 1, 1], 3) == pytest.approx(0.0)
     # Class 1 predicted for 1 of 8 images among 4 classes: 1/8 · 4.
     assert smallest_share([0, 0, 0, 1, 2, 2, 3, 3], 4) == pytest.approx(0.5)
+
+
+def test_uncovered_share_counts_the_images_of_groups_without_a_labeled_image():
+    features, groups = _blobs(6, 40)
+    # Labeled images in groups 0-3 only: groups 4 and 5 (a third of the images) have no labeled example.
+    labeled = features[np.isin(groups, [0, 1, 2, 3])][::8]
+    assert uncovered_share(features, labeled, 6) == pytest.approx(1 / 3)
+    assert uncovered_share(features, features[::8], 6) == 0.0
+    with pytest.raises(ValueError, match="do not match"):
+        uncovered_share(features, labeled[:, :3], 6)

@@ -362,11 +362,14 @@ def test_validation_metrics_log_the_merge_indicators_of_the_models_predictions(p
     if prediction == "knn":
         model.set_labeled_set(images[:6], labels[:6])
     model.fit(batches()[0], epochs=1, verbose=0)
-    callback = ValidationMetrics(images, labels, batch_size=5)
+    callback = ValidationMetrics(images, labels, batch_size=5, labeled_images=images[:6])
     callback.set_model(model)
     logs = {}
     callback.on_epoch_end(0, logs)
     predicted = model.predict_labels(images)
+    features = model.extract_features(images)
     assert logs["val_smallest_share"] == metrics.smallest_share(predicted, 3)
-    assert logs["val_shared_clusters"] == metrics.shared_clusters(model.extract_features(images), predicted, 3)
+    assert logs["val_shared_clusters"] == metrics.shared_clusters(features, predicted, 3)
+    labeled_features = model.extract_features(images[:6])
+    assert logs["val_uncovered_share"] == metrics.uncovered_share(features, labeled_features, 9)
     assert logs["val_error"] == pytest.approx(100.0 * np.mean(predicted != labels))
