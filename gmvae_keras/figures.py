@@ -6,7 +6,10 @@ Writes into `RUN/figures/` (and as images into TensorBoard, `RUN/logs/figures`):
 - `tsne.png` (Figure 4): t-SNE of the test features x̂, coloured by true class;
 - `reconstructions.png`: test images (odd rows) above their reconstructions (even rows);
 - `confusion_matrix.png`: test predictions against true classes (clusters mapped to
-  classes by the best one-to-one matching for clustering runs).
+  classes by the best one-to-one matching for clustering runs);
+- `validation_by_epoch.png`: the validation scores of every epoch trained (error, or ACC
+  and NMI for a clustering), read from the run's TensorBoard logs, so that one sees
+  how many epochs the method needs.
 """
 
 import argparse
@@ -101,6 +104,49 @@ def confusion_figure(labels, predictions, num_classes, title="Confusion matrix (
     return fig
 
 
+def read_validation_history(log_dir):
+    """`{name: (epochs, values)}` of the validation scalars in the TensorBoard logs under `log_dir`.
+
+    Epochs count from 1. A resumed run writes an epoch again when it was cut
+    short before its checkpoint: the value written last counts.
+    """
+    import tensorflow as tf
+
+    latest = {}
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                name = value.tag.removeprefix("epoch_")
+                number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                key = (name, int(event.step) + 1)
+                if key not in latest or latest[key][0] <= event.wall_time:
+                    latest[key] = (event.wall_time, number)
+    history = {}
+    for (name, epoch), (_, number) in sorted(latest.items()):
+        history.setdefault(name, ([], []))
+        history[name][0].append(epoch)
+        history[name][1].append(number)
+    return {name: (np.array(epochs), np.array(values)) for name, (epochs, values) in history.items()}
+
+
+def history_figure(history, mode="semi_supervised"):
+    """Validation scores by epoch: error (%) of a semi-supervised run, ACC and NMI (%) of a clustering."""
+    names = ("cluster_accuracy", "nmi") if mode == "clustering" else ("error",)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=DPI)
+    for name in names:
+        if name in history:
+            epochs, values = history[name]
+            label = {"cluster_accuracy": "ACC", "nmi": "NMI"}.get(name, name)
+            ax.plot(epochs, values, marker="o", markersize=3, label=label)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Validation scores by epoch")
+    return fig
+
+
 def save_png(fig, path):
     """Writes `fig` to `path` as PNG and returns its pixels (H, W, 4) uint8."""
     fig.savefig(path, format="png", dpi=DPI)
@@ -112,9 +158,20 @@ def save_png(fig, path):
 
 
 def write_figures(
-    model, images, labels, out_dir, log_dir=None, mode="semi_supervised", tsne_points=3000, samples=10, seed=0
+    model,
+    images,
+    labels,
+    out_dir,
+    log_dir=None,
+    mode="semi_supervised",
+    tsne_points=3000,
+    samples=10,
+    seed=0,
+    history=None,
 ):
     """Renders every figure of a model on test `images` (uint8 or [0, 1] floats).
+
+    `history`, the run's `read_validation_history`, adds `validation_by_epoch`.
 
     Returns:
         {name: path} of the PNG files written.
@@ -146,6 +203,8 @@ def write_figures(
         "reconstructions": reconstruction_figure(few, reconstructions),
         "confusion_matrix": confusion_figure(labels[matched], predictions[matched], model.num_classes, title),
     }
+    if history:
+        figures["validation_by_epoch"] = history_figure(history, mode)
     paths = {}
     writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
     for name, fig in figures.items():
@@ -210,6 +269,7 @@ def main(argv=None):
         tsne_points=args.tsne_points,
         samples=args.samples,
         seed=config.seed,
+        history=read_validation_history(model_dir / "logs" / "validation"),
     )
     for name, p in written.items():
         print(f"{name}: {p}")
