@@ -123,6 +123,8 @@ class EpochSummary(keras.callbacks.Callback):
             parts.append(f"shared_clusters={int(logs['val_shared_clusters'])}")
         if "val_uncovered_share" in logs:
             parts.append(f"uncovered={logs['val_uncovered_share']:.3f}")
+        if "feature_cluster_agreement" in logs:
+            parts.append(f"mixture_agreement={logs['feature_cluster_agreement']:.3f}")
         if "temperature" in logs:
             parts.append(f"temperature={logs['temperature']:.3f}")
         if "epoch_seconds" in logs:
@@ -240,6 +242,66 @@ class ValidationMetrics(keras.callbacks.Callback):
             logs["val_uncovered_share"] = metrics.uncovered_share(features, labeled_features, 3 * num_classes)
         scores = evaluate_predictions(self.labels, predictions, self.clustering)
         logs.update({"val_" + name: value for name, value in scores.items()})
+
+
+class FeatureClusters(keras.callbacks.Callback):
+    """Fits the model's Gaussian mixture over x̂ every `every` epochs (`--feature_clusters`; not in the paper).
+
+    At the end of every `every`-th epoch: the features x̂ of `images` (a
+    fixed sample of the training images), their top
+    `model.FEATURE_CLUSTER_DIMS` principal components, a Gaussian mixture
+    with one diagonal component per category on them (scikit-learn, seeded
+    by the seed and the epoch), its components matched one-to-one to the
+    categories q(y|x̂) currently predicts for those images (Hungarian
+    method), so that each category keeps its prior p(z|y). The mixture goes
+    into the model (`GMVAE.set_feature_clusters`), and so into its
+    checkpoint. Logs `feature_cluster_agreement`: the share of the images
+    whose matched component is their argmax q(y|x̂).
+
+    Args:
+        images: `[n, H, W, C]` uint8 or float training images, n >= the categories.
+        every: period in epochs, >= 1.
+        seed: seed of the mixture's initialisation.
+    """
+
+    def __init__(self, images, every, seed=0):
+        super().__init__()
+        if int(every) < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.images = images
+        self.every = int(every)
+        self.seed = int(seed)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        from scipy.optimize import linear_sum_assignment
+        from sklearn.mixture import GaussianMixture
+
+        from gmvae_keras.model import FEATURE_CLUSTER_DIMS
+
+        model = self.model
+        features, logits = model.features_and_logits(self.images)
+        features = features.astype(np.float64)
+        center = features.mean(axis=0)
+        # The top principal directions: the leading right-singular vectors of the centred features.
+        projection = np.linalg.svd(features - center, full_matrices=False)[2][:FEATURE_CLUSTER_DIMS].T
+        points = (features - center) @ projection
+        mixture = GaussianMixture(
+            model.num_classes, covariance_type="diag", n_init=2, random_state=self.seed * 1000 + epoch
+        ).fit(points)
+        components = mixture.predict(points)
+        # Every component and category, even one that no image is predicted as.
+        table = np.zeros((model.num_classes, model.num_classes), np.int64)
+        np.add.at(table, (components, logits.argmax(axis=-1)), 1)
+        rows, cols = linear_sum_assignment(table, maximize=True)  # component rows[i] -> category cols[i]
+        order = np.empty(model.num_classes, np.int64)
+        order[cols] = rows  # order[category] = its component
+        model.set_feature_clusters(
+            center, projection, mixture.means_[order], mixture.covariances_[order], mixture.weights_[order]
+        )
+        if logs is not None:
+            logs["feature_cluster_agreement"] = float(table[rows, cols].sum() / len(components))
 
 
 def cluster_usage(predictions, num_clusters):

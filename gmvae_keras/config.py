@@ -133,9 +133,14 @@ class Config(ModelSettings):
             raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
         for name in ("mode", "verbose", "lr_schedule", "strategy", "precision"):
             check_choice(name, getattr(self, name), Config.choices(name))
+        if self.feature_clusters and self.mode != "clustering":
+            raise ConfigError("--feature_clusters is for --mode=clustering (a semi-supervised L_A uses the k-NN vote)")
+        if self.feature_clusters and (self.consistency_shift or self.consistency_flip):
+            raise ConfigError("--feature_clusters takes L_A on the images themselves: drop --consistency_shift/_flip")
         if self.mode == "clustering":
             # All at once: a dataset without a clustering flagfile starts from the semi-supervised defaults.
-            zeros = ("num_labeled", "assignment_weight", "metric_weight")
+            # L_A stays only with --feature_clusters, where the features' mixture assigns its labels.
+            zeros = ("num_labeled", "metric_weight") + (() if self.feature_clusters else ("assignment_weight",))
             labeled = [f"--{name}={getattr(self, name)}" for name in zeros if getattr(self, name)]
             if labeled:
                 raise ConfigError(

@@ -15,6 +15,7 @@ averaged over the positive pairs of the batch.
 | L_C | `categorical_loss` | `categorical_loss` | `--categorical_weight`, `--categorical_kl` |
 | L_A | `assignment_loss` | `assignment_loss` | `--assignment_weight` |
 | eq. 8 | `assign_labels`, `vote_shares` | `assignment_accuracy` | `--k`, `--assignment_balance` |
+| | `mixture_assignment` (clustering) | | `--feature_clusters` |
 | L_M | `lifted_structured_loss` | `metric_loss` | `--metric_weight`, `--margin` |
 
 Beyond the paper, `GMVAE.compute_losses` takes L_A's cross-entropy on a
@@ -134,6 +135,23 @@ def assignment_loss(labels, logits):
         Scalar: averaged over the batch.
     """
     return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+
+def mixture_assignment(points, means, variances, log_weights):
+    """Each point's most likely component of a diagonal Gaussian mixture: `[n]` int32.
+
+    argmax_y log π_y + log N(point; μ_y, diag σ²_y), without gradient.
+    Beyond the paper: in a clustering with `--feature_clusters`, the labels
+    that L_A trains q(y|x̂) towards.
+
+    Args:
+        points: `[n, d]`.
+        means, variances: `[c, d]` the components' parameters.
+        log_weights: `[c]` log π.
+    """
+    points = ops.stop_gradient(points)
+    log_p = log_normal(points[:, None, :], means[None], variances[None]) + log_weights
+    return ops.cast(ops.argmax(log_p, axis=-1), "int32")
 
 
 def pairwise_distance(a, b=None):

@@ -35,6 +35,10 @@ LOSS_TERMS = (
 )
 
 
+# Principal components of x̂ that the `feature_clusters` mixture is fitted on.
+FEATURE_CLUSTER_DIMS = 10
+
+
 def unit_float(images):
     """Images as float32 in [0, 1]: uint8 pixels are divided by 255, floats are taken as they are."""
     images = np.asarray(images)
@@ -70,6 +74,11 @@ class GMVAE(keras.Model):
     - a batch dict with `views` (a shifted or mirrored copy of `images`):
       L_A's cross-entropy is `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`
       with `s = consistency_share`, its labels assigned on the images.
+    - `feature_clusters > 0` (clustering): the model holds a diagonal
+      Gaussian mixture over the top principal components of x̂, fitted by
+      `callbacks.FeatureClusters` (`set_feature_clusters`); once fitted, L_A
+      is the cross-entropy of q(y|x̂) against each image's most likely
+      component (`losses.mixture_assignment`).
     - `prediction="knn"`: the model predicts by L_A's plain k-NN vote among
       the labeled training images it stores (`set_labeled_set`), and
       `predict_proba` returns the vote's shares (`losses.vote_shares`), so
@@ -91,7 +100,7 @@ class GMVAE(keras.Model):
         num_classes: c.
         feature_size, latent_size, reconstruction, gaussian_weight,
         categorical_weight, categorical_kl, assignment_weight, metric_weight,
-        margin, k, assignment_balance, consistency_share, prediction: the
+        margin, k, assignment_balance, feature_clusters, consistency_share, prediction: the
             model's settings, documented and checked by
             `settings.ModelSettings`.
         temperature: initial Gumbel-Softmax temperature.
@@ -117,6 +126,7 @@ class GMVAE(keras.Model):
         k=5,
         temperature=1.0,
         assignment_balance="none",
+        feature_clusters=0,
         consistency_share=1.0,
         prediction="classifier",
         labeled_set_size=0,
@@ -136,6 +146,7 @@ class GMVAE(keras.Model):
             margin=float(margin),
             k=int(k),
             assignment_balance=assignment_balance,
+            feature_clusters=int(feature_clusters),
             consistency_share=float(consistency_share),
             prediction=prediction,
         )
@@ -192,6 +203,21 @@ class GMVAE(keras.Model):
                 dtype="int32",
                 trainable=False,
             )
+        if self.feature_clusters:
+            # The mixture of `set_feature_clusters`, saved with the model; L_A reads it once `fitted` is 1.
+            dims = FEATURE_CLUSTER_DIMS
+            c, f = self.num_classes, self.feature_size
+            self.feature_cluster_weights = {
+                name: self.add_weight(name=f"feature_cluster_{name}", shape=shape, initializer=init, trainable=False)
+                for name, shape, init in (
+                    ("center", (f,), "zeros"),
+                    ("projection", (f, dims), "zeros"),
+                    ("means", (c, dims), "zeros"),
+                    ("variances", (c, dims), "ones"),
+                    ("log_weights", (c,), "zeros"),
+                    ("fitted", (), "zeros"),
+                )
+            }
         self.build((None,) + self.image_shape)
 
     # ------------------------------------------------------------------ build
@@ -256,6 +282,29 @@ class GMVAE(keras.Model):
         """Features x̂ and logits of q(y|x̂), without the generative half, in full precision (`_full`)."""
         features = self.encoder(images, training=training)
         return self._full(features), self._full(self.categorical_inference(features))
+
+    def set_feature_clusters(self, center, projection, means, variances, weights):
+        """Stores the Gaussian mixture over x̂ that L_A trains q(y|x̂) towards (`feature_clusters > 0`).
+
+        A point is `(x̂ - center) @ projection`; component `y` (category `y`)
+        has `means[y]`, diagonal `variances[y]` and weight `weights[y]`.
+        """
+        if not self.feature_clusters:
+            raise ValueError("set_feature_clusters is for feature_clusters > 0")
+        mixture = self.feature_cluster_weights
+        values = {
+            "center": center,
+            "projection": projection,
+            "means": means,
+            "variances": variances,
+            "log_weights": np.log(np.maximum(np.asarray(weights, "float64"), 1e-12)),
+            "fitted": 1.0,
+        }
+        for name, value in values.items():
+            value = np.asarray(value, "float32")
+            if value.shape != tuple(mixture[name].shape):
+                raise ValueError(f"{name} must have shape {tuple(mixture[name].shape)}, got {value.shape}")
+            mixture[name].assign(value)
 
     def set_labeled_set(self, images, labels):
         """Stores the labeled training images that `prediction="knn"` votes among.
@@ -342,7 +391,12 @@ class GMVAE(keras.Model):
                 self.assignment_balance,
             )
             all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
-        if assigned is not None and self.assignment_weight > 0:
+        if num_labeled == 0 and self.feature_clusters and self.assignment_weight > 0:
+            mixture = self.feature_cluster_weights
+            points = ops.matmul(outputs["features"] - mixture["center"], mixture["projection"])
+            assigned = losses.mixture_assignment(points, mixture["means"], mixture["variances"], mixture["log_weights"])
+            terms["assignment_loss"] = mixture["fitted"] * losses.assignment_loss(assigned, outputs["logits"])
+        elif assigned is not None and self.assignment_weight > 0:
             if views is None:
                 terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
             else:
@@ -439,9 +493,14 @@ class GMVAE(keras.Model):
         samples. A clustering run selects its model by it on validation.
         """
         if self._loss_function is None:
-            self._loss_function = tf.function(
-                lambda images: self.compute_losses(images, training=False)[1], reduce_retracing=True
-            )
+
+            def generative_loss(images):
+                # L_A of a clustering with `feature_clusters` trains q(y|x̂); the model is chosen by the rest.
+                terms = self.compute_losses(images, training=False)[0]
+                terms.pop("assignment_loss", None)
+                return losses.total_loss(terms, self.gaussian_weight, self.categorical_weight, 0.0, 0.0)
+
+            self._loss_function = tf.function(generative_loss, reduce_retracing=True)
         images = np.asarray(images)
         total = 0.0
         for start in range(0, len(images), batch_size):

@@ -107,6 +107,12 @@ class ModelSettings:
         "images (Sinkhorn over the classes; not in the paper): none (paper) or vote.",
         choices=("none", "vote"),
     )
+    feature_clusters: int = field(
+        0,
+        "Clustering only (not in the paper): every N epochs fit a Gaussian mixture, one diagonal component per "
+        "category, to the top principal components of the training features x̂, and from then on train q(y|x̂) by "
+        "L_A (--assignment_weight) towards each image's most likely component; 0 (paper) disables.",
+    )
     consistency_share: float = field(
         1.0,
         "With a second view (--consistency_shift/--consistency_flip): the share of L_A's cross-entropy taken on "
@@ -130,6 +136,8 @@ class ModelSettings:
         for name in ("gaussian_weight", "categorical_weight", "assignment_weight", "metric_weight", "margin"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.feature_clusters < 0:
+            raise ConfigError(f"--feature_clusters must be >= 0, got {self.feature_clusters}")
         for name in ("feature_size", "latent_size", "k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")

@@ -15,6 +15,7 @@ from gmvae_keras.benchmarks import bfloat16_hardware, cpu_info
 from gmvae_keras.callbacks import (
     EpochNoiseSeeds,
     EpochSummary,
+    FeatureClusters,
     ImageSummaries,
     LearningRateLogger,
     TemperatureAnnealing,
@@ -25,6 +26,9 @@ from gmvae_keras.callbacks import (
 from gmvae_keras.checkpoint import RunError
 from gmvae_keras.export import export_saved_model
 from gmvae_keras.model import GMVAE, LOSS_TERMS, unit_float
+
+# Training images the `--feature_clusters` mixture is fitted to.
+FEATURE_CLUSTER_IMAGES = 20000
 
 # Files of a run that `--overwrite` removes before starting afresh.
 _RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy", "config.json")
@@ -271,6 +275,13 @@ def _train_and_evaluate(config, model_dir):
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
         EpochNoiseSeeds(config.seed),
     ]
+    if config.feature_clusters:
+        # Every worker fits the same mixture (same weights, images and seed), so the replicas stay equal.
+        # A fixed sample of the training images, drawn from the seed: seconds of fitting per refresh.
+        sample = np.sort(
+            np.random.default_rng(config.seed).permutation(len(data.train_images))[:FEATURE_CLUSTER_IMAGES]
+        )
+        callbacks.append(FeatureClusters(data.train_images[sample], config.feature_clusters, config.seed))
     if chief:
         callbacks += [
             ValidationMetrics(
