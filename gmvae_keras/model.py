@@ -394,8 +394,11 @@ class GMVAE(keras.Model):
         if num_labeled == 0 and self.feature_clusters and self.assignment_weight > 0:
             mixture = self.feature_cluster_weights
             points = ops.matmul(outputs["features"] - mixture["center"], mixture["projection"])
-            assigned = losses.mixture_assignment(points, mixture["means"], mixture["variances"], mixture["log_weights"])
-            terms["assignment_loss"] = mixture["fitted"] * losses.assignment_loss(assigned, outputs["logits"])
+            # Components are categories, not classes: no assignment accuracy to log.
+            components = losses.mixture_assignment(
+                points, mixture["means"], mixture["variances"], mixture["log_weights"]
+            )
+            terms["assignment_loss"] = mixture["fitted"] * losses.assignment_loss(components, outputs["logits"])
         elif assigned is not None and self.assignment_weight > 0:
             if views is None:
                 terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
