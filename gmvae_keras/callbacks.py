@@ -249,7 +249,7 @@ class FeatureClusters(keras.callbacks.Callback):
 
     At the end of every `every`-th epoch: the features x̂ of `images` (a
     fixed sample of the training images), their top
-    `model.FEATURE_CLUSTER_DIMS` principal components, a Gaussian mixture
+    `model.FEATURE_CLUSTER_DIMS` principal components (at most f_sz), a Gaussian mixture
     with one diagonal component per category on them (scikit-learn, seeded
     by the seed and the epoch), its components matched one-to-one to the
     categories q(y|x̂) currently predicts for those images (Hungarian
@@ -285,7 +285,8 @@ class FeatureClusters(keras.callbacks.Callback):
         features = features.astype(np.float64)
         center = features.mean(axis=0)
         # The top principal directions: the leading right-singular vectors of the centred features.
-        projection = np.linalg.svd(features - center, full_matrices=False)[2][:FEATURE_CLUSTER_DIMS].T
+        dims = min(FEATURE_CLUSTER_DIMS, features.shape[1])
+        projection = np.linalg.svd(features - center, full_matrices=False)[2][:dims].T
         points = (features - center) @ projection
         mixture = GaussianMixture(
             model.num_classes, covariance_type="diag", n_init=2, random_state=self.seed * 1000 + epoch

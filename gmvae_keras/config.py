@@ -140,7 +140,9 @@ class Config(ModelSettings):
         if self.mode == "clustering":
             # All at once: a dataset without a clustering flagfile starts from the semi-supervised defaults.
             # L_A stays only with --feature_clusters, where the features' mixture assigns its labels.
-            zeros = ("num_labeled", "metric_weight") + (() if self.feature_clusters else ("assignment_weight",))
+            zeros = ("num_labeled", "assignment_weight", "metric_weight")
+            if self.feature_clusters:
+                zeros = ("num_labeled", "metric_weight")
             labeled = [f"--{name}={getattr(self, name)}" for name in zeros if getattr(self, name)]
             if labeled:
                 raise ConfigError(

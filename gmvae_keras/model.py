@@ -35,7 +35,7 @@ LOSS_TERMS = (
 )
 
 
-# Principal components of x̂ that the `feature_clusters` mixture is fitted on.
+# Principal components of x̂ that the `feature_clusters` mixture is fitted on (at most f_sz).
 FEATURE_CLUSTER_DIMS = 10
 
 
@@ -205,7 +205,7 @@ class GMVAE(keras.Model):
             )
         if self.feature_clusters:
             # The mixture of `set_feature_clusters`, saved with the model; L_A reads it once `fitted` is 1.
-            dims = FEATURE_CLUSTER_DIMS
+            dims = min(FEATURE_CLUSTER_DIMS, self.feature_size)
             c, f = self.num_classes, self.feature_size
             self.feature_cluster_weights = {
                 name: self.add_weight(name=f"feature_cluster_{name}", shape=shape, initializer=init, trainable=False)

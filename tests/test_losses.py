@@ -212,3 +212,18 @@ def test_assignment_loss_is_cross_entropy():
     log_q = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     expected = -np.mean(log_q[np.arange(2), labels])
     np.testing.assert_allclose(float(losses.assignment_loss(labels, logits)), expected, rtol=1e-5)
+
+
+def test_mixture_assignment_takes_the_most_likely_component():
+    means = np.array([[0.0, 0.0], [4.0, 0.0]], "float32")
+    variances = np.ones((2, 2), "float32")
+    points = np.array([[0.5, 0.0], [3.0, 1.0], [2.0, 0.0]], "float32")
+    even = np.log(np.array([0.5, 0.5], "float32"))
+    assert losses.mixture_assignment(points, means, variances, even).numpy().tolist() == [0, 1, 0]
+    # Halfway between the means the heavier component wins ...
+    heavy = np.log(np.array([0.2, 0.8], "float32"))
+    assert losses.mixture_assignment(points[2:], means, variances, heavy).numpy().tolist() == [1]
+    # ... and a wider component takes a far point that is nearer the other mean.
+    wide = np.array([[1.0, 1.0], [25.0, 25.0]], "float32")
+    far = np.array([[-6.0, 0.0]], "float32")
+    assert losses.mixture_assignment(far, means, wide, even).numpy().tolist() == [1]

@@ -373,3 +373,110 @@ def test_validation_metrics_log_the_merge_indicators_of_the_models_predictions(p
     labeled_features = model.extract_features(images[:6])
     assert logs["val_uncovered_share"] == metrics.uncovered_share(features, labeled_features, 9)
     assert logs["val_error"] == pytest.approx(100.0 * np.mean(predicted != labels))
+
+
+def _clustering_model(**overrides):
+    return tiny_model(assignment_weight=1.0, metric_weight=0.0, feature_clusters=1, **overrides)
+
+
+def test_feature_clusters_train_q_towards_the_fitted_mixture_and_are_saved(tmp_path):
+    from gmvae_keras import losses
+    from gmvae_keras.model import FEATURE_CLUSTER_DIMS
+
+    _, images, _ = batches(num_labeled=0)
+    images = tf.constant(images)
+    keras.utils.set_random_seed(0)
+    model = _clustering_model()
+    before, _, assigned = model.compute_losses(images, training=False)
+    assert assigned is None and float(before["assignment_loss"]) == 0.0  # nothing fitted yet
+    rng = np.random.default_rng(0)
+    mixture = dict(
+        center=rng.normal(size=16),
+        projection=rng.normal(size=(16, FEATURE_CLUSTER_DIMS)),
+        means=rng.normal(size=(3, FEATURE_CLUSTER_DIMS)),
+        variances=rng.uniform(0.5, 2.0, size=(3, FEATURE_CLUSTER_DIMS)),
+        weights=np.array([0.2, 0.3, 0.5]),
+    )
+    model.set_feature_clusters(**mixture)
+    terms, total, _ = model.compute_losses(images, training=False)
+    features, logits = model.classify(images, training=False)
+    points = (features.numpy() - mixture["center"]) @ mixture["projection"]
+    as32 = {name: np.asarray(value, "float32") for name, value in mixture.items()}
+    components = losses.mixture_assignment(
+        points.astype("float32"), as32["means"], as32["variances"], np.log(as32["weights"])
+    )
+    expected = losses.assignment_loss(components, logits)
+    np.testing.assert_allclose(float(terms["assignment_loss"]), float(expected), rtol=1e-5)
+    assert float(expected) > 0
+    # The model is chosen by the generative terms alone, whatever L_A is.
+    generative = float(terms["reconstruction_loss"]) + float(terms["gaussian_loss"]) + float(terms["categorical_loss"])
+    np.testing.assert_allclose(model.unsupervised_loss(images.numpy()), generative, rtol=1e-5)
+    np.testing.assert_allclose(float(total), generative + float(expected), rtol=1e-5)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    again, _, _ = loaded.compute_losses(images, training=False)
+    np.testing.assert_allclose(float(again["assignment_loss"]), float(terms["assignment_loss"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="means must have shape"):
+        model.set_feature_clusters(**{**mixture, "means": mixture["means"][:2]})
+    with pytest.raises(ValueError, match="for feature_clusters > 0"):
+        tiny_model().set_feature_clusters(**mixture)
+
+
+def test_feature_clusters_callback_matches_components_to_the_predicted_categories():
+    from gmvae_keras import losses
+    from gmvae_keras.callbacks import FeatureClusters
+
+    _, images, _ = batches(num_labeled=30, num_unlabeled=30)
+    keras.utils.set_random_seed(0)
+    model = _clustering_model()
+    model.fit(batches(num_labeled=0)[0], epochs=2, verbose=0)
+    callback = FeatureClusters(images, every=2, seed=0)
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)  # not an epoch of the period
+    assert logs == {} and float(model.feature_cluster_weights["fitted"]) == 0.0
+    callback.on_epoch_end(1, logs)
+    mixture = {name: v.numpy() for name, v in model.feature_cluster_weights.items()}
+    assert mixture["fitted"] == 1.0
+    features, logits = model.features_and_logits(images)
+    points = (features - mixture["center"]) @ mixture["projection"]
+    components = losses.mixture_assignment(points, mixture["means"], mixture["variances"], mixture["log_weights"])
+    agreement = np.mean(components.numpy() == logits.argmax(axis=-1))
+    assert logs["feature_cluster_agreement"] == pytest.approx(agreement, abs=1e-6)
+
+
+class _StubModel:
+    """What `FeatureClusters` reads of a model: three feature blobs that q(y|x̂) names in a cycle."""
+
+    num_classes = 3
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.blob = np.repeat(np.arange(3), 40)
+        centres = 30.0 * rng.normal(size=(3, 12))
+        self.features = (centres[self.blob] + rng.normal(size=(120, 12))).astype("float32")
+        self.stored = None
+
+    def features_and_logits(self, images):
+        # Blob b is predicted as category (b + 1) % 3.
+        return self.features, np.eye(3, dtype="float32")[(self.blob + 1) % 3] * 5.0
+
+    def set_feature_clusters(self, center, projection, means, variances, weights):
+        self.stored = dict(center=center, projection=projection, means=means, variances=variances, weights=weights)
+
+
+def test_feature_clusters_callback_gives_each_category_the_component_of_its_images():
+    from gmvae_keras import losses
+    from gmvae_keras.callbacks import FeatureClusters
+
+    stub = _StubModel()
+    callback = FeatureClusters(np.zeros((120, 1)), every=1, seed=0)
+    callback.set_model(stub)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["feature_cluster_agreement"] == 1.0
+    m = {name: np.asarray(value, "float32") for name, value in stub.stored.items()}
+    points = (stub.features - m["center"]) @ m["projection"]
+    components = losses.mixture_assignment(points, m["means"], m["variances"], np.log(m["weights"])).numpy()
+    np.testing.assert_array_equal(components, (stub.blob + 1) % 3)

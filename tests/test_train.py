@@ -210,6 +210,19 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"consistency_shift": 2, "consistency_share": 0.0}, ConfigError, r"--consistency_share must be in \(0, 1\]"),
         ({"consistency_share": 0.5}, ConfigError, "set --consistency_shift or --consistency_flip"),
         ({"assignment_balance": "sinkhorn"}, ConfigError, "--assignment_balance must be one of"),
+        ({"feature_clusters": 2}, ConfigError, "--feature_clusters is for --mode=clustering"),
+        ({"feature_clusters": -1}, ConfigError, "--feature_clusters must be >= 0"),
+        (
+            {
+                "mode": "clustering",
+                "num_labeled": 0,
+                "metric_weight": 0.0,
+                "feature_clusters": 1,
+                "consistency_shift": 2,
+            },
+            ConfigError,
+            "--feature_clusters takes L_A on the images themselves",
+        ),
         ({"prediction": "vote"}, ConfigError, "--prediction must be one of"),
         ({"precision": "fp8"}, ConfigError, "--precision must be one of"),
         (
@@ -615,6 +628,24 @@ def test_clustering_run_reports_accuracy_and_nmi_and_chooses_its_model_without_l
     weights = [keras.saving.load_model(tmp_path / name / "best.keras").get_weights() for name in ("honest", "shuffled")]
     for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_feature_clusters_start_l_a_after_the_first_fit_and_survive_a_resume(mnist_files, tmp_path):
+    from gmvae_keras import train
+
+    config = dataclasses.replace(_clustering_config(mnist_files), epochs=2, assignment_weight=1.0, feature_clusters=1)
+    train_and_evaluate(config, tmp_path / "run")
+    # Fitted at the end of epoch 1: L_A is 0 in epoch 1 and trains q(y|x̂) in epoch 2.
+    assignment = _event_values(tmp_path / "run" / "logs" / "train", "epoch_assignment_loss")
+    assert assignment[0] == 0.0 and assignment[1] > 0.0
+    agreement = _event_values(tmp_path / "run" / "logs" / "train", "epoch_feature_cluster_agreement")
+    assert len(agreement) == 2 and all(0.0 < value <= 1.0 for value in agreement)
+    # The mixture is part of the checkpoint: a resumed run starts from the fitted one.
+    checkpoint = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "epoch-0002.keras")
+    assert float(checkpoint.feature_cluster_weights["fitted"]) == 1.0
+    assert train.FEATURE_CLUSTER_IMAGES >= 1000
+    train_and_evaluate(dataclasses.replace(config, epochs=3), tmp_path / "run")
+    assert len(_event_values(tmp_path / "run" / "logs" / "train", "epoch_assignment_loss")) == 3
 
 
 # ----------------------------------------------------------- mixed precision
