@@ -119,8 +119,6 @@ class EpochSummary(keras.callbacks.Callback):
             parts.append(f"clusters_used={logs['val_clusters_used']:.2f}")
         if "val_smallest_share" in logs:
             parts.append(f"smallest_share={logs['val_smallest_share']:.2f}")
-        if "val_shared_clusters" in logs:
-            parts.append(f"shared_clusters={int(logs['val_shared_clusters'])}")
         if "val_uncovered_share" in logs:
             parts.append(f"uncovered={logs['val_uncovered_share']:.3f}")
         if "feature_cluster_agreement" in logs:
@@ -196,11 +194,10 @@ class ValidationMetrics(keras.callbacks.Callback):
     error, %), `val_cluster_accuracy` (ACC, %, best cluster-to-class
     matching) and `val_nmi` (%), and, from the predictions alone,
     `val_clusters_used` (`cluster_usage`: 10 when 10 clusters hold equal
-    shares, 1 when every image is in one), and indicators of merged
+    shares, 1 when every image is in one), and two indicators of merged
     classes that read no validation labels: `val_smallest_share`
-    (`metrics.smallest_share`), `val_shared_clusters`
-    (`metrics.shared_clusters`, k-means on x̂) and, given the labeled
-    training images, `val_uncovered_share` (`metrics.uncovered_share` with
+    (`metrics.smallest_share`) and, given the labeled training images,
+    `val_uncovered_share` (`metrics.uncovered_share`, k-means on x̂ with
     three clusters per class). With `clustering=True` it logs
     `val_loss`, the model's `unsupervised_loss` (no labels read), and no
     `val_error`: a clustering model's categories are not the classes. All are
@@ -235,8 +232,6 @@ class ValidationMetrics(keras.callbacks.Callback):
         num_classes = self.model.num_classes
         logs["val_clusters_used"] = cluster_usage(predictions, num_classes)
         logs["val_smallest_share"] = metrics.smallest_share(predictions, num_classes)
-        if len(features) >= num_classes:  # k-means needs an image per cluster
-            logs["val_shared_clusters"] = metrics.shared_clusters(features, predictions, num_classes)
         if self.labeled_images is not None and len(self.labeled_images):
             labeled_features = self.model.extract_features(self.labeled_images, self.batch_size)
             logs["val_uncovered_share"] = metrics.uncovered_share(features, labeled_features, 3 * num_classes)

@@ -51,36 +51,6 @@ def normalized_mutual_info(labels_true, labels_pred):
     return 100.0 * normalized_mutual_info_score(labels_true, labels_pred)
 
 
-def shared_clusters(features, predictions, num_classes, seed=0):
-    """A merge indicator that reads no labels: k-means clusters of the features that share a predicted class.
-
-    k-means with k = `num_classes` on `features` (x̂); each k-means cluster is
-    named by the class most of its images are predicted as. Returns k minus
-    the number of distinct names: 0 when every predicted class is the main
-    one of a cluster of its own, 1 when the predictions merge two groups that
-    the features keep apart (or when k-means splits one class in two), and
-    so on.
-
-    Args:
-        features: `[n, d]` features.
-        predictions: `[n]` predicted classes in `[0, num_classes)`.
-        num_classes: c, also k.
-        seed: seed of k-means' initialisation.
-    """
-    from sklearn.cluster import KMeans
-
-    features = np.asarray(features, np.float64)
-    predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
-    if len(features) != len(predictions):
-        raise ValueError(f"{len(features)} feature rows for {len(predictions)} predictions")
-    k = int(num_classes)
-    if len(features) < k:
-        raise ValueError(f"k-means with k={k} needs at least {k} images, got {len(features)}")
-    clusters = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(features)
-    names = {int(np.bincount(predictions[clusters == j]).argmax()) for j in np.unique(clusters)}
-    return k - len(names)
-
-
 def smallest_share(predictions, num_classes):
     """The share of the least predicted class, times `num_classes`: 1 when every class is predicted
     equally often, 0 when one is never predicted (another took its images). Reads no labels."""

@@ -7,7 +7,6 @@ from gmvae_keras.metrics import (
     clustering_accuracy,
     contingency,
     normalized_mutual_info,
-    shared_clusters,
     smallest_share,
     uncovered_share,
 )
@@ -67,26 +66,6 @@ def _blobs(num_groups, per_group, seed=0):
     centres = 20.0 * rng.standard_normal((num_groups, 5))
     groups = np.repeat(np.arange(num_groups), per_group)
     return centres[groups] + rng.standard_normal((len(groups), 5)), groups
-
-
-def test_shared_clusters_counts_groups_the_predictions_merge():
-    features, groups = _blobs(4, 50)
-    assert shared_clusters(features, groups, 4) == 0
-    # Predictions that call group 3 by group 2's class merge two groups the features keep apart.
-    merged = np.where(groups == 3, 2, groups)
-    assert shared_clusters(features, merged, 4) == 1
-    merged = np.where(groups >= 2, 1, groups)
-    assert shared_clusters(features, merged, 4) == 2
-    # Class ids are names only: a permutation of them changes nothing.
-    assert shared_clusters(features, (groups + 1) % 4, 4) == 0
-
-
-def test_shared_clusters_rejects_mismatched_input():
-    features, groups = _blobs(3, 4)
-    with pytest.raises(ValueError, match="feature rows"):
-        shared_clusters(features[:-1], groups, 3)
-    with pytest.raises(ValueError, match="at least 5"):
-        shared_clusters(features[:4], groups[:4], 5)
 
 
 def test_smallest_share_is_one_when_balanced_and_zero_for_a_missing_class():

@@ -369,7 +369,6 @@ def test_validation_metrics_log_the_merge_indicators_of_the_models_predictions(p
     predicted = model.predict_labels(images)
     features = model.extract_features(images)
     assert logs["val_smallest_share"] == metrics.smallest_share(predicted, 3)
-    assert logs["val_shared_clusters"] == metrics.shared_clusters(features, predicted, 3)
     labeled_features = model.extract_features(images[:6])
     assert logs["val_uncovered_share"] == metrics.uncovered_share(features, labeled_features, 9)
     assert logs["val_error"] == pytest.approx(100.0 * np.mean(predicted != labels))
