@@ -101,6 +101,17 @@ class EpochSummary(keras.callbacks.Callback):
         ("assignment_accuracy", "assign_acc"),
     )
 
+    # After the validation error, ACC and NMI, in this order.
+    SCORES = (
+        ("val_clusters_used", "clusters_used={:.2f}"),
+        ("val_smallest_share", "smallest_share={:.2f}"),
+        ("val_uncovered_share", "uncovered={:.3f}"),
+        ("feature_cluster_agreement", "mixture_agreement={:.3f}"),
+        ("temperature", "temperature={:.3f}"),
+        ("epoch_seconds", "time={:.1f}s"),
+        ("images_per_second", "{:.0f} img/s"),
+    )
+
     def __init__(self, epochs, print_fn=None):
         super().__init__()
         self.epochs = epochs
@@ -115,20 +126,7 @@ class EpochSummary(keras.callbacks.Callback):
         for name, short in (("val_error", "val_error"), ("val_cluster_accuracy", "val_ACC"), ("val_nmi", "val_NMI")):
             if name in logs:
                 parts.append(f"{short}={logs[name]:.2f}%")
-        if "val_clusters_used" in logs:
-            parts.append(f"clusters_used={logs['val_clusters_used']:.2f}")
-        if "val_smallest_share" in logs:
-            parts.append(f"smallest_share={logs['val_smallest_share']:.2f}")
-        if "val_uncovered_share" in logs:
-            parts.append(f"uncovered={logs['val_uncovered_share']:.3f}")
-        if "feature_cluster_agreement" in logs:
-            parts.append(f"mixture_agreement={logs['feature_cluster_agreement']:.3f}")
-        if "temperature" in logs:
-            parts.append(f"temperature={logs['temperature']:.3f}")
-        if "epoch_seconds" in logs:
-            parts.append(f"time={logs['epoch_seconds']:.1f}s")
-        if "images_per_second" in logs:
-            parts.append(f"{logs['images_per_second']:.0f} img/s")
+        parts += [line.format(logs[name]) for name, line in self.SCORES if name in logs]
         self.print_fn(" ".join(parts))
 
 

@@ -479,3 +479,27 @@ def test_feature_clusters_callback_gives_each_category_the_component_of_its_imag
     points = (stub.features - m["center"]) @ m["projection"]
     components = losses.mixture_assignment(points, m["means"], m["variances"], np.log(m["weights"])).numpy()
     np.testing.assert_array_equal(components, (stub.blob + 1) % 3)
+
+
+def test_epoch_summary_prints_every_logged_score_in_one_line():
+    from gmvae_keras.callbacks import EpochSummary
+
+    printed = []
+    logs = {
+        "loss": 1.0,
+        "metric_loss": 0.25,
+        "val_error": 2.5,
+        "val_nmi": 90.0,
+        "val_clusters_used": 9.876,
+        "val_smallest_share": 0.912,
+        "val_uncovered_share": 0.0634,
+        "feature_cluster_agreement": 0.5,
+        "temperature": 0.75,
+        "epoch_seconds": 12.34,
+        "images_per_second": 456.7,
+    }
+    EpochSummary(10, print_fn=printed.append).on_epoch_end(2, logs)
+    assert printed == [
+        "epoch 3/10 loss=1.0000 L_M=0.2500 val_error=2.50% val_NMI=90.00% clusters_used=9.88 smallest_share=0.91 "
+        "uncovered=0.063 mixture_agreement=0.500 temperature=0.750 time=12.3s 457 img/s"
+    ]
