@@ -242,7 +242,7 @@ class FeatureClusters(keras.callbacks.Callback):
 
     At the end of every `every`-th epoch: the features x̂ of `images` (a
     fixed sample of the training images), their top
-    `model.FEATURE_CLUSTER_DIMS` principal components (at most f_sz), a Gaussian mixture
+    `model.feature_cluster_dims` principal components, a Gaussian mixture
     with one diagonal component per category on them (scikit-learn, seeded
     by the seed and the epoch), its components matched one-to-one to the
     categories q(y|x̂) currently predicts for those images (Hungarian
@@ -271,14 +271,14 @@ class FeatureClusters(keras.callbacks.Callback):
         from scipy.optimize import linear_sum_assignment
         from sklearn.mixture import GaussianMixture
 
-        from gmvae_keras.model import FEATURE_CLUSTER_DIMS
+        from gmvae_keras.model import feature_cluster_dims
 
         model = self.model
         features, logits = model.features_and_logits(self.images)
         features = features.astype(np.float64)
         center = features.mean(axis=0)
         # The top principal directions: the leading right-singular vectors of the centred features.
-        dims = min(FEATURE_CLUSTER_DIMS, features.shape[1])
+        dims = feature_cluster_dims(features.shape[1])
         projection = np.linalg.svd(features - center, full_matrices=False)[2][:dims].T
         points = (features - center) @ projection
         mixture = GaussianMixture(

@@ -39,6 +39,11 @@ LOSS_TERMS = (
 FEATURE_CLUSTER_DIMS = 10
 
 
+def feature_cluster_dims(feature_size):
+    """The principal components of x̂ the `feature_clusters` mixture lives in: at most f_sz."""
+    return min(FEATURE_CLUSTER_DIMS, int(feature_size))
+
+
 def unit_float(images):
     """Images as float32 in [0, 1]: uint8 pixels are divided by 255, floats are taken as they are."""
     images = np.asarray(images)
@@ -205,7 +210,7 @@ class GMVAE(keras.Model):
             )
         if self.feature_clusters:
             # The mixture of `set_feature_clusters`, saved with the model; L_A reads it once `fitted` is 1.
-            dims = min(FEATURE_CLUSTER_DIMS, self.feature_size)
+            dims = feature_cluster_dims(self.feature_size)
             c, f = self.num_classes, self.feature_size
             self.feature_cluster_weights = {
                 name: self.add_weight(name=f"feature_cluster_{name}", shape=shape, initializer=init, trainable=False)
