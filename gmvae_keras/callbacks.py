@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gmvae_keras import metrics
+from gmvae_keras import metrics, prediction
 
 
 class TemperatureAnnealing(keras.callbacks.Callback):
@@ -188,10 +188,10 @@ class ImageSummaries(keras.callbacks.Callback):
 class ValidationMetrics(keras.callbacks.Callback):
     """Scores the model on a held-out set after every epoch.
 
-    One pass of `model.predict_labels` gives `val_error` (classification
+    One pass of the model's prediction rule gives `val_error` (classification
     error, %), `val_cluster_accuracy` (ACC, %, best cluster-to-class
     matching) and `val_nmi` (%), and, from the predictions alone,
-    `val_clusters_used` (`cluster_usage`: 10 when 10 clusters hold equal
+    `val_clusters_used` (`metrics.cluster_usage`: 10 when 10 clusters hold equal
     shares, 1 when every image is in one), and two indicators of merged
     classes that read no validation labels: `val_smallest_share`
     (`metrics.smallest_share`) and, given the labeled training images,
@@ -225,15 +225,15 @@ class ValidationMetrics(keras.callbacks.Callback):
         # The label-free scores first: a clustering run selects its model by them.
         if self.clustering:
             logs["val_loss"] = self.model.unsupervised_loss(self.images, self.batch_size)
-        features, logits = self.model.features_and_logits(self.images, self.batch_size)
-        predictions = self.model.probabilities(features, logits, self.batch_size).argmax(axis=-1)
+        features, logits = prediction.features_and_logits(self.model, self.images, self.batch_size)
+        predictions = prediction.probabilities(self.model, features, logits, batch_size=self.batch_size).argmax(-1)
         num_classes = self.model.num_classes
-        logs["val_clusters_used"] = cluster_usage(predictions, num_classes)
+        logs["val_clusters_used"] = metrics.cluster_usage(predictions, num_classes)
         logs["val_smallest_share"] = metrics.smallest_share(predictions, num_classes)
         if self.labeled_images is not None and len(self.labeled_images):
-            labeled_features = self.model.extract_features(self.labeled_images, self.batch_size)
+            labeled_features = prediction.features_and_logits(self.model, self.labeled_images, self.batch_size)[0]
             logs["val_uncovered_share"] = metrics.uncovered_share(features, labeled_features, 3 * num_classes)
-        scores = evaluate_predictions(self.labels, predictions, self.clustering)
+        scores = prediction.scores(self.labels, predictions, self.clustering)
         logs.update({"val_" + name: value for name, value in scores.items()})
 
 
@@ -274,7 +274,7 @@ class FeatureClusters(keras.callbacks.Callback):
         from gmvae_keras.model import feature_cluster_dims
 
         model = self.model
-        features, logits = model.features_and_logits(self.images)
+        features, logits = prediction.features_and_logits(model, self.images)
         features = features.astype(np.float64)
         center = features.mean(axis=0)
         # The top principal directions: the leading right-singular vectors of the centred features.
@@ -296,31 +296,6 @@ class FeatureClusters(keras.callbacks.Callback):
         )
         if logs is not None:
             logs["feature_cluster_agreement"] = float(table[rows, cols].sum() / len(components))
-
-
-def cluster_usage(predictions, num_clusters):
-    """exp(entropy) of the clusters' shares of `predictions`: the effective number of clusters used.
-
-    `num_clusters` when every cluster holds an equal share, 1 when all
-    predictions fall in one: a collapse of q(y|x̂) shows as a drop.
-    """
-    shares = np.bincount(np.asarray(predictions).reshape(-1), minlength=int(num_clusters)) / max(
-        np.size(predictions), 1
-    )
-    shares = shares[shares > 0]
-    return float(np.exp(-np.sum(shares * np.log(shares))))
-
-
-def evaluate_predictions(labels, predictions, clustering=False):
-    """Classification error, clustering accuracy and NMI (all %) of predictions; no error for a clustering."""
-    labels = np.asarray(labels)
-    scores = {
-        "cluster_accuracy": float(metrics.clustering_accuracy(labels, predictions)),
-        "nmi": float(metrics.normalized_mutual_info(labels, predictions)),
-    }
-    if not clustering:
-        scores["error"] = float(100.0 * np.mean(np.asarray(predictions) != labels))
-    return scores
 
 
 class NonFiniteLoss(RuntimeError):

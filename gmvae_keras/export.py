@@ -30,6 +30,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from gmvae_keras import prediction
+
 
 class _LabeledFeatures(tf.Module):
     """The labeled images' features, fixed at export so that serving does not re-encode them."""
@@ -41,7 +43,10 @@ class _LabeledFeatures(tf.Module):
 
 def _outputs(model, images, labeled_features):
     features, logits = model.classify(images, training=False)
-    probabilities = model.probabilities_from_outputs(features, logits, labeled_features)
+    labeled_labels = model.labeled_image_labels if model.prediction == "knn" else None
+    probabilities = prediction.rule_probabilities(
+        model.prediction, features, logits, labeled_features, labeled_labels, model.k
+    )
     return {
         "probabilities": probabilities,
         "label": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
@@ -60,7 +65,9 @@ def export_saved_model(model, export_dir):
     stored = None
     labeled_features = None
     if model.prediction == "knn":
-        stored = _LabeledFeatures(model.labeled_features())
+        stored = _LabeledFeatures(
+            prediction.features_and_logits(model, keras.ops.convert_to_numpy(model.labeled_images))[0]
+        )
         labeled_features = stored.features
     image_shape = tuple(model.image_shape)
     expected = f"[batch, {', '.join(map(str, image_shape))}]"
@@ -88,7 +95,7 @@ def export_saved_model(model, export_dir):
             return _outputs(model, tf.identity(images), labeled_features)
 
     def serve_uint8(images):
-        return _outputs(model, tf.cast(checked(images), tf.float32) / 255.0, labeled_features)
+        return _outputs(model, prediction.unit_float(checked(images)), labeled_features)
 
     archive = keras.export.ExportArchive()
     archive.track(model)

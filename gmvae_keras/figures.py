@@ -179,16 +179,17 @@ def write_figures(
     import keras
     import tensorflow as tf
 
-    from gmvae_keras.model import unit_float
+    from gmvae_keras import prediction
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    floats = unit_float(images)
+    floats = prediction.unit_float(images)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     subset = np.sort(rng.choice(len(images), size=min(tsne_points, len(images)), replace=False))
 
-    predictions = model.predict_labels(floats)
+    features, logits = prediction.features_and_logits(model, floats)
+    predictions = prediction.probabilities(model, features, logits).argmax(-1)
     title = "Confusion matrix (test)"
     if mode == "clustering":
         mapping = cluster_to_class(labels, predictions)
@@ -199,7 +200,7 @@ def write_figures(
     reconstructions = keras.ops.convert_to_numpy(model(few, training=False)["reconstruction"])
     figures = {
         "generated": generated_figure(model, samples, seed),
-        "tsne": tsne_figure(model.extract_features(floats[subset]), labels[subset], seed=seed),
+        "tsne": tsne_figure(features[subset], labels[subset], seed=seed),
         "reconstructions": reconstruction_figure(few, reconstructions),
         "confusion_matrix": confusion_figure(labels[matched], predictions[matched], model.num_classes, title),
     }

@@ -85,3 +85,16 @@ def uncovered_share(features, labeled_features, num_clusters, seed=0):
         np.concatenate([features, labeled_features])
     )
     return float(np.mean(~np.isin(clusters[: len(features)], clusters[len(features) :])))
+
+
+def cluster_usage(predictions, num_clusters):
+    """exp(entropy) of the clusters' shares of `predictions`: the effective number of clusters used.
+
+    `num_clusters` when every cluster holds an equal share, 1 when all
+    predictions fall in one: a collapse of q(y|x̂) shows as a drop.
+    """
+    shares = np.bincount(np.asarray(predictions).reshape(-1), minlength=int(num_clusters)) / max(
+        np.size(predictions), 1
+    )
+    shares = shares[shares > 0]
+    return float(np.exp(-np.sum(shares * np.log(shares))))

@@ -16,6 +16,7 @@ from gmvae_keras.networks import (
     GaussianInference,
     GaussianPrior,
 )
+from gmvae_keras.prediction import rule_probabilities, unit_float
 from gmvae_keras.settings import ModelSettings, drop_removed_options
 
 
@@ -42,12 +43,6 @@ FEATURE_CLUSTER_DIMS = 10
 def feature_cluster_dims(feature_size):
     """The principal components of x̂ the `feature_clusters` mixture lives in: at most f_sz."""
     return min(FEATURE_CLUSTER_DIMS, int(feature_size))
-
-
-def unit_float(images):
-    """Images as float32 in [0, 1]: uint8 pixels are divided by 255, floats are taken as they are."""
-    images = np.asarray(images)
-    return images.astype("float32") / 255.0 if images.dtype == np.uint8 else images.astype("float32")
 
 
 @keras.saving.register_keras_serializable(package="gmvae_keras")
@@ -85,10 +80,9 @@ class GMVAE(keras.Model):
       is the cross-entropy of q(y|x̂) against each image's most likely
       component (`losses.mixture_assignment`).
     - `prediction="knn"`: the model predicts by L_A's plain k-NN vote among
-      the labeled training images it stores (`set_labeled_set`), and
-      `predict_proba` returns the vote's shares (`losses.vote_shares`), so
-      that the predicted class is always the argmax of `predict_proba`.
-      q(y|x̂) stays available as `softmax(features_and_logits(x)[1])`.
+      the labeled training images it stores (`set_labeled_set`); its
+      predicted distribution is the vote's shares. Predictions of either rule
+      are made by `gmvae_keras.prediction`.
 
     Mixed precision: built with `dtype="mixed_bfloat16"` or
     `"mixed_float16"` (or under that global policy), the networks compute in
@@ -191,7 +185,6 @@ class GMVAE(keras.Model):
             name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
         }
         self.error_tracker = keras.metrics.Mean(name="error")
-        self._inference_function = None
         self._loss_function = None
         if self.prediction == "knn":
             # Images rather than features: features change with every step.
@@ -331,25 +324,6 @@ class GMVAE(keras.Model):
         self.labeled_images.assign(unit_float(images))
         self.labeled_image_labels.assign(labels.astype("int32"))
 
-    def probabilities_from_outputs(self, features, logits, labeled_features=None):
-        """`[n, c]` the distribution the prediction is the argmax of, from `classify`'s outputs.
-
-        q(y|x̂), or with `prediction="knn"` the shares of the k-NN vote among
-        the stored labeled images. `labeled_features` are those images'
-        features; pass them when predicting many batches so the labeled set
-        is encoded once (None encodes it here).
-        """
-        if self.prediction == "classifier":
-            return ops.softmax(logits, axis=-1)
-        if labeled_features is None:
-            labeled_features = self._full(self.encoder(self.labeled_images, training=False))
-        return losses.vote_shares(
-            losses.pairwise_distance(features, labeled_features),
-            self.labeled_image_labels,
-            self.num_classes,
-            self.k,
-        )
-
     # ------------------------------------------------------------ training
 
     @property
@@ -469,30 +443,20 @@ class GMVAE(keras.Model):
         # With prediction="knn" every batch encodes the labeled set anew: Keras traces this step once
         # and reuses the trace in later `evaluate` calls, so features encoded once per evaluate would
         # need a variable of their own, which every saved model would then carry. Runs score with
-        # `predict_labels`, which encodes them once per call.
+        # `prediction.probabilities`, which encodes them once per call.
         images, labels, _, _ = self._unpack(data)
-        probabilities = self.probabilities_from_outputs(*self.classify(images, training=False))
+        features, logits = self.classify(images, training=False)
+        labeled_features = labeled_labels = None
+        if self.prediction == "knn":
+            labeled_features = self._full(self.encoder(self.labeled_images, training=False))
+            labeled_labels = self.labeled_image_labels
+        probabilities = rule_probabilities(self.prediction, features, logits, labeled_features, labeled_labels, self.k)
         predicted = ops.cast(ops.argmax(probabilities, axis=-1), "int32")
         wrong = ops.not_equal(predicted, ops.cast(labels, "int32"))
         self.error_tracker.update_state(100.0 * ops.cast(wrong, "float32"))
         return {"error": self.error_tracker.result()}
 
-    # ----------------------------------------------------------- inference
-
-    def features_and_logits(self, images, batch_size=1000):
-        """`(x̂, logits of q(y|x̂))` as numpy arrays, `batch_size` images at a time, deterministic."""
-        if self._inference_function is None:
-            self._inference_function = tf.function(
-                lambda images: self.classify(images, training=False), reduce_retracing=True
-            )
-        images = unit_float(images)
-        outputs = [
-            self._inference_function(tf.constant(images[start : start + batch_size]))
-            for start in range(0, len(images), batch_size)
-        ]
-        if not outputs:
-            return np.zeros((0, self.feature_size), "float32"), np.zeros((0, self.num_classes), "float32")
-        return tuple(np.concatenate([keras.ops.convert_to_numpy(part[i]) for part in outputs]) for i in (0, 1))
+    # ------------------------------------------------------ beyond training
 
     def unsupervised_loss(self, images, batch_size=1000):
         """The mean weighted L_R + w_G·L_G + w_C·L_C of images, in inference mode, reading no labels.
@@ -515,65 +479,6 @@ class GMVAE(keras.Model):
             batch = unit_float(images[start : start + batch_size])
             total += float(self._loss_function(tf.constant(batch))) * len(batch)
         return total / max(len(images), 1)
-
-    def labeled_features(self, batch_size=1000):
-        """Features of the stored labeled images (`prediction="knn"`), or None."""
-        if self.prediction != "knn":
-            return None
-        return self.extract_features(keras.ops.convert_to_numpy(self.labeled_images), batch_size)
-
-    def predict_proba(self, images, batch_size=1000):
-        """The distribution `predict_labels` takes the argmax of, for images
-        (uint8 0–255 or float in [0, 1]), deterministic: q(y|x̂), or the
-        k-NN vote's shares with `prediction="knn"`."""
-        return self.probabilities(*self.features_and_logits(images, batch_size), batch_size)
-
-    def probabilities(self, features, logits, batch_size=1000):
-        """`predict_proba` from the numpy outputs of `features_and_logits`, for callers that need x̂ too."""
-        # Encoded once per call: every image is compared with the same labeled features.
-        labeled_features = self.labeled_features(batch_size)
-        return self._in_batches(
-            lambda rows: self.probabilities_from_outputs(features[rows], logits[rows], labeled_features),
-            len(features),
-            batch_size,
-        )
-
-    def predict_labels(self, images, batch_size=1000):
-        """The predicted classes: the argmax of `predict_proba`."""
-        return self.predict_proba(images, batch_size).argmax(axis=-1).astype("int32")
-
-    def predict_both(self, images, labeled_images, labeled_labels, batch_size=1000):
-        """Both prediction rules for the same model, whichever one it was built with.
-
-        Returns `{"classifier": argmax q(y|x̂), "knn": the k-NN vote among
-        labeled_images}` as int32 arrays, the vote with the model's `k`.
-        """
-        features, logits = self.features_and_logits(images, batch_size)
-        labeled_features = self.extract_features(labeled_images, batch_size)
-        labeled_labels = np.asarray(labeled_labels, "int32")
-        shares = self._in_batches(
-            lambda rows: losses.vote_shares(
-                losses.pairwise_distance(features[rows], labeled_features),
-                labeled_labels,
-                self.num_classes,
-                self.k,
-            ),
-            len(features),
-            batch_size,
-        )
-        return {"classifier": logits.argmax(axis=-1).astype("int32"), "knn": shares.argmax(axis=-1).astype("int32")}
-
-    def _in_batches(self, class_scores, n, batch_size):
-        """`class_scores(rows)` for `rows` slices of `batch_size` over n rows, concatenated: `[n, c]` numpy."""
-        parts = [
-            keras.ops.convert_to_numpy(class_scores(slice(start, start + batch_size)))
-            for start in range(0, n, batch_size)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), "float32")
-
-    def extract_features(self, images, batch_size=1000):
-        """The deterministic features x̂ = g(x)."""
-        return self.features_and_logits(images, batch_size)[0]
 
     def generate(self, category, n, seed=None):
         """Sample `n` images of `category`: z ~ p(z|y), then the decoder's means."""

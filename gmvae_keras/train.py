@@ -10,7 +10,7 @@ import numpy as np
 
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
-from gmvae_keras import determinism, distribute, paths
+from gmvae_keras import determinism, distribute, paths, prediction
 from gmvae_keras.benchmarks import bfloat16_hardware, cpu_info
 from gmvae_keras.callbacks import (
     EpochNoiseSeeds,
@@ -21,11 +21,10 @@ from gmvae_keras.callbacks import (
     TemperatureAnnealing,
     TerminateOnNonFinite,
     ValidationMetrics,
-    evaluate_predictions,
 )
 from gmvae_keras.checkpoint import RunError
 from gmvae_keras.export import export_saved_model
-from gmvae_keras.model import GMVAE, LOSS_TERMS, unit_float
+from gmvae_keras.model import GMVAE, LOSS_TERMS
 
 # Training images the `--feature_clusters` mixture is fitted to.
 FEATURE_CLUSTER_IMAGES = 20000
@@ -154,14 +153,21 @@ def _scores(model, images, labels, data, batch_size, prefix):
 
     A clustering (no labeled set) gets ACC and NMI only: its categories are not the classes.
     """
+    features, logits = prediction.features_and_logits(model, images, batch_size)
     if len(data.labeled_labels) == 0:
-        predicted = model.predict_labels(images, batch_size)
-        return {f"{prefix}_{name}": value for name, value in evaluate_predictions(labels, predicted, True).items()}
+        predicted = prediction.probabilities(model, features, logits, batch_size=batch_size).argmax(-1)
+        return {f"{prefix}_{name}": value for name, value in prediction.scores(labels, predicted, True).items()}
     # Both rules on the same model, whichever one the run predicts (and selects its best epoch) with.
-    both = model.predict_both(images, data.labeled_images, data.labeled_labels, batch_size)
-    scores = {f"{prefix}_{name}": value for name, value in evaluate_predictions(labels, both[model.prediction]).items()}
-    for rule, predicted in both.items():
-        scores[f"{prefix}_error_{rule}"] = float(100.0 * np.mean(predicted != np.asarray(labels)))
+    labeled_set = (data.labeled_images, data.labeled_labels)
+    predicted = {
+        rule: prediction.probabilities(model, features, logits, rule, labeled_set, batch_size).argmax(-1)
+        for rule in prediction.RULES
+    }
+    scores = {
+        f"{prefix}_{name}": value for name, value in prediction.scores(labels, predicted[model.prediction]).items()
+    }
+    for rule in prediction.RULES:
+        scores[f"{prefix}_error_{rule}"] = prediction.error(labels, predicted[rule])
     return scores
 
 
@@ -299,7 +305,7 @@ def _train_and_evaluate(config, model_dir):
             keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"), write_graph=False),
             ImageSummaries(
                 model_dir / "logs" / "images",
-                unit_float(data.val_images[:10]),
+                prediction.unit_float(data.val_images[:10]),
                 every=config.image_summary_every,
                 seed=config.seed,
             ),

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from gmvae_keras import prediction
 from gmvae_keras.settings import ACTED_ONLY_WITH, REMOVED_OPTIONS, REMOVED_VALUES
 
 from conftest import REPO_ROOT, write_idx_dataset
@@ -43,12 +44,14 @@ def test_a_model_saved_by_0_1_0_loads_and_predicts_as_it_did():
     assert not hasattr(model, "assignment_confidence") and not hasattr(model, "warmup_steps")
     assert model.prediction == "knn" and model.assignment_balance == "vote"
     # 0.1.0's predict_proba was q(y|x̂); a knn model's predict_proba is now the vote's shares.
-    _, logits = model.features_and_logits(expected["images"])
+    _, logits = prediction.features_and_logits(model, expected["images"])
     classifier = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
     np.testing.assert_allclose(classifier, expected["probabilities"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(model.predict_proba(expected["images"]).argmax(-1), expected["labels"])
-    np.testing.assert_allclose(model.extract_features(expected["images"]), expected["features"], rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(model.predict_labels(expected["images"]), expected["labels"])
+    np.testing.assert_array_equal(prediction.predict_proba(model, expected["images"]).argmax(-1), expected["labels"])
+    np.testing.assert_allclose(
+        prediction.features_and_logits(model, expected["images"])[0], expected["features"], rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_array_equal(prediction.predict_labels(model, expected["images"]), expected["labels"])
 
 
 @pytest.mark.parametrize(

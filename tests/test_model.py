@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gmvae_keras import GMVAE, TemperatureAnnealing
+from gmvae_keras import GMVAE, TemperatureAnnealing, prediction
 
 SHAPE = (28, 28, 1)
 
@@ -67,7 +67,7 @@ def test_fit_lowers_the_loss_and_every_term_is_finite(mode, overrides, num_label
 def test_evaluate_reports_classification_error_in_percent():
     model = tiny_model()
     _, images, labels = batches()
-    predicted = model.predict_labels(images)
+    predicted = prediction.predict_labels(model, images)
     expected = 100.0 * np.mean(predicted != labels)
     result = model.evaluate(images, labels, batch_size=5, verbose=0, return_dict=True)
     np.testing.assert_allclose(result["error"], expected, rtol=1e-5)
@@ -122,15 +122,25 @@ def test_knn_prediction_votes_among_the_stored_labeled_images():
         model.set_labeled_set(images[6:], labels[6:] + 3)
     model.set_labeled_set(images[6:], labels[6:])
     model.fit(ds, epochs=1, verbose=0)
-    expected = _numpy_knn(model.extract_features(images), model.extract_features(images[6:]), labels[6:], k=2)
-    predicted = model.predict_labels(images, batch_size=5)
+    expected = _numpy_knn(
+        prediction.features_and_logits(model, images)[0],
+        prediction.features_and_logits(model, images[6:])[0],
+        labels[6:],
+        k=2,
+    )
+    predicted = prediction.predict_labels(model, images, batch_size=5)
     np.testing.assert_array_equal(predicted, expected)
     result = model.evaluate(images, labels, batch_size=5, verbose=0, return_dict=True)
     np.testing.assert_allclose(result["error"], 100.0 * np.mean(predicted != labels), rtol=1e-5)
     # The vote follows the stored labels, not the classifier.
     model.set_labeled_set((images[6:] * 255).astype("uint8"), (labels[6:] + 1) % 3)
-    shifted = _numpy_knn(model.extract_features(images), model.extract_features(images[6:]), (labels[6:] + 1) % 3, k=2)
-    np.testing.assert_array_equal(model.predict_labels(images), shifted)
+    shifted = _numpy_knn(
+        prediction.features_and_logits(model, images)[0],
+        prediction.features_and_logits(model, images[6:])[0],
+        (labels[6:] + 1) % 3,
+        k=2,
+    )
+    np.testing.assert_array_equal(prediction.predict_labels(model, images), shifted)
     assert not np.array_equal(shifted, expected)
     with pytest.raises(ValueError, match="for prediction='knn'"):
         tiny_model().set_labeled_set(images[6:], labels[6:])
@@ -141,33 +151,35 @@ def test_knn_model_config_and_keras_file_round_trip(tmp_path):
     ds, images, labels = batches()
     model.set_labeled_set(images[6:], labels[6:])
     model.fit(ds, epochs=1, verbose=0)
-    expected = model.predict_labels(images)
+    expected = prediction.predict_labels(model, images)
 
     clone = GMVAE.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
     clone.set_weights(model.get_weights())
-    np.testing.assert_array_equal(clone.predict_labels(images), expected)
+    np.testing.assert_array_equal(prediction.predict_labels(clone, images), expected)
 
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_array_equal(loaded.labeled_images.numpy(), images[6:])
     np.testing.assert_array_equal(loaded.labeled_image_labels.numpy(), labels[6:])
-    np.testing.assert_array_equal(loaded.predict_labels(images), expected)
+    np.testing.assert_array_equal(prediction.predict_labels(loaded, images), expected)
 
 
 def test_inference_methods_are_deterministic():
     model = tiny_model()
     ds, images, _ = batches()
     model.fit(ds, epochs=1, verbose=0)
-    p1, p2 = model.predict_proba(images, batch_size=5), model.predict_proba(images)
+    p1, p2 = prediction.predict_proba(model, images, batch_size=5), prediction.predict_proba(model, images)
     np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(p1.sum(-1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(model.predict_labels(images), p1.argmax(-1))
+    np.testing.assert_array_equal(prediction.predict_labels(model, images), p1.argmax(-1))
     uint8 = (images * 255).astype("uint8")
     np.testing.assert_allclose(
-        model.predict_proba(uint8), model.predict_proba(uint8.astype("float32") / 255), atol=1e-6
+        prediction.predict_proba(model, uint8),
+        prediction.predict_proba(model, uint8.astype("float32") / 255),
+        atol=1e-6,
     )
-    assert model.extract_features(images).shape == (len(images), 16)
+    assert prediction.features_and_logits(model, images)[0].shape == (len(images), 16)
     g1, g2 = model.generate(1, 4, seed=3), model.generate(1, 4, seed=3)
     assert g1.shape == (4,) + SHAPE
     np.testing.assert_array_equal(g1, g2)
@@ -347,29 +359,31 @@ def test_a_saved_mixed_model_reloads_mixed_under_a_float32_global_policy(tmp_pat
     assert loaded.dtype_policy.name == policy
     assert type(loaded.optimizer) is type(model.optimizer)
     assert _compute_dtypes(loaded) == _compute_dtypes(model)
-    np.testing.assert_array_equal(loaded.predict_proba(images), model.predict_proba(images))
-    np.testing.assert_array_equal(loaded.extract_features(images), model.extract_features(images))
+    np.testing.assert_array_equal(prediction.predict_proba(loaded, images), prediction.predict_proba(model, images))
+    np.testing.assert_array_equal(
+        prediction.features_and_logits(loaded, images)[0], prediction.features_and_logits(model, images)[0]
+    )
 
 
-@pytest.mark.parametrize("prediction", ["classifier", "knn"])
-def test_validation_metrics_log_the_merge_indicators_of_the_models_predictions(prediction):
+@pytest.mark.parametrize("rule", ["classifier", "knn"])
+def test_validation_metrics_log_the_merge_indicators_of_the_models_predictions(rule):
     from gmvae_keras import metrics
     from gmvae_keras.callbacks import ValidationMetrics
 
     _, images, labels = batches(num_labeled=12, num_unlabeled=12)
     keras.utils.set_random_seed(0)
-    model = tiny_model(prediction=prediction, labeled_set_size=6 if prediction == "knn" else 0)
-    if prediction == "knn":
+    model = tiny_model(prediction=rule, labeled_set_size=6 if rule == "knn" else 0)
+    if rule == "knn":
         model.set_labeled_set(images[:6], labels[:6])
     model.fit(batches()[0], epochs=1, verbose=0)
     callback = ValidationMetrics(images, labels, batch_size=5, labeled_images=images[:6])
     callback.set_model(model)
     logs = {}
     callback.on_epoch_end(0, logs)
-    predicted = model.predict_labels(images)
-    features = model.extract_features(images)
+    predicted = prediction.predict_labels(model, images)
+    features = prediction.features_and_logits(model, images)[0]
     assert logs["val_smallest_share"] == metrics.smallest_share(predicted, 3)
-    labeled_features = model.extract_features(images[:6])
+    labeled_features = prediction.features_and_logits(model, images[:6])[0]
     assert logs["val_uncovered_share"] == metrics.uncovered_share(features, labeled_features, 9)
     assert logs["val_error"] == pytest.approx(100.0 * np.mean(predicted != labels))
 
@@ -438,7 +452,7 @@ def test_feature_clusters_callback_matches_components_to_the_predicted_categorie
     callback.on_epoch_end(1, logs)
     mixture = {name: v.numpy() for name, v in model.feature_cluster_weights.items()}
     assert mixture["fitted"] == 1.0
-    features, logits = model.features_and_logits(images)
+    features, logits = prediction.features_and_logits(model, images)
     points = (features - mixture["center"]) @ mixture["projection"]
     components = losses.mixture_assignment(points, mixture["means"], mixture["variances"], mixture["log_weights"])
     agreement = np.mean(components.numpy() == logits.argmax(axis=-1))
@@ -457,9 +471,9 @@ class _StubModel:
         self.features = (centres[self.blob] + rng.normal(size=(120, 12))).astype("float32")
         self.stored = None
 
-    def features_and_logits(self, images):
+    def classify(self, images, training=False):
         # Blob b is predicted as category (b + 1) % 3.
-        return self.features, np.eye(3, dtype="float32")[(self.blob + 1) % 3] * 5.0
+        return tf.constant(self.features), tf.constant(np.eye(3, dtype="float32")[(self.blob + 1) % 3] * 5.0)
 
     def set_feature_clusters(self, center, projection, means, variances, weights):
         self.stored = dict(center=center, projection=projection, means=means, variances=variances, weights=weights)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import gmvae_keras.model  # noqa: F401  registers the custom layers
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
-from gmvae_keras import losses
+from gmvae_keras import losses, prediction
 from gmvae_keras.callbacks import NonFiniteLoss
 from gmvae_keras.checkpoint import CheckpointWriteError
 from gmvae_keras.config import Config
@@ -46,6 +46,7 @@ import pathlib
 import time
 
 from gmvae_keras.main import run
+from gmvae_keras import prediction
 
 import keras
 
@@ -268,9 +269,11 @@ def test_round_trips_on_real_test_images(tmp_path, real_dataset):
         "unlabeled_labels": np.zeros(20, "int32"),
     }
     model.fit(tf.data.Dataset.from_tensors(batch).repeat(3), epochs=1, verbose=0)
-    expected = model.predict_proba(images)
+    expected = prediction.predict_proba(model, images)
     model.save(tmp_path / "m.keras")
-    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "m.keras").predict_proba(images), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        prediction.predict_proba(keras.saving.load_model(tmp_path / "m.keras"), images), expected, atol=1e-5
+    )
     export_saved_model(model, tmp_path / "export")
     served = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_uint8"](images=tf.constant(images))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)

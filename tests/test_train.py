@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gmvae_keras import flagfiles
+from gmvae_keras import flagfiles, prediction
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.data import DataError
 from gmvae_keras.flagfiles import config_from_args, with_recipe
@@ -152,11 +152,13 @@ def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
     out = np.load(tmp_path / "out.npz")
     model = keras.saving.load_model(model_dir / "best.keras")
-    probabilities = model.predict_proba(images)
+    probabilities = prediction.predict_proba(model, images)
     for prefix in ("f_", "u_"):
         np.testing.assert_allclose(out[prefix + "probabilities"], probabilities, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(out[prefix + "label"], model.predict_labels(images))
-        np.testing.assert_allclose(out[prefix + "features"], model.extract_features(images), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out[prefix + "label"], prediction.predict_labels(model, images))
+        np.testing.assert_allclose(
+            out[prefix + "features"], prediction.features_and_logits(model, images)[0], rtol=1e-5, atol=1e-5
+        )
 
     shown = subprocess.run(
         [
@@ -527,10 +529,10 @@ def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
     best = keras.saving.load_model(model_dir / "best.keras")
     np.testing.assert_array_equal(best.labeled_images.numpy(), data.labeled_images.astype("float32") / 255.0)
     np.testing.assert_array_equal(best.labeled_image_labels.numpy(), data.labeled_labels)
-    predicted = best.predict_labels(data.test_images)
+    predicted = prediction.predict_labels(best, data.test_images)
     assert metrics["test_error_best"] == pytest.approx(100.0 * np.mean(predicted != data.test_labels))
     assert metrics["test_error_knn_best"] == metrics["test_error_best"]
-    _, logits = best.features_and_logits(data.test_images)
+    _, logits = prediction.features_and_logits(best, data.test_images)
     assert metrics["test_error_classifier_best"] == pytest.approx(
         100.0 * np.mean(logits.argmax(-1) != data.test_labels)
     )

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from gmvae_keras.data.errors import DataError, check_integer
 from gmvae_keras.data.perturbations import perturb
+from gmvae_keras.prediction import unit_float
 
 
 def validate_batch(
@@ -108,10 +109,6 @@ def _walk(key, epoch, n, picked, steps, rows):
     return tf.reshape(tf.reshape(indices, [-1])[: steps * rows], [steps, rows])
 
 
-def _scale(images_uint8):
-    return tf.cast(images_uint8, tf.float32) * (1.0 / 255.0)
-
-
 def make_train_dataset(
     data,
     batch_size,
@@ -190,7 +187,7 @@ def make_train_dataset(
 
     def assemble(e, step, u_idx, l_idx):
         element = {
-            "images": _scale(tf.gather(images, tf.concat([u_idx, l_idx], axis=0))),
+            "images": unit_float(tf.gather(images, tf.concat([u_idx, l_idx], axis=0))),
             "labels": tf.gather(labels, l_idx),
             "unlabeled_labels": tf.gather(labels, u_idx),
         }
@@ -222,7 +219,7 @@ def make_eval_dataset(images, labels, batch_size):
     n = images.shape[0]
     if images.dtype == np.uint8:
         x = tf.convert_to_tensor(images, dtype=tf.uint8)
-        convert = _scale
+        convert = unit_float
     else:
         x = tf.convert_to_tensor(images, dtype=tf.float32)
         convert = tf.identity
