@@ -29,13 +29,31 @@ class Config(ModelSettings):
         choices=["semi_supervised", "clustering"],
     )
     # Data.
-    dataset: str = _field("mnist", "mnist, fashion_mnist, svhn, or a tensorflow-datasets image classification name.")
+    dataset: str = _field(
+        "mnist",
+        "mnist, fashion_mnist, svhn, a tensorflow-datasets image classification name, or folder: your own images "
+        "in --data_dir (labeled/<class>/, unlabeled/, val/<class>/, test/<class>/; docs/USAGE.md).",
+    )
     data_dir: str | None = _field(
-        None, "Folder with the dataset's original files (IDX .gz or SVHN .mat) instead of tensorflow-datasets."
+        None,
+        "Folder with the dataset's original files (IDX .gz or SVHN .mat) instead of tensorflow-datasets; with "
+        "--dataset=folder, the folder of images.",
     )
     num_labeled: int = _field(
-        100, "Labeled training images, drawn class-balanced and fixed for the run; 0 for clustering."
+        100,
+        "Labeled training images, drawn class-balanced and fixed for the run; 0 for clustering. A folder's "
+        "labeled/ decides it.",
     )
+    image_size: int = _field(
+        0, "--dataset=folder: the square size the networks see, 28, 32 or 64; 0 infers it from the labeled images."
+    )
+    channels: int = _field(
+        0, "--dataset=folder: 1 (grey) or 3 (RGB); 0 infers it (1 when no labeled image has colour).", choices=[0, 1, 3]
+    )
+    skip_bad_images: bool = _field(
+        False, "--dataset=folder: leave out (and count) files that cannot be decoded instead of refusing the folder."
+    )
+    num_classes: int = _field(0, "--dataset=folder --mode=clustering without labeled/: the number of clusters.")
     validation_fraction: float = _field(0.2, "Share of the official train set held out, stratified, for validation.")
     seed: int = _field(
         0, "Seed of the split, the labeled set, the shuffling, the perturbations, the sampling noise and the weights."
@@ -127,6 +145,7 @@ class Config(ModelSettings):
         ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        self._validate_folder()
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.batch_size % 2:
@@ -178,6 +197,28 @@ class Config(ModelSettings):
                 f"{num_classes} classes; raise --batch_size or --labeled_per_batch"
             )
 
+    def _validate_folder(self):
+        from gmvae_keras.networks import IMAGE_SIZES
+
+        if self.dataset != "folder":
+            given = [f"--{name}" for name, off in FOLDER_ONLY.items() if getattr(self, name) != off]
+            if given:
+                raise ConfigError(f"{', '.join(given)}: for --dataset=folder only")
+            return
+        if self.data_dir is None:
+            raise ConfigError("--dataset=folder reads the folder given by --data_dir")
+        if self.image_size and self.image_size not in IMAGE_SIZES:
+            raise ConfigError(
+                f"--image_size={self.image_size} is not supported; the networks take "
+                f"{', '.join(map(str, IMAGE_SIZES))} (or 0: inferred)"
+            )
+        check_choice("channels", self.channels, Config.choices("channels"))
+        if self.num_classes < 0 or (self.num_classes and self.mode != "clustering"):
+            raise ConfigError(
+                f"--num_classes={self.num_classes}: for --mode=clustering of unlabeled/ alone (labeled/ names "
+                "the classes)"
+            )
+
     def train_pipeline_options(self):
         """The image perturbations of `data.make_train_dataset`, as its keyword arguments."""
         return {name: getattr(self, name) for name in ("consistency_shift", "consistency_flip")}
@@ -213,6 +254,10 @@ class Config(ModelSettings):
             for f in dataclasses.fields(self)
             if f.name not in self.RESUMABLE_CHANGES and getattr(self, f.name) != getattr(other, f.name)
         ]
+
+
+# The settings of `--dataset=folder` alone, at their off values.
+FOLDER_ONLY = {"image_size": 0, "channels": 0, "skip_bad_images": False, "num_classes": 0}
 
 
 class RunError(ValueError):

@@ -5,9 +5,14 @@ The export needs only TensorFlow to serve:
     loaded = tf.saved_model.load("RUN/export")
     out = loaded.signatures["serving_default"](images=float_images)   # [0, 1]
     out = loaded.signatures["serving_uint8"](images=uint8_images)     # 0-255
+    out = loaded.signatures["serving_bytes"](images=tf.constant([png_or_jpeg_bytes, ...]))
+    names = [n.decode() for n in loaded.class_names[0].numpy()]
 
-Both signatures take a batch in the dataset's image shape and return,
-deterministically (inference mode: no sampling, BatchNorm moving averages):
+The first two take a batch in the model's image shape; `serving_bytes` takes
+encoded image files (PNG, JPEG, BMP, GIF; any size, grey or colour) and
+decodes, converts and resizes them in the graph as the folder reader does
+(`data.images.decode_bytes`). All three return, deterministically
+(inference mode: no sampling, BatchNorm moving averages):
 
 - `probabilities`: the distribution the prediction is the argmax of: q(y|x̂),
   or for a model trained with `--prediction=knn` each class's share of the
@@ -15,7 +20,8 @@ deterministically (inference mode: no sampling, BatchNorm moving averages):
   once, when the model is exported, and stored in the export);
 - `label`: int64, the argmax of `probabilities`;
 - `classifier_probabilities`: q(y|x̂) in both modes;
-- `features`: x̂.
+- `features`: x̂;
+- `class_name`: the name of `label` (the export's `class_names`).
 
 Images of another shape, and float images outside [0, 1], fail with an
 InvalidArgumentError that says so; another dtype fails when the signature
@@ -31,44 +37,51 @@ import keras
 import tensorflow as tf
 
 from gmvae_keras import prediction
+from gmvae_keras.data.images import decode_bytes
 
 
-class _LabeledFeatures(tf.Module):
-    """The labeled images' features, fixed at export so that serving does not re-encode them."""
+class _Stored(tf.Module):
+    """What the export keeps beside the model: the class names, and the labeled images' features
+    (`--prediction=knn`), fixed at export so that serving does not re-encode them."""
 
-    def __init__(self, features):
-        super().__init__(name="labeled_features")
-        self.features = tf.Variable(features, trainable=False, name="features")
+    def __init__(self, class_names, labeled_features=None):
+        super().__init__(name="stored")
+        self.class_names = tf.Variable(list(class_names), trainable=False, name="class_names")
+        self.labeled_features = None
+        if labeled_features is not None:
+            self.labeled_features = tf.Variable(labeled_features, trainable=False, name="labeled_features")
 
 
-def _outputs(model, images, labeled_features):
+def _outputs(model, images, stored):
     features, logits = model.classify(images, training=False)
     labeled_labels = model.labeled_image_labels if model.prediction == "knn" else None
     probabilities = prediction.rule_probabilities(
-        model.prediction, features, logits, labeled_features, labeled_labels, model.k
+        model.prediction, features, logits, stored.labeled_features, labeled_labels, model.k
     )
+    label = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
     return {
         "probabilities": probabilities,
-        "label": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+        "label": label,
         "classifier_probabilities": tf.nn.softmax(logits, axis=-1),
         "features": features,
+        "class_name": tf.gather(stored.class_names, label),
     }
 
 
-def export_saved_model(model, export_dir):
+def export_saved_model(model, export_dir, class_names=None):
     """Writes `model`'s inference signatures as a SavedModel into `export_dir`.
 
-    The SavedModel is written next to `export_dir` and renamed into place, so
-    an existing export is replaced only by a complete one.
+    `class_names` (default "0", "1", ...) name the classes in `class_name`
+    and the export's `class_names`. The SavedModel is written next to
+    `export_dir` and renamed into place, so an existing export is replaced
+    only by a complete one.
     """
     export_dir = Path(export_dir)
-    stored = None
     labeled_features = None
     if model.prediction == "knn":
-        stored = _LabeledFeatures(
-            prediction.features_and_logits(model, keras.ops.convert_to_numpy(model.labeled_images))[0]
-        )
-        labeled_features = stored.features
+        labeled_images = keras.ops.convert_to_numpy(model.labeled_images)
+        labeled_features = prediction.features_and_logits(model, labeled_images)[0]
+    stored = _Stored(prediction.class_names(class_names, model.num_classes), labeled_features)
     image_shape = tuple(model.image_shape)
     expected = f"[batch, {', '.join(map(str, image_shape))}]"
 
@@ -92,19 +105,32 @@ def export_saved_model(model, export_dir):
             tf.debugging.assert_less_equal(images, 1.0, message=message),
         ]
         with tf.control_dependencies(checks):
-            return _outputs(model, tf.identity(images), labeled_features)
+            return _outputs(model, tf.identity(images), stored)
 
     def serve_uint8(images):
-        return _outputs(model, prediction.unit_float(checked(images)), labeled_features)
+        return _outputs(model, prediction.unit_float(checked(images)), stored)
+
+    size, channels = image_shape[0], image_shape[-1]
+
+    def serve_bytes(images):
+        decoded = tf.map_fn(
+            lambda encoded: decode_bytes(encoded, size, channels),
+            images,
+            fn_output_signature=tf.TensorSpec(image_shape, tf.uint8),
+        )
+        return _outputs(model, prediction.unit_float(decoded), stored)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    if stored is not None:
-        archive.track(stored)
+    archive.track(stored)
+    archive.add_variable_collection("class_names", [stored.class_names])
     archive.add_endpoint(
         "serving_default", serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")]
     )
     archive.add_endpoint("serving_uint8", serve_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+    archive.add_endpoint(
+        "serving_bytes", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")]
+    )
 
     tmp = export_dir.with_name(f".{export_dir.name}.tmp-{os.getpid()}")
     old = export_dir.with_name(f".{export_dir.name}.old-{os.getpid()}")
@@ -142,13 +168,15 @@ def main(argv=None):
             if problem:
                 raise paths.PathError(f"--export_dir={shown} cannot be replaced: {export_dir.parent} {problem}")
         _, path = ckpt.read_run(model_dir, args.which)
+        # Runs made before class names were kept have none: "0", "1", ... then.
+        class_names = ckpt.read_json(model_dir / "class_names.json", {}).get("class_names")
     except (paths.PathError, ConfigError, ckpt.RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import gmvae_keras.model  # noqa: F401  registers the custom layers
 
     model = keras.saving.load_model(path)
-    out = export_saved_model(model, export_dir)
+    out = export_saved_model(model, export_dir, class_names)
     print(f"exported {path} to {out}")
     return 0
 

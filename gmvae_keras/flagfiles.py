@@ -2,7 +2,11 @@
 
 `--dataset=X` loads `X.cfg` (`X_clustering.cfg` with `--mode=clustering`);
 `--settings=cpu` adds `X_cpu.cfg` on top, then `X_cpu_N.cfg` for
-`--num_labeled=N` where one exists (settings tuned for N labels only). The
+`--num_labeled=N` where one exists (settings tuned for N labels only).
+`--recipe=Y` loads Y's flagfiles instead of X's (`--dataset=folder
+--recipe=fashion_mnist --settings=cpu`: a folder trained with the Fashion-MNIST
+CPU recipe); a folder's own recipe, `folder.cfg`, is a CPU budget already,
+whatever `--settings` says. The
 recipe goes first, so every flag given by the user, on the command line or
 in a `--flagfile` of their own, overrides it. The files live in
 `gmvae_keras/flags/` and are read through `importlib.resources`, so an
@@ -37,7 +41,7 @@ def recipe(dataset, mode="semi_supervised", settings="paper", num_labeled=None):
     if base is None:
         return []
     files = [base]
-    if settings == "cpu":
+    if settings == "cpu" and dataset != "folder":
         cpu = path(f"{name}_cpu")
         if cpu is None:
             raise ConfigError(
@@ -82,8 +86,10 @@ def with_recipe(argv):
     if not dataset:
         return list(argv)
     num_labeled = _last_value(args, "num_labeled")
+    if dataset == "folder" and num_labeled is not None:
+        raise ConfigError("--num_labeled: a folder's labeled/ decides how many images are labeled; drop the flag")
     files = recipe(
-        dataset,
+        _last_value(args, "recipe") or dataset,
         mode=_last_value(args, "mode") or "semi_supervised",
         settings=_last_value(args, "settings") or "paper",
         num_labeled=int(num_labeled) if num_labeled is not None and num_labeled.isdigit() else None,
@@ -111,6 +117,13 @@ def define_flags(flag_values):
         SETTINGS,
         "paper: the dataset's flagfile alone; cpu: <dataset>_cpu.cfg on top of it (the CPU-budget settings), "
         "then <dataset>_cpu_<num_labeled>.cfg where it exists.",
+        flag_values=flag_values,
+    )
+    absl_flags.DEFINE_string(
+        "recipe",
+        None,
+        "Load the flagfiles of this dataset's recipe instead of --dataset's (e.g. --dataset=folder "
+        "--recipe=fashion_mnist --settings=cpu); the dataset stays --dataset.",
         flag_values=flag_values,
     )
     absl_flags.DEFINE_string(

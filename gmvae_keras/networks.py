@@ -26,15 +26,22 @@ NEGATIVE_SLOPE = 0.2
 
 # (filters, kernel, stride) rows per input shape; the last encoder row's
 # filters are replaced by `feature_size`, the last decoder row's by the
-# number of image channels. All convolutions use "valid" padding.
+# number of image channels. All convolutions use "valid" padding. 64×64 is
+# beyond the paper: the 32×32 networks behind one downsampling block (a 2×2
+# convolution of stride 2, 64→32) and before one upsampling block (32→64).
 _ENCODER_SPECS = {
     (28, 28): [(16, 5, 1), (32, 5, 1), (64, 4, 2), (128, 5, 2), (None, 3, 1)],
     (32, 32): [(16, 5, 1), (32, 5, 1), (64, 5, 1), (128, 3, 1), (256, 4, 2), (None, 8, 1)],
+    (64, 64): [(16, 2, 2), (16, 5, 1), (32, 5, 1), (64, 5, 1), (128, 3, 1), (256, 4, 2), (None, 8, 1)],
 }
 _DECODER_SPECS = {
     (28, 28): [(128, 3, 1), (64, 5, 2), (32, 4, 2), (16, 5, 1), (None, 5, 1)],
     (32, 32): [(256, 8, 1), (128, 4, 2), (64, 3, 1), (32, 5, 1), (16, 5, 1), (None, 5, 1)],
+    (64, 64): [(256, 8, 1), (128, 4, 2), (64, 3, 1), (32, 5, 1), (16, 5, 1), (16, 5, 1), (None, 2, 2)],
 }
+
+# The square image sizes the networks take, smallest first.
+IMAGE_SIZES = tuple(sorted(h for h, w in _ENCODER_SPECS))
 
 
 def _check_image_shape(image_shape):
@@ -67,7 +74,7 @@ class Encoder(keras.layers.Layer):
     """Deterministic feature extractor x̂ = g(x) (paper, appendix Table 4).
 
     A stack of `Conv2D` ("valid" padding, no bias) + `BatchNormalization` +
-    `LeakyReLU` blocks that maps a 28×28×C or 32×32×C image to a 1×1 map of
+    `LeakyReLU` blocks that maps a 28×28×C, 32×32×C or 64×64×C image to a 1×1 map of
     `feature_size` channels, returned flattened as a `[batch, feature_size]`
     vector.
 
@@ -80,6 +87,8 @@ class Encoder(keras.layers.Layer):
       all with "valid" padding:
       28×28: kernels 5-5-4-5-3, strides 1-1-2-2-1 (28→24→20→9→3→1);
       32×32: kernels 5-5-5-3-4-8, strides 1-1-1-1-2-1 (32→28→24→20→18→8→1).
+      64×64 (beyond the paper): a 2×2 convolution of stride 2 with 16
+      filters (64→32), then the 32×32 network.
     * Filters, 28×28: Table 4's 16-32-64-128, then `feature_size` (the
       released code has the same counts).
     * Filters, 32×32: Table 4 has no 256-filter layer. The six layers here,
@@ -156,6 +165,9 @@ class Decoder(keras.layers.Layer):
       the mirror of the encoder's, all with "valid" padding:
       28×28: kernels 3-5-4-5-5, strides 1-2-2-1-1 (1→3→9→20→24→28);
       32×32: kernels 8-4-3-5-5-5, strides 1-2-1-1-1-1 (1→8→18→20→24→28→32).
+      64×64 (beyond the paper): the 32×32 network whose last layer is a
+      hidden 16-filter block, then a 2×2 transposed convolution of stride 2
+      to the image (32→64).
     * Filters, 28×28: Table 5's 128-64-32-16, then the image channels (the
       released code has the same counts).
     * Filters, 32×32: 256-128-64-32-16, then the image channels, the

@@ -1,6 +1,7 @@
 """`train_and_evaluate(config, model_dir)`: one training run, start to finish."""
 
 import dataclasses
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from gmvae_keras.model import GMVAE, LOSS_TERMS
 FEATURE_CLUSTER_IMAGES = 20000
 
 # Files of a run that `--overwrite` removes before starting afresh.
-_RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy", "config.json")
+_RUN_FILES = ("state.json", "metrics.json", "best.keras", "labeled_indices.npy", "config.json", "class_names.json")
 _RUN_DIRS = ("checkpoints", "export", "logs", "figures")
 
 
@@ -118,17 +119,42 @@ def _clear_run(model_dir):
         shutil.rmtree(model_dir / name, ignore_errors=True)
 
 
-def load_data(config):
-    """The data set of `config`, checked against it (ConfigError, data.DataError)."""
-    data = data_lib.load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        num_labeled=config.num_labeled,
-        seed=config.seed,
-        validation_fraction=config.validation_fraction,
-    )
-    config.validate(num_classes=data.num_classes)
+def load_data(config, print_fn=None):
+    """The data set of `config`, checked against it (ConfigError, data.DataError).
+
+    A folder (`--dataset=folder`) prints its summary to `print_fn`; a
+    clustering of a folder that has labeled/ takes those images unlabeled.
+    """
+    if config.dataset == "folder":
+        data = data_lib.from_folder(
+            config.data_dir,
+            image_size=config.image_size or None,
+            channels=config.channels or None,
+            skip_bad_images=config.skip_bad_images,
+            num_classes=config.num_classes or None,
+            print_fn=print_fn,
+        )
+        if config.mode == "clustering":
+            data = dataclasses.replace(data, labeled_indices=data.labeled_indices[:0])
+    else:
+        data = data_lib.load_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            num_labeled=config.num_labeled,
+            seed=config.seed,
+            validation_fraction=config.validation_fraction,
+        )
+    data_config(config, data).validate(num_classes=data.num_classes)
     return data
+
+
+def data_config(config, data):
+    """`config` with what a folder decides: its labeled count, image size and channels (as they were inferred)."""
+    if config.dataset != "folder":
+        return config
+    return dataclasses.replace(
+        config, num_labeled=data.num_labeled, image_size=data.image_shape[0], channels=data.image_shape[-1]
+    )
 
 
 def train_stream(data, config, initial_epoch=0):
@@ -222,8 +248,14 @@ def _train_and_evaluate(config, model_dir):
         paths.check_output_dir(model_dir, "--model_dir")
     if config.data_dir is not None:
         paths.check_input_dir(config.data_dir, "--data_dir")
+    data = load_data(config, print_fn=functools.partial(print, flush=True) if chief else None)
+    config = data_config(config, data)
+    if chief and config.dataset == "folder":
+        if not len(data.val_labels):
+            print("no val/ folder: the run keeps its last epoch (nothing to select by)", flush=True)
+        if not len(data.test_labels):
+            print("no test/ folder: no test error will be reported", flush=True)
     start_afresh = _check_run_dir(config, model_dir)
-    data = load_data(config)
     # The batches start at the epoch the run resumes after; a run started afresh forgets its old state below.
     state = ckpt.initial_state() if start_afresh else ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
     if strategy.num_replicas_in_sync > 1:
@@ -246,6 +278,7 @@ def _train_and_evaluate(config, model_dir):
             )
         ckpt.remove_stale_temporaries(model_dir)
         ckpt.atomic_write_text(model_dir / "config.json", config.to_json() + "\n")
+        ckpt.atomic_write_json(model_dir / "class_names.json", {"class_names": list(data.class_names)})
         if not labeled_path.exists():
             np.save(labeled_path, data.labeled_indices)
 
@@ -332,6 +365,8 @@ def _train_and_evaluate(config, model_dir):
             ("val", data.val_images, data.val_labels),
             ("test", data.test_images, data.test_labels),
         ):
+            if not len(labels):
+                continue  # a folder without val/ or test/
             scores = _scores(scored, images, labels, data, config.eval_batch_size, split)
             metrics.update({f"{key}_{which}": value for key, value in scores.items()})
     metrics.update(
@@ -348,10 +383,21 @@ def _train_and_evaluate(config, model_dir):
             "dataset": data.name,
             "num_labeled": config.num_labeled,
             "seed": config.seed,
+            "class_names": list(data.class_names),
         }
     )
-    export_saved_model(best, model_dir / "export")
+    export_saved_model(best, model_dir / "export", data.class_names)
     ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
+    print(f"done: {_summary(metrics, clustering)}run in {model_dir}, SavedModel in {model_dir / 'export'}", flush=True)
+    return metrics
+
+
+def _summary(metrics, clustering):
+    """The test scores of the `done:` line, and the training speed."""
+    speed = f"{metrics['train_images_per_second']:.0f} train images/s; "
+    if "test_nmi_last" not in metrics:
+        model = f"best model: epoch {metrics['best_epoch']}" if metrics["best_epoch"] else "model: the last epoch"
+        return f"no test split, no test error ({model}); {speed}"
     best, last = (
         f"{metrics['test_cluster_accuracy_' + w]:.2f}%, NMI {metrics['test_nmi_' + w]:.2f}%" for w in ("best", "last")
     )
@@ -363,10 +409,4 @@ def _train_and_evaluate(config, model_dir):
             f"test error {metrics['test_error_last']:.2f}% (last); best model by each rule: classifier "
             f"{metrics['test_error_classifier_best']:.2f}%, k-NN {metrics['test_error_knn_best']:.2f}%; "
         )
-    print(
-        f"done: {scores}"
-        f"{metrics['train_images_per_second']:.0f} train images/s; run in {model_dir}, "
-        f"SavedModel in {model_dir / 'export'}",
-        flush=True,
-    )
-    return metrics
+    return scores + speed

@@ -146,7 +146,7 @@ def test_variance_heads_are_a_softplus_of_their_dense_layer_plus_the_floor():
 
 def test_unsupported_image_shape_is_rejected():
     with pytest.raises(ValueError, match="not supported"):
-        Encoder((64, 64, 3), 10)
+        Encoder((48, 48, 3), 10)
 
 
 def test_full_precision_is_the_variables_dtype():

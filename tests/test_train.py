@@ -527,7 +527,7 @@ def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
     assert metrics["dataset"] == "svhn" and 0 <= metrics["test_error_best"] <= 100
     data = load_data(config)
     best = keras.saving.load_model(model_dir / "best.keras")
-    np.testing.assert_array_equal(best.labeled_images.numpy(), data.labeled_images.astype("float32") / 255.0)
+    np.testing.assert_array_equal(best.labeled_images.numpy(), prediction.unit_float(data.labeled_images))
     np.testing.assert_array_equal(best.labeled_image_labels.numpy(), data.labeled_labels)
     predicted = prediction.predict_labels(best, data.test_images)
     assert metrics["test_error_best"] == pytest.approx(100.0 * np.mean(predicted != data.test_labels))
@@ -615,8 +615,8 @@ def test_clustering_run_reports_accuracy_and_nmi_and_chooses_its_model_without_l
         train_and_evaluate(Config(**{**config.to_dict(), "num_labeled": 20}), tmp_path / "other")
     load_data = train.load_data
 
-    def shuffled_validation_labels(config):
-        data = load_data(config)
+    def shuffled_validation_labels(config, print_fn=None):
+        data = load_data(config, print_fn)
         return dataclasses.replace(data, val_labels=np.random.default_rng(1).permutation(data.val_labels))
 
     monkeypatch.setattr(train, "load_data", shuffled_validation_labels)

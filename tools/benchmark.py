@@ -41,6 +41,14 @@ work loads the CPU are not meaningful: the JSON records how many cores other
 work kept busy just before the run (from /proc/stat, over a second) and the
 load average.
 `--quick` takes very few steps, as a smoke test of the tool.
+
+`--decoding` measures the reading of a folder of image files instead
+(`data.from_folder`, no cache): `DECODING_SETS` are written into a temporary
+folder (60,000 28×28 grey PNGs; 5,000 colour JPEGs from 64×64 to 500×400,
+read at 64×64×3), and each is read in a subprocess. The JSON gives, per set,
+`images_per_second`, the `decoded_mb` of the arrays and the
+`peak_memory_mb` the reading added to the process (peak RSS after minus RSS
+before), and their ratio `memory_over_decoded`.
 """
 
 import argparse
@@ -83,6 +91,12 @@ TIMING_METHOD = (
 )
 
 RESULT_MARK = "BENCHMARK_RESULT "
+
+# name -> (files, format, (smallest, largest) (width, height), image_size, channels) of `--decoding`.
+DECODING_SETS = {
+    "png_28": (60000, "png", ((28, 28), (28, 28)), 28, 1),
+    "jpeg_mixed": (5000, "jpeg", ((64, 64), (500, 400)), 64, 3),
+}
 
 # `--precision` of gmvae_keras.main, spelled here so that parsing the arguments imports no gmvae_keras module.
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -127,6 +141,8 @@ def parse_args(argv):
     parser.add_argument("--inter_op_threads", type=int, default=0, help="TensorFlow inter-op threads (0: its default)")
     parser.add_argument("--torch_threads", type=int, default=2)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--decoding", action="store_true", help="measure the reading of image folders instead")
+    parser.add_argument("--decoding_worker", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
     for name, full, small in (
@@ -546,8 +562,104 @@ def busy_cores(seconds=1.0, stat="/proc/stat"):
     return busy_share(first, second) * os.cpu_count()
 
 
+def _rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def write_decoding_set(folder, name, quick):
+    """Writes the image files of `DECODING_SETS[name]` (a labeled/ and an unlabeled/ part) into `folder`."""
+    import numpy as np
+    from PIL import Image
+
+    count, image_format, ((min_w, min_h), (max_w, max_h)), _, _ = DECODING_SETS[name]
+    count = min(count, 400) if quick else count
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        width, height = int(rng.integers(min_w, max_w + 1)), int(rng.integers(min_h, max_h + 1))
+        if image_format == "png":
+            # Mostly black with bright strokes, as handwritten digits: PNGs of MNIST's size on disk.
+            pixels = np.where(rng.random((height, width)) < 0.8, 0, rng.integers(0, 256, (height, width))).astype(
+                "uint8"
+            )
+        else:
+            # Smooth colour gradients with mild noise: JPEGs of a photo's size on disk.
+            y, x = np.mgrid[0:height, 0:width]
+            base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], axis=-1)
+            pixels = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype("uint8")
+        part = folder / ("labeled" / Path(f"c{i % 2}") if i < 20 else Path("unlabeled"))
+        part.mkdir(parents=True, exist_ok=True)
+        path = part / f"{i:05d}{'.png' if image_format == 'png' else '.jpg'}"
+        Image.fromarray(pixels).save(path, **({"quality": 90} if image_format == "jpeg" else {}))
+    return count
+
+
+def measure_decoding(folder, image_size, channels):
+    """`data.from_folder` of `folder` in this process: images/s and the memory it added."""
+    from gmvae_keras import data as data_lib
+
+    data_lib.from_folder  # noqa: B018  imports TensorFlow and the data modules before the baseline
+    import tensorflow as tf
+
+    tf.constant(0)
+    before = _rss_mb()
+    start = time.perf_counter()
+    data = data_lib.from_folder(folder, image_size=image_size, channels=channels, cache_dir=False)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    images = len(data.train_images) + len(data.val_images) + len(data.test_images)
+    decoded = (data.train_images.nbytes + data.val_images.nbytes + data.test_images.nbytes) / 2**20
+    return {
+        "images": images,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(images / seconds, 1),
+        "decoded_mb": round(decoded, 1),
+        "peak_memory_mb": round(peak - before, 1),
+        "memory_over_decoded": round((peak - before) / decoded, 2),
+    }
+
+
+def run_decoding(args):
+    """The `--decoding` JSON."""
+    busy_before = busy_cores()
+    output = {
+        "tool": "tools/benchmark.py --decoding",
+        "quick": args.quick,
+        "cpu": cpu_info()[0],
+        "cpus": usable_cpus(),
+        "busy_cores_before": busy_before,
+        "sets": {},
+        "notes": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (_, image_format, _, image_size, channels) in DECODING_SETS.items():
+            folder = Path(tmp) / name
+            _log(f"{name}: writing the {image_format} files")
+            count = write_decoding_set(folder, name, args.quick)
+            _log(f"{name}: reading {count} files in a subprocess")
+            argv = [sys.executable, str(Path(__file__).resolve()), "--decoding_worker", str(folder), str(image_size)]
+            result, error = _run_json(argv + [str(channels)], f"{name} decoding worker", RESULT_MARK)
+            output["sets"][name] = result or {"error": error}
+            output["sets"][name].update({"format": image_format, "image_size": image_size, "channels": channels})
+    if busy_before is not None and busy_before > 0.5:
+        output["notes"].append(f"{busy_before:.2f} cores were busy before the benchmark: the rates understate the code")
+    print(json.dumps(output, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(output, indent=2) + "\n")
+    return 0 if all("error" not in s for s in output["sets"].values()) else 1
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.decoding_worker:
+        folder, image_size, channels = args.decoding_worker
+        print(RESULT_MARK + json.dumps(measure_decoding(folder, int(image_size), int(channels))), flush=True)
+        return 0
+    if args.decoding:
+        return run_decoding(args)
     if args.worker:
         result = run_setting(args.worker, args)
         print(RESULT_MARK + json.dumps(result), flush=True)

@@ -10,6 +10,9 @@ Sources
   `train_32x32.mat` / `test_32x32.mat` of SVHN.
 * Without `data_dir`, Fashion-MNIST is also read from Debian's
   `dataset-fashion-mnist` package folder when it holds the files.
+* `from_folder(DIR)` reads a user's own images (`DIR/labeled/<class>/...`,
+  `unlabeled/`, `val/`, `test/`; see `gmvae_keras.data.folder`), and
+  `from_arrays(...)` takes them as arrays; both return the same `SplitData`.
 
 Splits
 ------
@@ -30,7 +33,8 @@ Every bad input raises `DataError`, a `ValueError` with a one-line message.
 
 Modules
 -------
-`names` (data set names), `files` (IDX and SVHN `.mat` readers),
+`names` (data set names), `files` (IDX and SVHN `.mat` readers), `images`
+(decoding, colour and size of image files), `folder` (a user's folder or arrays),
 `tfds_source` (tensorflow-datasets), `sources` (`load_raw`), `splits`,
 `pipelines`, `perturbations` (the shifted and flipped second views of
 training images) and `errors` (`DataError`, integer checks). Everything public is importable from
@@ -39,9 +43,11 @@ training images) and `errors` (`DataError`, integer checks). Everything public i
 
 from gmvae_keras.data.errors import DataError
 from gmvae_keras.data.files import IDX_FILES, SVHN_FILES, read_idx, read_svhn_mat
+from gmvae_keras.data.folder import from_arrays, from_folder
 from gmvae_keras.data.names import KNOWN_DATASETS, canonical_name
 from gmvae_keras.data.perturbations import random_flip, random_shift
 from gmvae_keras.data.pipelines import (
+    balanced_pool,
     make_eval_dataset,
     make_train_dataset,
     steps_per_epoch,
@@ -57,7 +63,10 @@ __all__ = [
     "SVHN_FILES",
     "DataError",
     "SplitData",
+    "balanced_pool",
     "canonical_name",
+    "from_arrays",
+    "from_folder",
     "load_dataset",
     "load_raw",
     "make_eval_dataset",

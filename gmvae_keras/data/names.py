@@ -10,6 +10,21 @@ KNOWN_DATASETS = {
     "fashion_mnist": "fashion_mnist",
     "svhn": "svhn_cropped",
 }
+# The classes' names where they are not the digits 0-9 (tfds' names, in label order).
+CLASS_NAMES = {
+    "fashion_mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+}
 _ALIASES = {
     "fashion-mnist": "fashion_mnist",
     "fashionmnist": "fashion_mnist",

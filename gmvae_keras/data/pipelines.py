@@ -109,6 +109,22 @@ def _walk(key, epoch, n, picked, steps, rows):
     return tf.reshape(tf.reshape(indices, [-1])[: steps * rows], [steps, rows])
 
 
+def balanced_pool(labeled_indices, labeled_labels):
+    """The labeled indices the labeled rows walk through: class-balanced.
+
+    Equal classes: `labeled_indices` themselves. Unequal ones: each class's
+    indices, in order and cycling, repeated up to the largest class's count,
+    so every class supplies an equal share of the labeled rows (a class of
+    10 images among classes of 100 has each image drawn 10 times as often).
+    """
+    labeled_indices = np.asarray(labeled_indices, np.int64)
+    labeled_labels = np.asarray(labeled_labels)
+    classes, counts = np.unique(labeled_labels, return_counts=True)
+    if len(classes) == 0 or counts.min() == counts.max():
+        return labeled_indices
+    return np.concatenate([np.resize(labeled_indices[labeled_labels == c], counts.max()) for c in classes])
+
+
 def make_train_dataset(
     data,
     batch_size,
@@ -130,14 +146,17 @@ def make_train_dataset(
         labeled images.
       * `labels`: int32 [n_l], labels of the labeled rows.
       * `unlabeled_labels`: int32 [n_u], true labels of the unlabeled rows
-        (for monitoring only).
+        (for monitoring only); absent when some train labels are unknown
+        (-1, a user's unlabeled images).
 
     An epoch is `steps` batches, by default one pass over the unlabeled
     stream (`N_train // n_u` full batches; the remainder is dropped). The
     unlabeled rows walk through a seeded permutation of the train part, and
     through a fresh one for each further pass when `steps` asks for more.
     The labeled rows cycle through seeded permutations of the fixed labeled
-    set, independently of the unlabeled stream. Every random draw of an
+    set, independently of the unlabeled stream; a labeled set whose classes
+    hold unequal numbers of images is drawn class-balanced (`balanced_pool`).
+    Every random draw of an
     epoch (both permutations, the perturbations below) is a function of
     `seed` and the epoch's number alone, so a run resumed at epoch `e`
     reads what an uninterrupted run reads there. All shapes are static.
@@ -172,12 +191,14 @@ def make_train_dataset(
     key_l = _stream_key(seed, _LABELED, shard_index)
     key_consistency = _stream_key(seed, _CONSISTENCY)
     unlabeled_slice = slice(shard_index, shard_index + per_pass * n_u * num_shards, num_shards)
-    labeled_idx = tf.convert_to_tensor(data.labeled_indices if n_l else np.zeros(0), dtype=tf.int64)
+    pool = balanced_pool(data.labeled_indices, data.labeled_labels) if n_l else np.zeros(0, np.int64)
+    labeled_idx = tf.convert_to_tensor(pool, dtype=tf.int64)
+    known = bool(np.all(np.asarray(data.train_labels) >= 0))
 
     def one_epoch(e):
         u_idx = _walk(key_u, e, n_train, unlabeled_slice, steps, n_u)
         if n_l:
-            l_idx = tf.gather(labeled_idx, _walk(key_l, e, data.num_labeled, slice(None), steps, n_l))
+            l_idx = tf.gather(labeled_idx, _walk(key_l, e, len(pool), slice(None), steps, n_l))
         else:
             l_idx = tf.zeros((steps, 0), tf.int64)
         return tf.data.Dataset.from_tensor_slices((tf.fill([steps], e), tf.range(steps, dtype=tf.int64), u_idx, l_idx))
@@ -189,8 +210,9 @@ def make_train_dataset(
         element = {
             "images": unit_float(tf.gather(images, tf.concat([u_idx, l_idx], axis=0))),
             "labels": tf.gather(labels, l_idx),
-            "unlabeled_labels": tf.gather(labels, u_idx),
         }
+        if known:
+            element["unlabeled_labels"] = tf.gather(labels, u_idx)
         if consistency_shift or consistency_flip:
             element["views"] = perturb(
                 element["images"], consistency_shift, consistency_flip, _fold(key_consistency, e, step)

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from gmvae_keras.data.errors import DataError, _one_line, check_integer
+from gmvae_keras.data.names import CLASS_NAMES
 from gmvae_keras.data.sources import load_raw
 
 
@@ -14,9 +15,10 @@ from gmvae_keras.data.sources import load_raw
 class SplitData:
     """A data set split into train / validation / test plus a labeled set.
 
-    Images are uint8 NHWC, labels int64. `labeled_indices` index
-    `train_images` and form the fixed labeled set of the run (empty when
-    `num_labeled == 0`).
+    Images are uint8 NHWC, labels int64; a train label of -1 is unknown (a
+    user's unlabeled image). `labeled_indices` index `train_images` and form
+    the fixed labeled set of the run (empty when `num_labeled == 0`).
+    `class_names[i]` names class `i` (default "0", "1", ...).
     """
 
     name: str
@@ -29,6 +31,12 @@ class SplitData:
     test_images: np.ndarray
     test_labels: np.ndarray
     labeled_indices: np.ndarray
+    class_names: tuple | None = None
+
+    def __post_init__(self):
+        from gmvae_keras.prediction import class_names
+
+        self.class_names = class_names(self.class_names, self.num_classes)
 
     @property
     def labeled_images(self):
@@ -43,25 +51,33 @@ class SplitData:
         return int(self.labeled_indices.shape[0])
 
 
-def _as_images_labels(pair, what, num_classes):
-    try:
-        images, labels = pair
-    except (TypeError, ValueError):
-        raise DataError(f"{what} must be a pair (images, labels)") from None
+def checked_images(images, what, image_shape=None):
+    """`images` as uint8 NHWC (a channel added to NHW), or DataError naming `what`."""
     images = np.asarray(images)
-    labels = np.asarray(labels)
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
         raise DataError(f"{what} images must be (N, H, W[, C]), got shape {images.shape}")
     if images.dtype != np.uint8:
-        raise DataError(f"{what} images must be uint8, got {images.dtype}")
-    labels = labels.reshape(-1)
+        raise DataError(f"{what} images must be uint8 0-255, got {images.dtype}")
+    if image_shape is not None and images.shape[1:] != tuple(image_shape):
+        raise DataError(f"{what} images are {images.shape[1:]}, expected {tuple(image_shape)}")
+    return images
+
+
+def checked_pair(pair, what, num_classes, image_shape=None):
+    """`(images, int64 labels)` of a pair, checked (`checked_images`, labels in `[0, num_classes)`)."""
+    try:
+        images, labels = pair
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be a pair (images, labels)") from None
+    images = checked_images(images, what, image_shape)
+    labels = np.asarray(labels).reshape(-1)
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{what} labels must be integers, got {labels.dtype}")
-    if labels.shape[0] != images.shape[0]:
-        raise DataError(f"{what} has {labels.shape[0]} labels for {images.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    if len(labels) != len(images):
+        raise DataError(f"{what} has {len(labels)} labels for {len(images)} images")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"{what} labels must be in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
     return images, labels.astype(np.int64)
 
@@ -101,8 +117,8 @@ def split_data(name, train, test, num_classes, num_labeled, seed, validation_fra
     if not 0.0 <= validation_fraction < 1.0:
         raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
 
-    train_x, train_y = _as_images_labels(train, "train set", num_classes)
-    test_x, test_y = _as_images_labels(test, "test set", num_classes)
+    train_x, train_y = checked_pair(train, "train set", num_classes)
+    test_x, test_y = checked_pair(test, "test set", num_classes)
     if train_x.shape[1:] != test_x.shape[1:]:
         raise DataError(f"train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
     if train_x.shape[0] == 0:
@@ -177,6 +193,7 @@ def split_data(name, train, test, num_classes, num_labeled, seed, validation_fra
         test_images=test_x,
         test_labels=test_y,
         labeled_indices=labeled,
+        class_names=CLASS_NAMES.get(name),
     )
 
 
