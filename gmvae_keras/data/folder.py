@@ -46,7 +46,7 @@ from gmvae_keras.data.splits import SplitData, checked_images, checked_pair
 PARTS = ("labeled", "unlabeled", "val", "test")
 
 # Bumped when what a cache file holds changes.
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -196,13 +196,13 @@ def decode_all(paths, image_size, channels, skip_bad_images=False):
         )
         try:
             start = 0
-            for _, images in dataset.batch(1024).as_numpy_iterator():
+            for _, images in dataset.batch(256).as_numpy_iterator():
                 out[start : start + len(images)] = images
                 start += len(images)
             kept[:] = True
         except tf.errors.OpError:
             # Some file fails: again, dropping the failures (slower); the kept indices say which.
-            for indices, images in dataset.ignore_errors().batch(1024).as_numpy_iterator():
+            for indices, images in dataset.ignore_errors().batch(256).as_numpy_iterator():
                 out[indices] = images
                 kept[indices] = True
     bad = np.flatnonzero(~kept)
@@ -298,17 +298,27 @@ def from_folder(
                 arrays = None  # a damaged cache is decoded again
     decoded_now = arrays is None
     if decoded_now:
+        # The labeled images and the unlabeled ones in one array: the train split, never copied.
+        parts = {"train": listing.files.get("labeled", []) + listing.files.get("unlabeled", [])}
+        parts.update({part: listing.files[part] for part in ("val", "test") if part in listing.files})
         arrays = {}
-        for part in PARTS:
-            entries = listing.files.get(part, [])
+        for part, entries in parts.items():
             images, kept = decode_all([p for p, _ in entries], image_size, channels, skip_bad_images)
             arrays[f"{part}_images"] = images
             arrays[f"{part}_labels"] = np.asarray([entries[i][1] for i in kept], np.int64)
+            if part == "train":
+                arrays["num_labeled"] = np.int64(np.sum(kept < counts["labeled"]))
         if cache_path is not None:
             _write_cache(cache_path, arrays)
-    skipped = sum(counts[part] - len(arrays[f"{part}_labels"]) for part in PARTS)
+    num_labeled = int(arrays["num_labeled"])
+    found = {
+        "labeled": num_labeled,
+        "unlabeled": len(arrays["train_labels"]) - num_labeled,
+        **{part: len(arrays[f"{part}_labels"]) for part in ("val", "test") if f"{part}_labels" in arrays},
+    }
+    skipped = sum(counts.values()) - sum(found.values())
     if print_fn:
-        kept = ", ".join(f"{len(arrays[f'{part}_labels'])} {part}" for part in PARTS if part in listing.files)
+        kept = ", ".join(f"{found[part]} {part}" for part in PARTS if part in listing.files)
         print_fn(
             f"folder {listing.root}: {kept} images of {len(listing.class_names)} classes "
             f"({', '.join(listing.class_names)}) at {image_size}x{image_size}x{channels}"
@@ -316,16 +326,17 @@ def from_folder(
             f"{listing.ignored} files ignored (not images){f', {skipped} bad images skipped' if skipped else ''}; "
             f"{'decoded' if decoded_now else 'read from the cache'}"
         )
-    labeled = (arrays["labeled_images"], arrays["labeled_labels"]) if "labeled" in listing.files else None
-    return from_arrays(
-        labeled[0] if labeled else None,
-        labeled[1] if labeled else None,
-        unlabeled_images=arrays["unlabeled_images"] if "unlabeled" in listing.files else None,
-        class_names=listing.class_names,
-        val=(arrays["val_images"], arrays["val_labels"]) if "val" in listing.files else None,
-        test=(arrays["test_images"], arrays["test_labels"]) if "test" in listing.files else None,
-        name="folder",
-        image_shape=(image_size, image_size, channels),
+    if not len(arrays["train_labels"]):
+        raise DataError(f"{listing.root}: no image could be read")
+    pair = {part: (arrays[f"{part}_images"], arrays[f"{part}_labels"]) for part in found if part in ("val", "test")}
+    return _split(
+        "folder",
+        arrays["train_images"],
+        arrays["train_labels"],
+        num_labeled,
+        listing.class_names,
+        pair.get("val"),
+        pair.get("test"),
     )
 
 
@@ -380,18 +391,23 @@ def from_arrays(
         if num_classes is None:
             num_classes = len(class_names) if class_names is not None else int(labels.max()) + 1 if len(labels) else 0
         labeled, labeled_labels = checked_pair((labeled_images, labels), "labeled", num_classes, image_shape)
-        missing = sorted(set(range(num_classes)) - set(labeled_labels.tolist()))
-        if missing:
-            raise DataError(f"classes {missing} have no labeled image")
         if num_classes < 2:
             raise DataError("a classifier needs labeled images of two or more classes")
         unlabeled = (
-            labeled[:0]
-            if unlabeled_images is None
-            else checked_images(unlabeled_images, "unlabeled", labeled.shape[1:])
+            None if unlabeled_images is None else checked_images(unlabeled_images, "unlabeled", labeled.shape[1:])
         )
-    names = resolve_names(class_names, num_classes)
-    shape = tuple(int(d) for d in (labeled if len(labeled) else unlabeled).shape[1:])
+    train = labeled if unlabeled is None or not len(unlabeled) else np.concatenate([labeled, unlabeled])
+    train_labels = np.concatenate([labeled_labels, np.full(len(train) - len(labeled), -1, np.int64)])
+    return _split(name, train, train_labels, len(labeled), resolve_names(class_names, num_classes), val, test)
+
+
+def _split(name, train_images, train_labels, num_labeled, class_names, val, test):
+    """The `SplitData` whose train images are `train_images` (the first `num_labeled` labeled), uncopied."""
+    num_classes = len(class_names)
+    missing = sorted(set(range(num_classes)) - set(train_labels[:num_labeled].tolist()))
+    if num_labeled and missing:
+        raise DataError(f"classes {', '.join(class_names[c] for c in missing)} have no labeled image")
+    shape = tuple(int(d) for d in train_images.shape[1:])
     empty = (np.zeros((0,) + shape, np.uint8), np.zeros(0, np.int64))
     val_images, val_labels = empty if val is None else checked_pair(val, "val", num_classes, shape)
     test_images, test_labels = empty if test is None else checked_pair(test, "test", num_classes, shape)
@@ -399,12 +415,12 @@ def from_arrays(
         name=name,
         num_classes=num_classes,
         image_shape=shape,
-        train_images=np.concatenate([labeled, unlabeled]),
-        train_labels=np.concatenate([labeled_labels, np.full(len(unlabeled), -1, np.int64)]),
+        train_images=train_images,
+        train_labels=train_labels,
         val_images=val_images,
         val_labels=val_labels,
         test_images=test_images,
         test_labels=test_labels,
-        labeled_indices=np.arange(len(labeled), dtype=np.int64),
-        class_names=names,
+        labeled_indices=np.arange(num_labeled, dtype=np.int64),
+        class_names=class_names,
     )
