@@ -396,3 +396,48 @@ def test_the_64_pixel_networks_train_and_reconstruct_at_their_size():
     logs = model.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0).history
     assert np.isfinite(logs["loss"][0])
     assert model(images, training=False)["reconstruction"].shape == (8, 64, 64, 3)
+
+
+def test_the_cli_refuses_a_bad_folder_in_one_line_and_writes_nothing(tmp_path):
+    root = _good_folder(tmp_path / "f")
+    (root / "labeled" / "b" / "2.png").write_text("hello")
+    model_dir = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gmvae_keras.main",
+            "--dataset=folder",
+            f"--data_dir={root}",
+            f"--model_dir={model_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "GMVAE_KERAS_CACHE": str(tmp_path / "cache")},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {root / 'labeled' / 'b' / '2.png'}: not a readable image (cannot identify image file); "
+        "pass --skip_bad_images to leave such files out"
+    ]
+    assert not model_dir.exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_folder_is_clustered_end_to_end_with_its_clustering_recipe(tmp_path, monkeypatch):
+    from gmvae_keras.train import train_and_evaluate
+
+    root = tmp_path / "f"
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        _write(root / "unlabeled" / f"{i}.png", rng.integers(0, 256, (28, 28), dtype=np.uint8))
+    for i in range(6):
+        _write(root / "val" / str(i % 3) / f"{i}.png", rng.integers(0, 256, (28, 28), dtype=np.uint8))
+    args = ["--dataset=folder", f"--data_dir={root}", "--mode=clustering", "--num_classes=3", "--batch_size=8"]
+    args += ["--feature_size=8", "--latent_size=4", "--epochs=1", "--steps_per_epoch=2", "--verbose=0"]
+    config = flagfiles.config_from_args(args)
+    assert config.num_labeled == 0 and config.assignment_weight == 0 and config.reconstruction == "bce"
+    monkeypatch.setenv("GMVAE_KERAS_CACHE", str(tmp_path / "cache"))
+    metrics = train_and_evaluate(config, tmp_path / "run")
+    assert metrics["mode"] == "clustering" and metrics["class_names"] == ["0", "1", "2"]
+    assert "val_nmi_best" in metrics and "test_nmi_best" not in metrics
