@@ -58,6 +58,9 @@ def atomic_save_model(model, path):
 def read_run(model_dir, which="best"):
     """`(config, path of the saved model)` of a finished run directory; `which` is "best" or "last".
 
+    A run without validation images (a folder without val/) has no best model: its "best" is its last, the model
+    it exported.
+
     Raises:
         ConfigError, RunError: as `read_config`, or no config.json or no such model.
     """
@@ -65,10 +68,11 @@ def read_run(model_dir, which="best"):
     if config is None:
         raise RunError(f"{model_dir} holds no run (config.json is missing)")
     folder = Path(model_dir)
-    if which == "best":
+    state = read_json(folder / "state.json", {})
+    if which == "best" and (state.get("best_epoch") or not state.get("epoch")):
         path = folder / "best.keras"
     else:
-        path = last_checkpoint(folder, read_json(folder / "state.json", {}))
+        path = last_checkpoint(folder, state)
     if path is None or not path.exists():
         raise RunError(f"no {which} model in {model_dir}")
     return config, path

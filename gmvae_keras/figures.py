@@ -87,8 +87,8 @@ def reconstruction_figure(images, reconstructions, columns=10):
     return fig
 
 
-def confusion_figure(labels, predictions, num_classes, title="Confusion matrix (test)"):
-    """Counts of (true class, predicted class), annotated."""
+def confusion_figure(labels, predictions, num_classes, title="Confusion matrix (test)", class_names=None):
+    """Counts of (true class, predicted class), annotated; the axes name the classes (default 0, 1, ...)."""
     matrix = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
     fig, ax = plt.subplots(figsize=(7, 6), dpi=DPI)
@@ -98,8 +98,9 @@ def confusion_figure(labels, predictions, num_classes, title="Confusion matrix (
         ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=colour)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_xticks(range(num_classes))
-    ax.set_yticks(range(num_classes))
+    names = [str(c) for c in range(num_classes)] if class_names is None else list(class_names)
+    ax.set_xticks(range(num_classes), names, rotation=90 if max(map(len, names)) > 2 else 0)
+    ax.set_yticks(range(num_classes), names)
     ax.set_title(title)
     return fig
 
@@ -168,6 +169,7 @@ def write_figures(
     samples=10,
     seed=0,
     history=None,
+    class_names=None,
 ):
     """Renders every figure of a model on test `images` (uint8 or [0, 1] floats).
 
@@ -202,7 +204,9 @@ def write_figures(
         "generated": generated_figure(model, samples, seed),
         "tsne": tsne_figure(features[subset], labels[subset], seed=seed),
         "reconstructions": reconstruction_figure(few, reconstructions),
-        "confusion_matrix": confusion_figure(labels[matched], predictions[matched], model.num_classes, title),
+        "confusion_matrix": confusion_figure(
+            labels[matched], predictions[matched], model.num_classes, title, class_names
+        ),
     }
     if history:
         figures["validation_by_epoch"] = history_figure(history, mode)
@@ -254,11 +258,24 @@ def main(argv=None):
 
     try:
         config, path = ckpt.read_run(model_dir, args.which)
-        raw = data_lib.load_raw(config.dataset, data_dir=args.data_dir or config.data_dir)
+        class_names = ckpt.read_json(model_dir / "class_names.json", {}).get("class_names")
+        data_dir = args.data_dir or config.data_dir
+        if config.dataset == "folder":
+            data = data_lib.from_folder(
+                data_dir,
+                image_size=config.image_size,
+                channels=config.channels,
+                skip_bad_images=config.skip_bad_images,
+                num_classes=config.num_classes or None,
+            )
+            test_images, test_labels = data.test_images, data.test_labels
+            if not len(test_labels):
+                raise data_lib.DataError(f"{data_dir} has no test/ folder: the figures are of test images")
+        else:
+            (_, _), (test_images, test_labels), _, _ = data_lib.load_raw(config.dataset, data_dir=data_dir)
     except (ConfigError, ckpt.RunError, data_lib.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    (_, _), (test_images, test_labels), _, _ = raw
     model = keras.saving.load_model(path)
     written = write_figures(
         model,
@@ -271,6 +288,7 @@ def main(argv=None):
         samples=args.samples,
         seed=config.seed,
         history=read_validation_history(model_dir / "logs" / "validation"),
+        class_names=class_names,
     )
     for name, p in written.items():
         print(f"{name}: {p}")

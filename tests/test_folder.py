@@ -441,3 +441,13 @@ def test_a_folder_is_clustered_end_to_end_with_its_clustering_recipe(tmp_path, m
     metrics = train_and_evaluate(config, tmp_path / "run")
     assert metrics["mode"] == "clustering" and metrics["class_names"] == ["0", "1", "2"]
     assert "val_nmi_best" in metrics and "test_nmi_best" not in metrics
+
+
+def test_figures_of_a_folder_run_read_its_test_folder(folder_run, monkeypatch, tmp_path):
+    from gmvae_keras import figures
+
+    _, model_dir, _ = folder_run
+    monkeypatch.setenv("GMVAE_KERAS_CACHE", str(tmp_path / "cache"))
+    # Without val/ the "best" model is the last one, which the run exported.
+    assert figures.main([f"--model_dir={model_dir}", "--tsne_points=10"]) == 0
+    assert (model_dir / "figures" / "confusion_matrix.png").stat().st_size > 0
