@@ -7,12 +7,11 @@ sizes and loss weights of the model and `num_labeled`, read from
 `flags/<name>.cfg`; and the image shape and the real data set's sizes
 (`num_train`, `num_test`), with which the input-pipeline benchmark draws
 random data of the same size. Kept in the package so that every tool reads
-the same values; importing it does not load TensorFlow.
+the same values; importing it loads neither TensorFlow nor a flagfile.
 """
 
 import json
 import pathlib
-import platform
 
 from gmvae_keras import flagfiles
 
@@ -48,7 +47,12 @@ def _setting(name):
     )
 
 
-SETTINGS = {name: _setting(name) for name in _DATA_SETS}
+def __getattr__(name):
+    # SETTINGS is read from the flagfiles on first use, so that importing this module parses none.
+    if name == "SETTINGS":
+        globals()["SETTINGS"] = {data_set: _setting(data_set) for data_set in _DATA_SETS}
+        return globals()["SETTINGS"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def print_report(result, out=None):
@@ -58,29 +62,3 @@ def print_report(result, out=None):
     if out:
         pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(out).write_text(text + "\n")
-
-
-def cpu_info():
-    """`(model name, {flag: present})` of this host's CPU, for the speed figures a run or a tool records.
-
-    The flags say which figures the host can show: AVX-512 and AMX (bfloat16) change the speed a lot.
-    """
-    model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and model is None:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    model = model or platform.processor() or None
-    return model, {name: name in flags for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")}
-
-
-def bfloat16_hardware(cpu_flags):
-    """Whether the CPU computes bfloat16 in hardware (AMX or AVX-512 bfloat16 instructions of `cpu_info()[1]`)."""
-    return bool(cpu_flags.get("amx_bf16") or cpu_flags.get("avx512_bf16"))

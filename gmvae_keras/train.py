@@ -12,7 +12,6 @@ import numpy as np
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
 from gmvae_keras import determinism, distribute, paths, prediction
-from gmvae_keras.benchmarks import bfloat16_hardware, cpu_info
 from gmvae_keras.callbacks import (
     EpochNoiseSeeds,
     EpochSummary,
@@ -25,6 +24,7 @@ from gmvae_keras.callbacks import (
 )
 from gmvae_keras.checkpoint import RunError
 from gmvae_keras.export import export_saved_model
+from gmvae_keras.host import bfloat16_hardware, cpu_info
 from gmvae_keras.model import GMVAE, LOSS_TERMS
 
 # Training images the `--feature_clusters` mixture is fitted to.

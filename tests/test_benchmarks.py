@@ -58,3 +58,22 @@ def test_importing_the_settings_does_not_load_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "False"
+
+
+def test_importing_any_package_module_parses_no_flagfile():
+    # Training must not depend on the speed-measuring layer, nor any import on reading a recipe.
+    code = (
+        "import importlib, pkgutil\n"
+        "import absl.flags\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise AssertionError('a flagfile was parsed at import')\n"
+        "absl.flags.FlagValues.read_flags_from_files = refuse\n"
+        "import gmvae_keras\n"
+        "for module in pkgutil.walk_packages(gmvae_keras.__path__, 'gmvae_keras.'):\n"
+        "    importlib.import_module(module.name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code = "import sys, gmvae_keras.train; assert 'gmvae_keras.benchmarks' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]

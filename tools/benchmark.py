@@ -65,7 +65,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gmvae_keras.benchmarks import SETTINGS, bfloat16_hardware, cpu_info
+from gmvae_keras.benchmarks import SETTINGS
+from gmvae_keras.host import bfloat16_hardware, cpu_info
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
