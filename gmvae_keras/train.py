@@ -240,11 +240,52 @@ def _precision_note(config):
 
 
 def _train_and_evaluate(config, model_dir):
-    """`train_and_evaluate` of a validated `config`, under its dtype policy."""
+    """`train_and_evaluate` of a validated `config`, under its dtype policy: the run's steps."""
     # Created before any other TensorFlow work: multi-worker collectives need it.
     strategy = distribute.make_strategy(config.strategy)
-    chief = distribute.is_chief(strategy)
-    if chief:  # the other workers only read the run directory
+    chief = distribute.is_chief(strategy)  # the other workers only read the run directory
+    config, data = _checked_inputs(config, model_dir, chief)
+    start_afresh = _check_run_dir(config, model_dir)
+    # The batches start at the epoch the run resumes after; a run started afresh forgets its old state.
+    state = ckpt.initial_state() if start_afresh else ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
+    train_dataset, steps = _train_batches(strategy, data, config, state["epoch"])
+    # Checks are over: from here on the run directory is written (by the chief only).
+    if chief:
+        _prepare_run_dir(model_dir, config, data, start_afresh)
+        note = _precision_note(config)
+        if note:
+            print(note, flush=True)
+    model = _build_or_restore(strategy, config, data, model_dir, state, steps)
+    checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, _monitor(config))
+    if state["epoch"] < config.epochs:
+        model.fit(
+            train_dataset,
+            epochs=config.epochs,
+            initial_epoch=state["epoch"],
+            steps_per_epoch=steps,
+            callbacks=_callbacks(config, data, model_dir, checkpointer, chief),
+            verbose=config.verbose if chief else 0,
+            shuffle=False,  # the pipeline shuffles
+        )
+    if not chief:
+        return {}
+    best = keras.saving.load_model(checkpointer.best_path) if checkpointer.best_path.exists() else model
+    metrics = _final_metrics(config, data, state, model, best)
+    export_saved_model(best, model_dir / "export", data.class_names)
+    ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
+    summary = _summary(metrics, config.mode == "clustering")
+    print(f"done: {summary}run in {model_dir}, SavedModel in {model_dir / 'export'}", flush=True)
+    return metrics
+
+
+def _monitor(config):
+    """The validation score that selects the best model: a clustering reads no labels, not even to choose."""
+    return "val_loss" if config.mode == "clustering" else "val_error"
+
+
+def _checked_inputs(config, model_dir, chief):
+    """`(config, data)`: the paths checked, the data loaded, and `config` with what a folder decides."""
+    if chief:
         paths.check_output_dir(model_dir, "--model_dir")
     if config.data_dir is not None:
         paths.check_input_dir(config.data_dir, "--data_dir")
@@ -255,60 +296,55 @@ def _train_and_evaluate(config, model_dir):
             print("no val/ folder: the run keeps its last epoch (nothing to select by)", flush=True)
         if not len(data.test_labels):
             print("no test/ folder: no test error will be reported", flush=True)
-    start_afresh = _check_run_dir(config, model_dir)
-    # The batches start at the epoch the run resumes after; a run started afresh forgets its old state below.
-    state = ckpt.initial_state() if start_afresh else ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
-    if strategy.num_replicas_in_sync > 1:
-        batch, labeled = distribute.per_replica_layout(config, strategy.num_replicas_in_sync, data.num_classes)
-        train_dataset, steps = distribute.distributed_train_dataset(
-            strategy, data, config, batch, labeled, state["epoch"]
-        )
-    else:
-        train_dataset, steps = train_stream(data, config, state["epoch"])
+    return config, data
 
-    # Checks are over: from here on the run directory is written (by the chief only).
+
+def _train_batches(strategy, data, config, initial_epoch):
+    """`(dataset, steps per epoch)` of the run from `initial_epoch` on, on one device or on every replica."""
+    if strategy.num_replicas_in_sync == 1:
+        return train_stream(data, config, initial_epoch)
+    batch, labeled = distribute.per_replica_layout(config, strategy.num_replicas_in_sync, data.num_classes)
+    return distribute.distributed_train_dataset(strategy, data, config, batch, labeled, initial_epoch)
+
+
+def _prepare_run_dir(model_dir, config, data, start_afresh):
+    """Creates (or clears) the run directory and writes what the run is made of: config, classes, labeled set."""
     labeled_path = model_dir / "labeled_indices.npy"
-    if chief:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        if start_afresh:
-            _clear_run(model_dir)
-        if labeled_path.exists() and not np.array_equal(np.load(labeled_path), data.labeled_indices):
-            raise RunError(
-                f"{labeled_path} differs from the labeled set drawn now; the data changed since the run began"
-            )
-        ckpt.remove_stale_temporaries(model_dir)
-        ckpt.atomic_write_text(model_dir / "config.json", config.to_json() + "\n")
-        ckpt.atomic_write_json(model_dir / "class_names.json", {"class_names": list(data.class_names)})
-        if not labeled_path.exists():
-            np.save(labeled_path, data.labeled_indices)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if start_afresh:
+        _clear_run(model_dir)
+    if labeled_path.exists() and not np.array_equal(np.load(labeled_path), data.labeled_indices):
+        raise RunError(f"{labeled_path} differs from the labeled set drawn now; the data changed since the run began")
+    ckpt.remove_stale_temporaries(model_dir)
+    ckpt.atomic_write_text(model_dir / "config.json", config.to_json() + "\n")
+    ckpt.atomic_write_json(model_dir / "class_names.json", {"class_names": list(data.class_names)})
+    if not labeled_path.exists():
+        np.save(labeled_path, data.labeled_indices)
 
-    note = _precision_note(config) if chief else None
-    if note:
-        print(note, flush=True)
 
+def _build_or_restore(strategy, config, data, model_dir, state, steps):
+    """A new model, or the last checkpoint's with its schedule fitted to the run's length now."""
     # Seeds the weights' initialisation; each epoch's data and noise are drawn from the seed and the epoch alone.
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         determinism.enable()
     last = ckpt.last_checkpoint(model_dir, state)
     with strategy.scope():
-        if last is not None:
-            model = keras.saving.load_model(last)
-            print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
-        else:
-            model = build_model(
-                config, data.num_classes, data.image_shape, steps, (data.labeled_images, data.labeled_labels)
-            )
-
-    if last is not None and state["epoch"] < config.epochs:
+        if last is None:
+            labeled_set = (data.labeled_images, data.labeled_labels)
+            return build_model(config, data.num_classes, data.image_shape, steps, labeled_set)
+        model = keras.saving.load_model(last)
+    print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
+    if state["epoch"] < config.epochs:
         rebuilt = _refit_schedule(model, config, steps)
         if rebuilt:
             print(f"resuming {model_dir}: learning-rate schedule rebuilt for {rebuilt}", flush=True)
+    return model
 
-    # A clustering run reads no labels, not even to choose its model: it keeps the lowest validation loss.
-    clustering = config.mode == "clustering"
-    monitor = "val_loss" if clustering else "val_error"
-    checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, monitor)
+
+def _callbacks(config, data, model_dir, checkpointer, chief):
+    """The callbacks of `fit`, in the order they must run: those that change the model, then (chief) the
+    validation scores before the callbacks that read them."""
     callbacks = [
         TerminateOnNonFinite(("loss",) + LOSS_TERMS),
         TemperatureAnnealing(config.temperature_start, config.temperature_end, config.temperature_epochs),
@@ -321,46 +357,36 @@ def _train_and_evaluate(config, model_dir):
             np.random.default_rng(config.seed).permutation(len(data.train_images))[:FEATURE_CLUSTER_IMAGES]
         )
         callbacks.append(FeatureClusters(data.train_images[sample], config.feature_clusters, config.seed))
-    if chief:
-        callbacks += [
-            ValidationMetrics(
-                data.val_images,
-                data.val_labels,
-                config.eval_batch_size,
-                clustering=clustering,
-                labeled_images=data.labeled_images,
-            ),
-            LearningRateLogger(),
-            checkpointer,
-            # An explicit progress bar runs here, so that it ends its line before the summary.
-            keras.callbacks.ProgbarLogger(),
-            EpochSummary(config.epochs),
-            keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"), write_graph=False),
-            ImageSummaries(
-                model_dir / "logs" / "images",
-                prediction.unit_float(data.val_images[:10]),
-                every=config.image_summary_every,
-                seed=config.seed,
-            ),
-        ]
-    if state["epoch"] < config.epochs:
-        model.fit(
-            train_dataset,
-            epochs=config.epochs,
-            initial_epoch=state["epoch"],
-            steps_per_epoch=steps,
-            callbacks=callbacks,
-            verbose=config.verbose if chief else 0,
-            shuffle=False,  # the pipeline shuffles
-        )
     if not chief:
-        return {}
+        return callbacks
+    return callbacks + [
+        ValidationMetrics(
+            data.val_images,
+            data.val_labels,
+            config.eval_batch_size,
+            clustering=config.mode == "clustering",
+            labeled_images=data.labeled_images,
+        ),
+        LearningRateLogger(),
+        checkpointer,
+        # An explicit progress bar runs here, so that it ends its line before the summary.
+        keras.callbacks.ProgbarLogger(),
+        EpochSummary(config.epochs),
+        keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"), write_graph=False),
+        ImageSummaries(
+            model_dir / "logs" / "images",
+            prediction.unit_float(data.val_images[:10]),
+            every=config.image_summary_every,
+            seed=config.seed,
+        ),
+    ]
 
-    # The test set is read once per finished run, for the last and best models.
+
+def _final_metrics(config, data, state, last, best):
+    """`metrics.json`: the last and best models' scores on validation and test (read once here), and the run."""
     evaluate_start = time.perf_counter()
-    best = keras.saving.load_model(checkpointer.best_path) if checkpointer.best_path.exists() else model
     metrics = {}
-    for which, scored in (("last", model), ("best", best)):
+    for which, scored in (("last", last), ("best", best)):
         for split, images, labels in (
             ("val", data.val_images, data.val_labels),
             ("test", data.test_images, data.test_labels),
@@ -372,7 +398,7 @@ def _train_and_evaluate(config, model_dir):
     metrics.update(
         {
             "mode": config.mode,
-            "monitor": monitor,
+            "monitor": _monitor(config),
             "best_epoch": state["best_epoch"],
             "epochs": state["epoch"],
             "train_seconds": round(state["train_seconds"], 2),
@@ -386,9 +412,6 @@ def _train_and_evaluate(config, model_dir):
             "class_names": list(data.class_names),
         }
     )
-    export_saved_model(best, model_dir / "export", data.class_names)
-    ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
-    print(f"done: {_summary(metrics, clustering)}run in {model_dir}, SavedModel in {model_dir / 'export'}", flush=True)
     return metrics
 
 
