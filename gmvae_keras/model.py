@@ -95,62 +95,27 @@ class GMVAE(keras.Model):
     `keras.optimizers.LossScaleOptimizer` (`train.build_model` adds it).
 
     Args:
-        image_shape: `(H, W, C)`, 28×28×C or 32×32×C.
+        image_shape: `(H, W, C)`, 28×28×C, 32×32×C or 64×64×C.
         num_classes: c.
-        feature_size, latent_size, reconstruction, gaussian_weight,
-        categorical_weight, categorical_kl, assignment_weight, metric_weight,
-        margin, k, assignment_balance, feature_clusters, consistency_share, prediction: the
-            model's settings, documented and checked by
-            `settings.ModelSettings`.
         temperature: initial Gumbel-Softmax temperature.
         labeled_set_size: labeled images stored for `prediction="knn"`
             (0 otherwise).
         seed: seed of the sampling layers.
-        **kwargs: passed to `keras.Model`.
+        **kwargs: the model's settings by name (`feature_size`,
+            `latent_size`, `reconstruction`, the loss weights, `margin`, `k`,
+            `prediction`, ...: every field of `settings.ModelSettings`, which
+            documents, defaults and checks them), and the rest for
+            `keras.Model`. Each setting becomes an attribute of the model.
     """
 
-    def __init__(
-        self,
-        image_shape,
-        num_classes,
-        feature_size=100,
-        latent_size=100,
-        reconstruction="mse",
-        gaussian_weight=1.0,
-        categorical_weight=1.0,
-        assignment_weight=1.0,
-        metric_weight=1.0,
-        margin=1.0,
-        categorical_kl="image",
-        k=5,
-        temperature=1.0,
-        assignment_balance="none",
-        feature_clusters=0,
-        consistency_share=1.0,
-        prediction="classifier",
-        labeled_set_size=0,
-        seed=None,
-        **kwargs,
-    ):
+    def __init__(self, image_shape, num_classes, temperature=1.0, labeled_set_size=0, seed=None, **kwargs):
+        # The settings are declared, defaulted and checked in `ModelSettings` alone; the rest goes to keras.Model.
+        values = {name: kwargs.pop(name) for name in ModelSettings.names() if name in kwargs}
         super().__init__(**kwargs)
-        settings = ModelSettings(
-            feature_size=int(feature_size),
-            latent_size=int(latent_size),
-            reconstruction=reconstruction,
-            gaussian_weight=float(gaussian_weight),
-            categorical_weight=float(categorical_weight),
-            categorical_kl=categorical_kl,
-            assignment_weight=float(assignment_weight),
-            metric_weight=float(metric_weight),
-            margin=float(margin),
-            k=int(k),
-            assignment_balance=assignment_balance,
-            feature_clusters=int(feature_clusters),
-            consistency_share=float(consistency_share),
-            prediction=prediction,
-        )
+        settings = ModelSettings.from_values(values)
         settings.validate()
-        if prediction == "knn" and not settings.k <= int(labeled_set_size):
+        prediction, k = settings.prediction, settings.k
+        if prediction == "knn" and not k <= int(labeled_set_size):
             raise ValueError(
                 f"prediction='knn' needs labeled_set_size >= k={k} stored labeled images, got {labeled_set_size}"
             )

@@ -127,6 +127,17 @@ class ModelSettings:
     )
 
     @classmethod
+    def names(cls):
+        """The settings' names, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(ModelSettings))
+
+    @classmethod
+    def from_values(cls, values):
+        """`ModelSettings` of `{name: value}` (the others at their defaults), each value cast to its field's type."""
+        fields = {f.name: f for f in dataclasses.fields(ModelSettings)}
+        return cls(**{name: type(fields[name].default)(value) for name, value in values.items()})
+
+    @classmethod
     def choices(cls, name):
         """The values field `name` may take (None: any of its type)."""
         return cls.__dataclass_fields__[name].metadata["choices"]
