@@ -233,7 +233,11 @@ class Config(ModelSettings):
     def from_dict(cls, values, source="the configuration"):
         """The `Config` of `values` (a run's `config.json`, say); options removed since are dropped at
         their "off" value and refused otherwise (ConfigError)."""
-        values = drop_removed_options(values, source)
+        return cls._of_current_options(drop_removed_options(values, source))
+
+    @classmethod
+    def _of_current_options(cls, values):
+        """The `Config` of `values` that hold only current options (ConfigError for an unknown key)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -276,10 +280,10 @@ def read_config(model_dir):
     values = read_json(path)
     if values is None:
         return None
-    # `from_dict` drops them too, but here, outside the `try`, a removed option is refused in its own words.
+    # Outside the `try`: a removed option is refused in its own words.
     values = drop_removed_options(values, str(path))
     try:
-        return Config.from_dict(values)
+        return Config._of_current_options(values)
     except (ConfigError, TypeError) as e:
         raise RunError(f"{path} is not a gmvae_keras configuration ({e})") from None
 
