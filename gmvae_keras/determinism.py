@@ -7,9 +7,8 @@ sum. With three or more inputs the order of the additions, and so the result's l
 on whether each input's other consumers have run yet. A training step has many such sums: the tape
 adds the gradients of every tensor used three times or more with AddN, and Grappler's arithmetic
 optimizer turns chains of additions (the weighted terms of L, a left fold of gradients) into AddN.
-Whether the schedule, and so the sum, changed between two runs depended on the model: Fashion-MNIST's
-CPU recipe, whose second view of each image for L_A adds an encoder pass beside the image's, drifted
-from its first step on.
+Whether the schedule, and so the sum, changes between two runs depends on the model (a second encoder
+pass, as the consistency view adds, made it change; docs/EXPERIMENTS.md).
 
 After `enable`, `gradients` adds each tensor's gradients two at a time in a fixed order (a sum of two
 is the same whichever buffer it reuses), and the arithmetic optimizer is off. A run without

@@ -2,12 +2,9 @@
 
 Under `mixed_bfloat16`, `keras.layers.BatchNormalization` casts its bfloat16
 input to float32, normalizes it with unfused element-wise ops and casts the
-result back, forward and backward. On a CPU with AMX and AVX-512 BF16 that
-left the networks' BatchNormalization layers about as slow as in float32:
-in a profiled mnist train step they took about a third of the op time,
-nearly as much as all the convolutions, which bfloat16 made 2.4× faster. It
-was the main reason `mixed_bfloat16` trained only about 1.4× as fast as
-float32 (docs/PERFORMANCE.md).
+result back, forward and backward: on a CPU with bfloat16 instructions that
+kept BatchNormalization as slow as in float32 and held `mixed_bfloat16` back
+(the profile is in docs/PERFORMANCE.md).
 
 TensorFlow's fused kernel (`FusedBatchNormV3`, oneDNN's on the CPU) takes a
 bfloat16 input with float32 scale, offset and statistics: it reads and writes
