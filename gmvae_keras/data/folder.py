@@ -97,32 +97,13 @@ def list_folder(root, num_classes=None):
     if not root.is_dir():
         raise DataError(f"--data_dir={root} is a file, not a folder")
     labeled = root / "labeled"
-    files, ignored = {}, 0
+    files = {}
     if labeled.is_dir():
         if num_classes:
             raise DataError(f"--num_classes is for a folder without labeled/: {labeled} names the classes")
-        class_dirs = sorted((d for d in labeled.iterdir() if d.is_dir() and not d.name.startswith(".")), key=str)
-        if not class_dirs:
-            raise DataError(f"{labeled} holds no class folder; put each class's images in labeled/<class name>/")
-        for d in class_dirs:
-            if d.name in PARTS and d.name != "labeled":
-                raise DataError(f"{d} would be taken for a class named {d.name!r}: move it to {root / d.name}")
-        class_names = tuple(d.name for d in class_dirs)
-        if len(class_names) < 2:
-            raise DataError(f"{labeled} holds a single class ({class_names[0]!r}); a classifier needs two or more")
-        files["labeled"] = []
-        for index, d in enumerate(class_dirs):
-            found, skipped = _walk(d)
-            ignored += skipped
-            if not found:
-                raise DataError(f"the class folder {d} holds no image ({', '.join(image_lib.EXTENSIONS)})")
-            files["labeled"] += [(path, index) for path in found]
-        loose = [p for p in labeled.iterdir() if p.is_file() and not p.name.startswith(".")]
-        if any(p.suffix.lower() in image_lib.EXTENSIONS for p in loose):
-            raise DataError(f"{labeled} holds images outside a class folder; put them in labeled/<class name>/")
-        ignored += len(loose)
+        class_names, files["labeled"], ignored = _list_labeled(labeled, root)
     elif num_classes:
-        class_names = tuple(str(c) for c in range(int(num_classes)))
+        class_names, ignored = tuple(str(c) for c in range(int(num_classes))), 0
     else:
         raise DataError(
             f"{root} has no labeled/ folder: put labeled images in {labeled}/<class name>/, or cluster "
@@ -130,28 +111,59 @@ def list_folder(root, num_classes=None):
         )
     unlabeled = root / "unlabeled"
     if unlabeled.is_dir():
-        files["unlabeled"], skipped = _walk(unlabeled)
-        files["unlabeled"] = [(path, -1) for path in files["unlabeled"]]
-        ignored += skipped
+        found, skipped = _walk(unlabeled)
+        files["unlabeled"], ignored = [(path, -1) for path in found], ignored + skipped
     if "labeled" not in files and not files.get("unlabeled"):
         raise DataError(f"{unlabeled} holds no image to cluster")
-    index = {name: i for i, name in enumerate(class_names)}
     for part in ("val", "test"):
-        folder = root / part
-        if not folder.is_dir():
-            continue
-        files[part] = []
-        for d in sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=str):
-            if "labeled" in files and d.name not in index:
-                raise DataError(
-                    f"{d}: class {d.name!r} is not among the classes of labeled/ ({', '.join(class_names)})"
-                )
-            if "labeled" not in files and d.name not in index:
-                raise DataError(f"{d}: a clustering's {part}/ folders are named 0..{len(class_names) - 1}")
-            found, skipped = _walk(d)
+        if (root / part).is_dir():
+            files[part], skipped = _list_classes(root / part, class_names, clustering="labeled" not in files)
             ignored += skipped
-            files[part] += [(path, index[d.name]) for path in found]
     return Listing(root=root, class_names=class_names, files=files, ignored=ignored)
+
+
+def _class_folders(folder):
+    """The visible subfolders of `folder`, sorted by name."""
+    return sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")), key=str)
+
+
+def _list_labeled(labeled, root):
+    """`(class names, [(path, class index)], ignored files)` of `labeled/`, checked."""
+    class_dirs = _class_folders(labeled)
+    if not class_dirs:
+        raise DataError(f"{labeled} holds no class folder; put each class's images in labeled/<class name>/")
+    for d in class_dirs:
+        if d.name in PARTS and d.name != "labeled":
+            raise DataError(f"{d} would be taken for a class named {d.name!r}: move it to {root / d.name}")
+    class_names = tuple(d.name for d in class_dirs)
+    if len(class_names) < 2:
+        raise DataError(f"{labeled} holds a single class ({class_names[0]!r}); a classifier needs two or more")
+    entries, ignored = [], 0
+    for index, d in enumerate(class_dirs):
+        found, skipped = _walk(d)
+        ignored += skipped
+        if not found:
+            raise DataError(f"the class folder {d} holds no image ({', '.join(image_lib.EXTENSIONS)})")
+        entries += [(path, index) for path in found]
+    loose = [p for p in labeled.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if any(p.suffix.lower() in image_lib.EXTENSIONS for p in loose):
+        raise DataError(f"{labeled} holds images outside a class folder; put them in labeled/<class name>/")
+    return class_names, entries, ignored + len(loose)
+
+
+def _list_classes(folder, class_names, clustering):
+    """`([(path, class index)], ignored files)` of `val/` or `test/`, whose classes must be `class_names`'."""
+    index = {name: i for i, name in enumerate(class_names)}
+    entries, ignored = [], 0
+    for d in _class_folders(folder):
+        if d.name not in index:
+            if clustering:
+                raise DataError(f"{d}: a clustering's {folder.name}/ folders are named 0..{len(class_names) - 1}")
+            raise DataError(f"{d}: class {d.name!r} is not among the classes of labeled/ ({', '.join(class_names)})")
+        found, skipped = _walk(d)
+        ignored += skipped
+        entries += [(path, index[d.name]) for path in found]
+    return entries, ignored
 
 
 def infer_settings(paths):
@@ -278,66 +290,58 @@ def from_folder(
     listing = list_folder(data_dir, num_classes)
     first = listing.files.get("labeled") or listing.files.get("unlabeled")
     inferred = infer_settings([path for path, _ in first[:: max(1, len(first) // 500)]])
-    image_size = image_size or inferred[0]
-    channels = channels or inferred[1]
+    settings = (image_size or inferred[0], channels or inferred[1], skip_bad_images)
     counts = {part: len(listing.files.get(part, ())) for part in PARTS}
-    _check_memory(sum(counts.values()), image_size, channels, listing.root)
-
-    arrays = None
-    cache_path = None
-    if cache_dir is not False:
-        cache_path = (
-            Path(cache_dir or default_cache_dir())
-            / f"{_listing_key(listing, image_size, channels, skip_bad_images)}.npz"
-        )
-        if cache_path.is_file():
-            try:
-                with np.load(cache_path) as stored:
-                    arrays = {name: stored[name] for name in stored.files}
-            except (OSError, ValueError):
-                arrays = None  # a damaged cache is decoded again
-    decoded_now = arrays is None
-    if decoded_now:
-        # The labeled images and the unlabeled ones in one array: the train split, never copied.
-        parts = {"train": listing.files.get("labeled", []) + listing.files.get("unlabeled", [])}
-        parts.update({part: listing.files[part] for part in ("val", "test") if part in listing.files})
-        arrays = {}
-        for part, entries in parts.items():
-            images, kept = decode_all([p for p, _ in entries], image_size, channels, skip_bad_images)
-            arrays[f"{part}_images"] = images
-            arrays[f"{part}_labels"] = np.asarray([entries[i][1] for i in kept], np.int64)
-            if part == "train":
-                arrays["num_labeled"] = np.int64(np.sum(kept < counts["labeled"]))
-        if cache_path is not None:
-            _write_cache(cache_path, arrays)
+    _check_memory(sum(counts.values()), settings[0], settings[1], listing.root)
+    arrays, decoded_now = _decoded_arrays(listing, settings, counts["labeled"], cache_dir)
     num_labeled = int(arrays["num_labeled"])
-    found = {
-        "labeled": num_labeled,
-        "unlabeled": len(arrays["train_labels"]) - num_labeled,
-        **{part: len(arrays[f"{part}_labels"]) for part in ("val", "test") if f"{part}_labels" in arrays},
-    }
-    skipped = sum(counts.values()) - sum(found.values())
+    found = {"labeled": num_labeled, "unlabeled": len(arrays["train_labels"]) - num_labeled}
+    found.update({part: len(arrays[f"{part}_labels"]) for part in ("val", "test") if f"{part}_labels" in arrays})
     if print_fn:
         kept = ", ".join(f"{found[part]} {part}" for part in PARTS if part in listing.files)
+        skipped = sum(counts.values()) - sum(found.values())
+        shown = "x".join(map(str, (settings[0], settings[0], settings[1])))
         print_fn(
             f"folder {listing.root}: {kept} images of {len(listing.class_names)} classes "
-            f"({', '.join(listing.class_names)}) at {image_size}x{image_size}x{channels}"
-            f"{' (inferred)' if inferred == (image_size, channels) else ''}; "
-            f"{listing.ignored} files ignored (not images){f', {skipped} bad images skipped' if skipped else ''}; "
+            f"({', '.join(listing.class_names)}) at {shown}"
+            f"{' (inferred)' if image_size is None and channels is None else ''}; {listing.ignored} files ignored "
+            f"(not images){f', {skipped} bad images skipped' if skipped else ''}; "
             f"{'decoded' if decoded_now else 'read from the cache'}"
         )
     if not len(arrays["train_labels"]):
         raise DataError(f"{listing.root}: no image could be read")
-    pair = {part: (arrays[f"{part}_images"], arrays[f"{part}_labels"]) for part in found if part in ("val", "test")}
-    return _split(
-        "folder",
-        arrays["train_images"],
-        arrays["train_labels"],
-        num_labeled,
-        listing.class_names,
-        pair.get("val"),
-        pair.get("test"),
-    )
+    pairs = {part: (arrays[f"{part}_images"], arrays[f"{part}_labels"]) for part in ("val", "test") if part in found}
+    train = (arrays["train_images"], arrays["train_labels"])
+    return _split("folder", *train, num_labeled, listing.class_names, pairs.get("val"), pairs.get("test"))
+
+
+def _decoded_arrays(listing, settings, labeled_files, cache_dir):
+    """`({part_images, part_labels, num_labeled}, decoded now)`: from the cache, or decoded (and cached).
+
+    `settings` is `(image_size, channels, skip_bad_images)`. The labeled images and the unlabeled ones are
+    decoded into one array, the train split, which is never copied.
+    """
+    cache_path = None
+    if cache_dir is not False:
+        cache_path = Path(cache_dir or default_cache_dir()) / f"{_listing_key(listing, *settings)}.npz"
+        if cache_path.is_file():
+            try:
+                with np.load(cache_path) as stored:
+                    return {name: stored[name] for name in stored.files}, False
+            except (OSError, ValueError):
+                pass  # a damaged cache is decoded again
+    parts = {"train": listing.files.get("labeled", []) + listing.files.get("unlabeled", [])}
+    parts.update({part: listing.files[part] for part in ("val", "test") if part in listing.files})
+    arrays = {}
+    for part, entries in parts.items():
+        images, kept = decode_all([path for path, _ in entries], *settings)
+        arrays[f"{part}_images"] = images
+        arrays[f"{part}_labels"] = np.asarray([entries[i][1] for i in kept], np.int64)
+        if part == "train":
+            arrays["num_labeled"] = np.int64(np.sum(kept < labeled_files))
+    if cache_path is not None:
+        _write_cache(cache_path, arrays)
+    return arrays, True
 
 
 def _write_cache(path, arrays):
