@@ -115,6 +115,15 @@ def test_mixed_formats_modes_and_sizes_read_as_the_bytes_signature_decodes_them(
             np.testing.assert_array_equal(pillow, expected, err_msg=path)
 
 
+def test_one_channel_is_the_integer_luma_of_rgb(tmp_path):
+    rgb = np.random.default_rng(3).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    wide = rgb.astype(np.int64)
+    luma = ((299 * wide[..., 0] + 587 * wide[..., 1] + 114 * wide[..., 2] + 500) // 1000).astype(np.uint8)[..., None]
+    np.testing.assert_array_equal(image_lib.to_channels(rgb, 1), luma)
+    _write(tmp_path / "c.png", rgb)
+    np.testing.assert_array_equal(image_lib.decode_bytes(tf.io.read_file(str(tmp_path / "c.png")), 28, 1), luma)
+
+
 def test_resizing_keeps_the_aspect_ratio_and_pads_with_black():
     wide = np.full((10, 40, 1), 200, np.uint8)
     out = image_lib.fit_square(wide, 28)

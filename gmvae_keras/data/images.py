@@ -14,9 +14,10 @@ bytes signature give a network the same pixels:
    An image whose shorter side is below `size / 4` pixels
    (`smallest_side`) is refused: it would be upscaled more than four times.
 
-Decoding uses Pillow for files on disk (`decode_file`) and TensorFlow for
-encoded bytes in a graph (`decode_bytes`); both are lossless for PNG, BMP
-and GIF, and both use libjpeg's accurate integer IDCT for JPEG: the same pixels.
+`decode_bytes` does all three in TensorFlow ops, for the folder reader and
+the SavedModel alike. Pillow only reads headers (`probe_file`) and says why
+a file fails (`decode_file`, `failure`); it decodes to the same pixels
+(lossless PNG, BMP and GIF; libjpeg's accurate integer IDCT for JPEG).
 """
 
 from __future__ import annotations
@@ -100,14 +101,11 @@ def _reason(error):
 
 def to_channels(rgb, channels):
     """`[..., H, W, channels]` uint8 of `[..., H, W, 3]` RGB (numpy): RGB itself, or its integer luma."""
-    if channels == 3:
-        return rgb
-    rgb = rgb.astype(np.int32)
-    grey = (299 * rgb[..., 0] + 587 * rgb[..., 1] + 114 * rgb[..., 2] + 500) // 1000
-    return grey.astype(np.uint8)[..., None]
+    return rgb if channels == 3 else _tf_to_channels(tf.constant(rgb), channels).numpy()
 
 
 def _tf_to_channels(rgb, channels):
+    """`to_channels` in TensorFlow ops: the one home of the luma formula."""
     if channels == 3:
         return rgb
     rgb = tf.cast(rgb, tf.int32)
