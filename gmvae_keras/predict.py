@@ -3,9 +3,10 @@
 Reads the run's exported SavedModel (`RUN/export`) and nothing else of the
 run: the images go through its `serving_bytes` signature, which decodes,
 converts and resizes them as training read its folder. PATHs are image
-files or folders (searched recursively for .png, .jpg, .jpeg, .bmp and .gif
-files, in sorted order). Writes a CSV with a header row to standard output,
-or to `--out=FILE`: `path, class, probability, top1, top1_probability,
+files or folders, searched as the folder reader searches them
+(`data.folder.image_paths`: recursively, for .png, .jpg, .jpeg, .bmp and
+.gif files, hidden ones left out, sorted). Writes a CSV with a header row
+to standard output, or to `--out=FILE`: `path, class, probability, top1, top1_probability,
 top2, top2_probability, top3, top3_probability` (fewer top columns for
 fewer classes), one row per image. A file that cannot be decoded is left
 out with one line on standard error; bad arguments exit with status 2.
@@ -26,14 +27,14 @@ class PredictError(ValueError):
 
 
 def image_files(paths):
-    """The image files of `paths`: files as given, folders searched recursively (sorted)."""
+    """The image files of `paths`: files as given, folders searched as the folder reader does (`image_paths`)."""
+    from gmvae_keras.data.folder import image_paths
     from gmvae_keras.data.images import EXTENSIONS
 
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS and p.name[0] != "."]
-            files += sorted(found)
+            files += [Path(found) for found in image_paths(path)[0]]
         elif path.is_file():
             files.append(path)
         else:

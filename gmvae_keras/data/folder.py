@@ -67,8 +67,11 @@ def default_cache_dir():
     return Path(base) / "gmvae_keras"
 
 
-def _walk(folder):
-    """`(image files sorted by their path relative to `folder`, count of ignored files)`; paths are str."""
+def image_paths(folder):
+    """`(image files below `folder` sorted by their relative path, count of ignored files)`; paths are str.
+
+    Hidden files and folders, and files without an image extension (`images.EXTENSIONS`), are the ignored ones.
+    """
     found, ignored = [], 0
     prefix = len(str(folder)) + 1
     for directory, subdirs, names in os.walk(folder):
@@ -111,7 +114,7 @@ def list_folder(root, num_classes=None):
         )
     unlabeled = root / "unlabeled"
     if unlabeled.is_dir():
-        found, skipped = _walk(unlabeled)
+        found, skipped = image_paths(unlabeled)
         files["unlabeled"], ignored = [(path, -1) for path in found], ignored + skipped
     if "labeled" not in files and not files.get("unlabeled"):
         raise DataError(f"{unlabeled} holds no image to cluster")
@@ -140,7 +143,7 @@ def _list_labeled(labeled, root):
         raise DataError(f"{labeled} holds a single class ({class_names[0]!r}); a classifier needs two or more")
     entries, ignored = [], 0
     for index, d in enumerate(class_dirs):
-        found, skipped = _walk(d)
+        found, skipped = image_paths(d)
         ignored += skipped
         if not found:
             raise DataError(f"the class folder {d} holds no image ({', '.join(image_lib.EXTENSIONS)})")
@@ -160,7 +163,7 @@ def _list_classes(folder, class_names, clustering):
             if clustering:
                 raise DataError(f"{d}: a clustering's {folder.name}/ folders are named 0..{len(class_names) - 1}")
             raise DataError(f"{d}: class {d.name!r} is not among the classes of labeled/ ({', '.join(class_names)})")
-        found, skipped = _walk(d)
+        found, skipped = image_paths(d)
         ignored += skipped
         entries += [(path, index[d.name]) for path in found]
     return entries, ignored
