@@ -13,6 +13,7 @@ Writes into `RUN/figures/` (and as images into TensorBoard, `RUN/logs/figures`):
 """
 
 import argparse
+import dataclasses
 import io
 import sys
 from pathlib import Path
@@ -261,13 +262,9 @@ def main(argv=None):
         class_names = ckpt.read_json(model_dir / "class_names.json", {}).get("class_names")
         data_dir = args.data_dir or config.data_dir
         if config.dataset == "folder":
-            data = data_lib.from_folder(
-                data_dir,
-                image_size=config.image_size,
-                channels=config.channels,
-                skip_bad_images=config.skip_bad_images,
-                num_classes=config.num_classes or None,
-            )
+            from gmvae_keras.train import load_data
+
+            data = load_data(dataclasses.replace(config, data_dir=str(data_dir)))
             test_images, test_labels = data.test_images, data.test_labels
             if not len(test_labels):
                 raise data_lib.DataError(f"{data_dir} has no test/ folder: the figures are of test images")
