@@ -143,9 +143,18 @@ def test_a_second_read_comes_from_the_cache_until_a_file_changes(tmp_path):
     assert printed[0].endswith("decoded") and printed[1].endswith("read from the cache")
     np.testing.assert_array_equal(first.train_images, second.train_images)
     changed = next((root / "unlabeled").iterdir())
+    # New content under the old modification time: the size tells.
+    stat = changed.stat()
     _write(changed, np.zeros((28, 28), np.uint8))
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     third = data_lib.from_folder(root, cache_dir=tmp_path / "cache", print_fn=printed.append)
     assert printed[2].endswith("decoded") and not np.array_equal(third.train_images, first.train_images)
+    # The same size under a new modification time: the time tells.
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    data_lib.from_folder(root, cache_dir=tmp_path / "cache", print_fn=printed.append)
+    assert printed[3].endswith("decoded")
+    data_lib.from_folder(root, cache_dir=tmp_path / "cache", image_size=32, print_fn=printed.append)
+    assert printed[4].endswith("decoded")
 
 
 def _good_folder(root, classes=("a", "b"), per_class=3, size=(28, 28)):
