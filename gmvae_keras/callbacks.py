@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from gmvae_keras import metrics, prediction
+from gmvae_keras import layers, metrics, prediction
 
 
 class TemperatureAnnealing(keras.callbacks.Callback):
@@ -197,7 +197,7 @@ class ValidationMetrics(keras.callbacks.Callback):
     (`metrics.smallest_share`) and, given the labeled training images,
     `val_uncovered_share` (`metrics.uncovered_share`, k-means on x̂ with
     three clusters per class). With `clustering=True` it logs
-    `val_loss`, the model's `unsupervised_loss` (no labels read), and no
+    `val_loss`, `prediction.unsupervised_loss` (no labels read), and no
     `val_error`: a clustering model's categories are not the classes. All are
     added to the epoch logs: place it before the callbacks that read them
     (checkpointing, summaries, TensorBoard).
@@ -224,7 +224,7 @@ class ValidationMetrics(keras.callbacks.Callback):
             return
         # The label-free scores first: a clustering run selects its model by them.
         if self.clustering:
-            logs["val_loss"] = self.model.unsupervised_loss(self.images, self.batch_size)
+            logs["val_loss"] = prediction.unsupervised_loss(self.model, self.images, self.batch_size)
         features, logits = prediction.features_and_logits(self.model, self.images, self.batch_size)
         predictions = prediction.probabilities(self.model, features, logits, batch_size=self.batch_size).argmax(-1)
         num_classes = self.model.num_classes
@@ -242,12 +242,12 @@ class FeatureClusters(keras.callbacks.Callback):
 
     At the end of every `every`-th epoch: the features x̂ of `images` (a
     fixed sample of the training images), their top
-    `model.feature_cluster_dims` principal components, a Gaussian mixture
+    `layers.feature_mixture_dims` principal components, a Gaussian mixture
     with one diagonal component per category on them (scikit-learn, seeded
     by the seed and the epoch), its components matched one-to-one to the
     categories q(y|x̂) currently predicts for those images (Hungarian
     method), so that each category keeps its prior p(z|y). The mixture goes
-    into the model (`GMVAE.set_feature_clusters`), and so into its
+    into the model (`layers.FeatureMixture.assign`), and so into its
     checkpoint. Logs `feature_cluster_agreement`: the share of the images
     whose matched component is their argmax q(y|x̂).
 
@@ -271,14 +271,12 @@ class FeatureClusters(keras.callbacks.Callback):
         from scipy.optimize import linear_sum_assignment
         from sklearn.mixture import GaussianMixture
 
-        from gmvae_keras.model import feature_cluster_dims
-
         model = self.model
         features, logits = prediction.features_and_logits(model, self.images)
         features = features.astype(np.float64)
         center = features.mean(axis=0)
         # The top principal directions: the leading right-singular vectors of the centred features.
-        dims = feature_cluster_dims(features.shape[1])
+        dims = layers.feature_mixture_dims(features.shape[1])
         projection = np.linalg.svd(features - center, full_matrices=False)[2][:dims].T
         points = (features - center) @ projection
         mixture = GaussianMixture(
@@ -291,7 +289,7 @@ class FeatureClusters(keras.callbacks.Callback):
         rows, cols = linear_sum_assignment(table, maximize=True)  # component rows[i] -> category cols[i]
         order = np.empty(model.num_classes, np.int64)
         order[cols] = rows  # order[category] = its component
-        model.set_feature_clusters(
+        model.feature_mixture.assign(
             center, projection, mixture.means_[order], mixture.covariances_[order], mixture.weights_[order]
         )
         if logs is not None:

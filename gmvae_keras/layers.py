@@ -1,12 +1,23 @@
-"""Stochastic layers of the GMVAE: the Gumbel-Softmax and Gaussian samplers.
+"""Layers of the GMVAE beyond its networks: the Gumbel-Softmax and Gaussian samplers, and the feature mixture.
 
-Both compute in full precision under a mixed dtype policy (`full_precision`):
+The samplers compute in full precision under a mixed dtype policy (`full_precision`):
 the Gumbel noise -log(-log u) and the softmax of a relaxed sample, or the
 noise scaled by sqrt(variance), lose too much in 16 bits.
 """
 
 import keras
+import numpy as np
 from keras import ops
+
+from gmvae_keras import losses
+
+# Principal components of x̂ that `FeatureMixture` lives in (at most f_sz).
+FEATURE_MIXTURE_DIMS = 10
+
+
+def feature_mixture_dims(feature_size):
+    """The principal components of x̂ a `FeatureMixture` lives in: at most f_sz."""
+    return min(FEATURE_MIXTURE_DIMS, int(feature_size))
 
 
 def full_precision(dtype_policy=None):
@@ -112,4 +123,65 @@ class GaussianSample(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update({"seed": self.seed})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gmvae_keras")
+class FeatureMixture(keras.layers.Layer):
+    """A diagonal Gaussian mixture over the top principal components of x̂ (`--feature_clusters`; not in the paper).
+
+    Called on features `[n, f]`, it returns each one's most likely
+    component, `[n]` int32 (`losses.mixture_assignment`), without gradient.
+    Its parameters are set by `assign` (`callbacks.FeatureClusters` fits
+    them) and saved with the model; `fitted` is 0 until the first `assign`.
+
+    Args:
+        num_components: c, one component per category.
+        feature_size: f_sz; the mixture lives in `feature_mixture_dims(f_sz)` dimensions.
+        **kwargs: passed to `keras.layers.Layer`.
+    """
+
+    def __init__(self, num_components, feature_size, **kwargs):
+        super().__init__(**kwargs)
+        self.num_components = int(num_components)
+        self.feature_size = int(feature_size)
+
+    def build(self, input_shape=None):
+        c, f, d = self.num_components, self.feature_size, feature_mixture_dims(self.feature_size)
+        shapes = {"center": (f,), "projection": (f, d), "means": (c, d), "variances": (c, d), "log_weights": (c,)}
+        for name, shape in {**shapes, "fitted": ()}.items():
+            init = "ones" if name == "variances" else "zeros"
+            setattr(self, name, self.add_weight(name=name, shape=shape, initializer=init, trainable=False))
+
+    def assign(self, center, projection, means, variances, weights):
+        """Stores a mixture: a point is `(x̂ - center) @ projection`; component y has `means[y]`,
+        `variances[y]` and `weights[y]`.
+
+        Raises:
+            ValueError: a value of another shape than its variable's.
+        """
+        values = {
+            "center": center,
+            "projection": projection,
+            "means": means,
+            "variances": variances,
+            "log_weights": np.log(np.maximum(np.asarray(weights, "float64"), 1e-12)),
+            "fitted": 1.0,
+        }
+        for name, value in values.items():
+            value, variable = np.asarray(value, "float32"), getattr(self, name)
+            if value.shape != tuple(variable.shape):
+                raise ValueError(f"{name} must have shape {tuple(variable.shape)}, got {value.shape}")
+            variable.assign(value)
+
+    def call(self, features):
+        points = ops.matmul(features - self.center, self.projection)
+        return losses.mixture_assignment(points, self.means, self.variances, self.log_weights)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:1]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_components": self.num_components, "feature_size": self.feature_size})
         return config

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from gmvae_keras import determinism, losses
-from gmvae_keras.layers import GaussianSample, GumbelSoftmax, full_precision
+from gmvae_keras.layers import FeatureMixture, GaussianSample, GumbelSoftmax, full_precision
 from gmvae_keras.networks import (
     CategoricalInference,
     Decoder,
@@ -36,13 +36,25 @@ LOSS_TERMS = (
 )
 
 
-# Principal components of x̂ that the `feature_clusters` mixture is fitted on (at most f_sz).
-FEATURE_CLUSTER_DIMS = 10
+def _check_arguments(num_classes, labeled_set_size, settings):
+    prediction, k = settings.prediction, settings.k
+    if prediction == "knn" and not k <= int(labeled_set_size):
+        raise ValueError(
+            f"prediction='knn' needs labeled_set_size >= k={k} stored labeled images, got {labeled_set_size}"
+        )
+    if prediction == "classifier" and int(labeled_set_size) != 0:
+        raise ValueError(f"labeled_set_size is for prediction='knn'; got {labeled_set_size} with 'classifier'")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
 
 
-def feature_cluster_dims(feature_size):
-    """The principal components of x̂ the `feature_clusters` mixture lives in: at most f_sz."""
-    return min(FEATURE_CLUSTER_DIMS, int(feature_size))
+def unpack_batch(data):
+    """`(images, labels, unlabeled_labels, views)` of a batch dict, tuple or tensor."""
+    if isinstance(data, dict):
+        return data["images"], data.get("labels"), data.get("unlabeled_labels"), data.get("views")
+    if isinstance(data, (tuple, list)):
+        return data[0], (data[1] if len(data) > 1 else None), None, None
+    return data, None, None, None
 
 
 @keras.saving.register_keras_serializable(package="gmvae_keras")
@@ -56,42 +68,22 @@ class GMVAE(keras.Model):
 
         L = L_R + w_G·L_G + w_C·L_C + w_A·L_A + w_M·L_M
 
-    (see `gmvae_keras.losses`) on a batch dict
-    `{"images": [B,H,W,C], "labels": [n_l], "unlabeled_labels": [B-n_l]}`
-    whose first `B - n_l` images are unlabeled and last `n_l` labeled.
-    Unlabeled samples get labels from a k-NN vote among the labeled
-    features of the batch (`losses.assign_labels`); L_A and L_M use the
-    true labels of the labeled part and these assigned labels.
-    `unlabeled_labels` is optional and only feeds the `assignment_accuracy`
-    metric. With `n_l = 0` or `w_A = w_M = 0` the auxiliary losses are not
-    computed (unsupervised clustering); `w_M = 0` alone is the paper's
-    ablation. `test_step` takes `(images, labels)` (or the same dict) and
-    reports `error`, the classification error (%) of the prediction.
+    (`compute_losses`; each term in `gmvae_keras.losses`, whose table names
+    the flags beyond the paper) on a batch dict `{"images": [B,H,W,C],
+    "labels": [n_l], "unlabeled_labels": [B-n_l]}` whose first `B - n_l`
+    images are unlabeled and last `n_l` labeled (`unlabeled_labels`,
+    optional, only feeds `assignment_accuracy`). With `n_l = 0` or
+    `w_A = w_M = 0` the auxiliary losses are not computed (clustering).
+    `test_step` takes `(images, labels)` and reports `error` (%) of the
+    model's rule; predictions are made by `gmvae_keras.prediction`
+    (`prediction="knn"` votes among the labeled images `set_labeled_set`
+    stores).
 
-    Beyond the paper, each off by default:
-    - `assignment_balance="vote"`: each batch's assignment is rebalanced so
-      every class gets about an equal share (`losses.balance_assignment`).
-    - a batch dict with `views` (a shifted or mirrored copy of `images`):
-      L_A's cross-entropy is `s·CE(q(y|g(view))) + (1 - s)·CE(q(y|g(image)))`
-      with `s = consistency_share`, its labels assigned on the images.
-    - `feature_clusters > 0` (clustering): the model holds a diagonal
-      Gaussian mixture over the top principal components of x̂, fitted by
-      `callbacks.FeatureClusters` (`set_feature_clusters`); once fitted, L_A
-      is the cross-entropy of q(y|x̂) against each image's most likely
-      component (`losses.mixture_assignment`).
-    - `prediction="knn"`: the model predicts by L_A's plain k-NN vote among
-      the labeled training images it stores (`set_labeled_set`); its
-      predicted distribution is the vote's shares. Predictions of either rule
-      are made by `gmvae_keras.prediction`.
-
-    Mixed precision: built with `dtype="mixed_bfloat16"` or
-    `"mixed_float16"` (or under that global policy), the networks compute in
-    16 bits and keep float32 weights, while the sampling layers, the variance
-    heads, the prior and the decoder's sigmoid compute in float32
-    (`layers.full_precision`), and `call` and `classify` return float32: the
-    log-densities, the distances, the k-NN vote and every loss are float32.
-    The sublayers take the model's policy, so a saved mixed model reloads
-    mixed whatever the global policy. `mixed_float16` needs a
+    Mixed precision (`dtype="mixed_bfloat16"` or `"mixed_float16"`): the
+    networks compute in 16 bits with float32 weights; the samplers, variance
+    heads, prior and the decoder's sigmoid in float32
+    (`layers.full_precision`); `call` and `classify` return float32, so
+    every loss, distance and vote is float32. `mixed_float16` needs a
     `keras.optimizers.LossScaleOptimizer` (`train.build_model` adds it).
 
     Args:
@@ -101,11 +93,9 @@ class GMVAE(keras.Model):
         labeled_set_size: labeled images stored for `prediction="knn"`
             (0 otherwise).
         seed: seed of the sampling layers.
-        **kwargs: the model's settings by name (`feature_size`,
-            `latent_size`, `reconstruction`, the loss weights, `margin`, `k`,
-            `prediction`, ...: every field of `settings.ModelSettings`, which
-            documents, defaults and checks them), and the rest for
-            `keras.Model`. Each setting becomes an attribute of the model.
+        **kwargs: the model's settings by name (every field of
+            `settings.ModelSettings`, which documents, defaults and checks
+            them; each becomes an attribute), and the rest for `keras.Model`.
     """
 
     def __init__(self, image_shape, num_classes, temperature=1.0, labeled_set_size=0, seed=None, **kwargs):
@@ -114,15 +104,7 @@ class GMVAE(keras.Model):
         super().__init__(**kwargs)
         settings = ModelSettings.from_values(values)
         settings.validate()
-        prediction, k = settings.prediction, settings.k
-        if prediction == "knn" and not k <= int(labeled_set_size):
-            raise ValueError(
-                f"prediction='knn' needs labeled_set_size >= k={k} stored labeled images, got {labeled_set_size}"
-            )
-        if prediction == "classifier" and int(labeled_set_size) != 0:
-            raise ValueError(f"labeled_set_size is for prediction='knn'; got {labeled_set_size} with 'classifier'")
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        _check_arguments(num_classes, labeled_set_size, settings)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_classes = int(num_classes)
         # One attribute per setting, as the constructor's arguments.
@@ -150,37 +132,19 @@ class GMVAE(keras.Model):
             name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
         }
         self.error_tracker = keras.metrics.Mean(name="error")
-        self._loss_function = None
         if self.prediction == "knn":
             # Images rather than features: features change with every step.
-            self.labeled_images = self.add_weight(
-                name="labeled_images",
-                shape=(self.labeled_set_size,) + self.image_shape,
-                initializer="zeros",
-                trainable=False,
-            )
+            size, constant = self.labeled_set_size, {"initializer": "zeros", "trainable": False}
+            self.labeled_images = self.add_weight(name="labeled_images", shape=(size,) + self.image_shape, **constant)
             self.labeled_image_labels = self.add_weight(
-                name="labeled_image_labels",
-                shape=(self.labeled_set_size,),
-                initializer="zeros",
-                dtype="int32",
-                trainable=False,
+                name="labeled_image_labels", shape=(size,), dtype="int32", **constant
             )
+        # `--feature_clusters`: the mixture over x̂ that L_A trains q(y|x̂) towards in a clustering.
+        self.feature_mixture = None
         if self.feature_clusters:
-            # The mixture of `set_feature_clusters`, saved with the model; L_A reads it once `fitted` is 1.
-            dims = feature_cluster_dims(self.feature_size)
-            c, f = self.num_classes, self.feature_size
-            self.feature_cluster_weights = {
-                name: self.add_weight(name=f"feature_cluster_{name}", shape=shape, initializer=init, trainable=False)
-                for name, shape, init in (
-                    ("center", (f,), "zeros"),
-                    ("projection", (f, dims), "zeros"),
-                    ("means", (c, dims), "zeros"),
-                    ("variances", (c, dims), "ones"),
-                    ("log_weights", (c,), "zeros"),
-                    ("fitted", (), "zeros"),
-                )
-            }
+            self.feature_mixture = FeatureMixture(
+                self.num_classes, self.feature_size, name="feature_mixture", dtype=full
+            )
         self.build((None,) + self.image_shape)
 
     # ------------------------------------------------------------------ build
@@ -199,6 +163,8 @@ class GMVAE(keras.Model):
         self.gaussian_sample.build((z_shape, z_shape))
         self.gaussian_prior.build(y_shape)
         self.decoder.build(z_shape)
+        if self.feature_mixture is not None:
+            self.feature_mixture.build(features_shape)
         self.built = True
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -229,53 +195,18 @@ class GMVAE(keras.Model):
         z = self.gaussian_sample([z_mean, z_variance], training=training)
         prior_mean, prior_variance = self.gaussian_prior(y)
         reconstruction = self.decoder(z, training=training)
+        outputs = dict(features=features, logits=logits, z_mean=z_mean, z_variance=z_variance, z=z)
+        outputs.update(prior_mean=prior_mean, prior_variance=prior_variance, reconstruction=reconstruction)
         # Every loss, density and distance is computed from these: in float32 under a mixed policy.
-        return {
-            "features": self._full(features),
-            "logits": self._full(logits),
-            "z_mean": self._full(z_mean),
-            "z_variance": self._full(z_variance),
-            "z": self._full(z),
-            "prior_mean": self._full(prior_mean),
-            "prior_variance": self._full(prior_variance),
-            "reconstruction": self._full(reconstruction),
-        }
+        return {name: self._full(value) for name, value in outputs.items()}
 
     def classify(self, images, training=False):
         """Features x̂ and logits of q(y|x̂), without the generative half, in full precision (`_full`)."""
         features = self.encoder(images, training=training)
         return self._full(features), self._full(self.categorical_inference(features))
 
-    def set_feature_clusters(self, center, projection, means, variances, weights):
-        """Stores the Gaussian mixture over x̂ that L_A trains q(y|x̂) towards (`feature_clusters > 0`).
-
-        A point is `(x̂ - center) @ projection`; component `y` (category `y`)
-        has `means[y]`, diagonal `variances[y]` and weight `weights[y]`.
-        """
-        if not self.feature_clusters:
-            raise ValueError("set_feature_clusters is for feature_clusters > 0")
-        mixture = self.feature_cluster_weights
-        values = {
-            "center": center,
-            "projection": projection,
-            "means": means,
-            "variances": variances,
-            "log_weights": np.log(np.maximum(np.asarray(weights, "float64"), 1e-12)),
-            "fitted": 1.0,
-        }
-        for name, value in values.items():
-            value = np.asarray(value, "float32")
-            if value.shape != tuple(mixture[name].shape):
-                raise ValueError(f"{name} must have shape {tuple(mixture[name].shape)}, got {value.shape}")
-            mixture[name].assign(value)
-
     def set_labeled_set(self, images, labels):
-        """Stores the labeled training images that `prediction="knn"` votes among.
-
-        Args:
-            images: `[labeled_set_size, H, W, C]`, uint8 0–255 or float in [0, 1].
-            labels: `[labeled_set_size]` int labels in `[0, num_classes)`.
-        """
+        """Stores the labeled training images `[labeled_set_size, H, W, C]` (uint8 or [0, 1]) that "knn" votes among."""
         if self.prediction != "knn":
             raise ValueError("set_labeled_set is for prediction='knn'")
         images, labels = np.asarray(images), np.asarray(labels)
@@ -298,90 +229,65 @@ class GMVAE(keras.Model):
     def compute_losses(self, images, labels=None, training=True, views=None):
         """Every loss term of the batch, the weighted total and the assignments.
 
-        `views`: the batch's second views for L_A (see the class
-        docstring), or None.
-
         Returns:
             `(terms, total, assigned)`: a dict of the unweighted terms the
             batch computes (L_A and L_M only when they are on), the weighted
-            sum and the labels assigned to the unlabeled part by the k-NN vote
-            (None without labeled images).
+            sum and the labels the k-NN vote assigned to the unlabeled part
+            (None without labeled images). `views`: the batch's second views
+            for L_A (`--consistency_*`), or None.
         """
         outputs = self(images, training=training)
+        gaussian = ("z", "z_mean", "z_variance", "prior_mean", "prior_variance")
         terms = {
             "reconstruction_loss": losses.reconstruction_loss(images, outputs["reconstruction"], self.reconstruction),
-            "gaussian_loss": losses.gaussian_loss(
-                outputs["z"],
-                outputs["z_mean"],
-                outputs["z_variance"],
-                outputs["prior_mean"],
-                outputs["prior_variance"],
-            ),
+            "gaussian_loss": losses.gaussian_loss(*(outputs[name] for name in gaussian)),
             "categorical_loss": losses.categorical_loss(outputs["logits"], self.categorical_kl),
         }
         assigned = None
         num_labeled = 0 if labels is None else labels.shape[0]
         if num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0):
-            features = outputs["features"]
-            num_unlabeled = ops.shape(images)[0] - ops.shape(labels)[0]
-            # One distance matrix serves the k-NN vote (its unlabeled × labeled
-            # block, without gradient) and the lifted structured loss.
-            distances = losses.pairwise_distance(features)
-            assigned = losses.assign_labels(
-                distances[:num_unlabeled, num_unlabeled:],
-                labels,
-                self.num_classes,
-                self.k,
-                self.assignment_balance,
-            )
-            all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
-        if num_labeled == 0 and self.feature_clusters and self.assignment_weight > 0:
-            mixture = self.feature_cluster_weights
-            points = ops.matmul(outputs["features"] - mixture["center"], mixture["projection"])
+            assigned, auxiliary = self._auxiliary_losses(outputs, labels, views, training)
+            terms.update(auxiliary)
+        elif num_labeled == 0 and self.feature_mixture is not None and self.assignment_weight > 0:
             # Components are categories, not classes: no assignment accuracy to log.
-            components = losses.mixture_assignment(
-                points, mixture["means"], mixture["variances"], mixture["log_weights"]
+            components = self.feature_mixture(outputs["features"])
+            terms["assignment_loss"] = self.feature_mixture.fitted * losses.assignment_loss(
+                components, outputs["logits"]
             )
-            terms["assignment_loss"] = mixture["fitted"] * losses.assignment_loss(components, outputs["logits"])
-        elif assigned is not None and self.assignment_weight > 0:
-            if views is None:
-                terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
-            else:
-                # s·CE(view) + (1 - s)·CE(image); with s = 1 the image's term is not even computed.
-                share = self.consistency_share
-                loss = share * losses.assignment_loss(all_labels, self.classify(views, training=training)[1])
-                if share < 1.0:
-                    loss += (1.0 - share) * losses.assignment_loss(all_labels, outputs["logits"])
-                terms["assignment_loss"] = loss
-        if assigned is not None and self.metric_weight > 0:
-            terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
-        total = losses.total_loss(
-            terms, self.gaussian_weight, self.categorical_weight, self.assignment_weight, self.metric_weight
-        )
-        return terms, total, assigned
+        weights = (self.gaussian_weight, self.categorical_weight, self.assignment_weight, self.metric_weight)
+        return terms, losses.total_loss(terms, *weights), assigned
 
-    @staticmethod
-    def _unpack(data):
-        """`(images, labels, unlabeled_labels, views)` of a batch dict, tuple or tensor."""
-        if isinstance(data, dict):
-            return data["images"], data.get("labels"), data.get("unlabeled_labels"), data.get("views")
-        if isinstance(data, (tuple, list)):
-            images = data[0]
-            labels = data[1] if len(data) > 1 else None
-            return images, labels, None, None
-        return data, None, None, None
+    def _auxiliary_losses(self, outputs, labels, views, training):
+        """`(assigned, {L_A, L_M})`: the k-NN vote's labels for the unlabeled part, and the terms that are on."""
+        num_unlabeled = ops.shape(outputs["features"])[0] - ops.shape(labels)[0]
+        # One distance matrix serves the vote (its unlabeled × labeled block, without gradient) and L_M.
+        distances = losses.pairwise_distance(outputs["features"])
+        assigned = losses.assign_labels(
+            distances[:num_unlabeled, num_unlabeled:], labels, self.num_classes, self.k, self.assignment_balance
+        )
+        all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
+        terms = {}
+        if self.assignment_weight > 0 and views is None:
+            terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
+        elif self.assignment_weight > 0:
+            # s·CE(view) + (1 - s)·CE(image); with s = 1 the image's term is not even computed.
+            share = self.consistency_share
+            loss = share * losses.assignment_loss(all_labels, self.classify(views, training=training)[1])
+            if share < 1.0:
+                loss += (1.0 - share) * losses.assignment_loss(all_labels, outputs["logits"])
+            terms["assignment_loss"] = loss
+        if self.metric_weight > 0:
+            terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
+        return assigned, terms
 
     def train_step(self, data):
-        images, labels, unlabeled_labels, views = self._unpack(data)
+        images, labels, unlabeled_labels, views = unpack_batch(data)
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
         with tf.GradientTape() as tape:
             terms, total, assigned = self.compute_losses(images, labels, training=True, views=views)
-            # Optimizers sum the replicas' gradients: scale each replica's mean
-            # loss so that the sum is the mean over the global batch. A
-            # LossScaleOptimizer (mixed_float16) also multiplies it by its loss
-            # scale, so that small gradients survive float16, and divides the
-            # gradients by it again in `apply`.
+            # Optimizers sum the replicas' gradients: each replica's mean over `replicas` sums to the global
+            # mean. A LossScaleOptimizer (mixed_float16) scales it up here and the gradients down in `apply`.
             scaled = self.optimizer.scale_loss(total / replicas)
         gradients = determinism.gradients(tape, scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
@@ -391,8 +297,7 @@ class GMVAE(keras.Model):
             correct = ops.cast(ops.equal(assigned, ops.cast(unlabeled_labels, "int32")), "float32")
             values["assignment_accuracy"] = ops.mean(correct)
         if replicas > 1:
-            # Every replica holds the same slice layout, so the global mean of
-            # each term is the mean of the replicas' means.
+            # Every replica holds the same slice layout: the global mean of a term is the replicas' mean.
             values = replica.all_reduce(tf.distribute.ReduceOp.MEAN, values)
         for name, value in values.items():
             self.trackers[name].update_state(value)
@@ -409,7 +314,7 @@ class GMVAE(keras.Model):
         # and reuses the trace in later `evaluate` calls, so features encoded once per evaluate would
         # need a variable of their own, which every saved model would then carry. Runs score with
         # `prediction.probabilities`, which encodes them once per call.
-        images, labels, _, _ = self._unpack(data)
+        images, labels, _, _ = unpack_batch(data)
         features, logits = self.classify(images, training=False)
         labeled_features = labeled_labels = None
         if self.prediction == "knn":
@@ -423,28 +328,6 @@ class GMVAE(keras.Model):
 
     # ------------------------------------------------------ beyond training
 
-    def unsupervised_loss(self, images, batch_size=1000):
-        """The mean weighted L_R + w_G·L_G + w_C·L_C of images, in inference mode, reading no labels.
-
-        Deterministic: y = q(y|x̂) and z = the mean of q(z|x̂,y) instead of
-        samples. A clustering run selects its model by it on validation.
-        """
-        if self._loss_function is None:
-
-            def generative_loss(images):
-                # L_A of a clustering with `feature_clusters` trains q(y|x̂); the model is chosen by the rest.
-                terms = self.compute_losses(images, training=False)[0]
-                terms.pop("assignment_loss", None)
-                return losses.total_loss(terms, self.gaussian_weight, self.categorical_weight, 0.0, 0.0)
-
-            self._loss_function = tf.function(generative_loss, reduce_retracing=True)
-        images = np.asarray(images)
-        total = 0.0
-        for start in range(0, len(images), batch_size):
-            batch = unit_float(images[start : start + batch_size])
-            total += float(self._loss_function(tf.constant(batch))) * len(batch)
-        return total / max(len(images), 1)
-
     def generate(self, category, n, seed=None):
         """Sample `n` images of `category`: z ~ p(z|y), then the decoder's means."""
         if not 0 <= int(category) < self.num_classes:
@@ -457,17 +340,9 @@ class GMVAE(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "image_shape": self.image_shape,
-                "num_classes": self.num_classes,
-                **dataclasses.asdict(ModelSettings.model_settings(self)),
-                "temperature": self.temperature,
-                "labeled_set_size": self.labeled_set_size,
-                "seed": self.seed,
-            }
-        )
-        return config
+        config.update(image_shape=self.image_shape, num_classes=self.num_classes, temperature=self.temperature)
+        config.update(labeled_set_size=self.labeled_set_size, seed=self.seed)
+        return {**config, **dataclasses.asdict(ModelSettings.model_settings(self))}
 
     @classmethod
     def from_config(cls, config):

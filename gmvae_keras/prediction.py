@@ -7,7 +7,8 @@
   Each gives a distribution over the classes whose argmax is the prediction.
 - Batched inference on numpy arrays: `features_and_logits`, `probabilities`,
   `predict_proba`, `predict_labels`.
-- Scores: `error`, `scores` (error, ACC, NMI), `class_names`.
+- Scores: `error`, `scores` (error, ACC, NMI), `class_names`, and
+  `unsupervised_loss`, which reads no labels.
 
 The model's own rule is `model.prediction`; with `knn` the model stores its
 labeled images (`GMVAE.set_labeled_set`), and any rule can be asked of any
@@ -61,6 +62,7 @@ def rule_probabilities(rule, features, logits, labeled_features=None, labeled_la
 
 # One traced inference function per model, dropped with the model.
 _CLASSIFY = weakref.WeakKeyDictionary()
+_GENERATIVE_LOSS = weakref.WeakKeyDictionary()
 
 
 def features_and_logits(model, images, batch_size=1000):
@@ -118,6 +120,29 @@ def predict_proba(model, images, rule=None, labeled_set=None, batch_size=1000):
 def predict_labels(model, images, rule=None, labeled_set=None, batch_size=1000):
     """The predicted classes, int32: the argmax of `predict_proba`."""
     return predict_proba(model, images, rule, labeled_set, batch_size).argmax(axis=-1).astype("int32")
+
+
+def unsupervised_loss(model, images, batch_size=1000):
+    """The mean L_R + w_G·L_G + w_C·L_C of images in inference mode: how a clustering run selects its model.
+
+    Reads no labels. Deterministic: y = q(y|x̂) and z = the mean of
+    q(z|x̂,y) instead of samples. L_A, which `--feature_clusters` trains
+    q(y|x̂) with, is left out.
+    """
+    function = _GENERATIVE_LOSS.get(model)
+    if function is None:
+
+        def generative_loss(images):
+            terms = model.compute_losses(images, training=False)[0]
+            terms.pop("assignment_loss", None)
+            return losses.total_loss(terms, model.gaussian_weight, model.categorical_weight, 0.0, 0.0)
+
+        function = _GENERATIVE_LOSS[model] = tf.function(generative_loss, reduce_retracing=True)
+    images, total = np.asarray(images), 0.0
+    for start in range(0, len(images), batch_size):
+        batch = unit_float(images[start : start + batch_size])
+        total += float(function(tf.constant(batch))) * len(batch)
+    return total / max(len(images), 1)
 
 
 def error(labels, predicted):

@@ -394,7 +394,7 @@ def _clustering_model(**overrides):
 
 def test_feature_clusters_train_q_towards_the_fitted_mixture_and_are_saved(tmp_path):
     from gmvae_keras import losses
-    from gmvae_keras.model import FEATURE_CLUSTER_DIMS
+    from gmvae_keras.layers import FEATURE_MIXTURE_DIMS
 
     _, images, _ = batches(num_labeled=0)
     images = tf.constant(images)
@@ -405,12 +405,12 @@ def test_feature_clusters_train_q_towards_the_fitted_mixture_and_are_saved(tmp_p
     rng = np.random.default_rng(0)
     mixture = dict(
         center=rng.normal(size=16),
-        projection=rng.normal(size=(16, FEATURE_CLUSTER_DIMS)),
-        means=rng.normal(size=(3, FEATURE_CLUSTER_DIMS)),
-        variances=rng.uniform(0.5, 2.0, size=(3, FEATURE_CLUSTER_DIMS)),
+        projection=rng.normal(size=(16, FEATURE_MIXTURE_DIMS)),
+        means=rng.normal(size=(3, FEATURE_MIXTURE_DIMS)),
+        variances=rng.uniform(0.5, 2.0, size=(3, FEATURE_MIXTURE_DIMS)),
         weights=np.array([0.2, 0.3, 0.5]),
     )
-    model.set_feature_clusters(**mixture)
+    model.feature_mixture.assign(**mixture)
     terms, total, _ = model.compute_losses(images, training=False)
     features, logits = model.classify(images, training=False)
     points = (features.numpy() - mixture["center"]) @ mixture["projection"]
@@ -423,7 +423,7 @@ def test_feature_clusters_train_q_towards_the_fitted_mixture_and_are_saved(tmp_p
     assert float(expected) > 0
     # The model is chosen by the generative terms alone, whatever L_A is.
     generative = float(terms["reconstruction_loss"]) + float(terms["gaussian_loss"]) + float(terms["categorical_loss"])
-    np.testing.assert_allclose(model.unsupervised_loss(images.numpy()), generative, rtol=1e-5)
+    np.testing.assert_allclose(prediction.unsupervised_loss(model, images.numpy()), generative, rtol=1e-5)
     np.testing.assert_allclose(float(total), generative + float(expected), rtol=1e-5)
     path = tmp_path / "model.keras"
     model.save(path)
@@ -431,9 +431,8 @@ def test_feature_clusters_train_q_towards_the_fitted_mixture_and_are_saved(tmp_p
     again, _, _ = loaded.compute_losses(images, training=False)
     np.testing.assert_allclose(float(again["assignment_loss"]), float(terms["assignment_loss"]), rtol=1e-6)
     with pytest.raises(ValueError, match="means must have shape"):
-        model.set_feature_clusters(**{**mixture, "means": mixture["means"][:2]})
-    with pytest.raises(ValueError, match="for feature_clusters > 0"):
-        tiny_model().set_feature_clusters(**mixture)
+        model.feature_mixture.assign(**{**mixture, "means": mixture["means"][:2]})
+    assert tiny_model().feature_mixture is None
 
 
 def test_feature_clusters_callback_matches_components_to_the_predicted_categories():
@@ -448,9 +447,9 @@ def test_feature_clusters_callback_matches_components_to_the_predicted_categorie
     callback.set_model(model)
     logs = {}
     callback.on_epoch_end(0, logs)  # not an epoch of the period
-    assert logs == {} and float(model.feature_cluster_weights["fitted"]) == 0.0
+    assert logs == {} and float(model.feature_mixture.fitted) == 0.0
     callback.on_epoch_end(1, logs)
-    mixture = {name: v.numpy() for name, v in model.feature_cluster_weights.items()}
+    mixture = {v.name: v.numpy() for v in model.feature_mixture.weights}
     assert mixture["fitted"] == 1.0
     features, logits = prediction.features_and_logits(model, images)
     points = (features - mixture["center"]) @ mixture["projection"]
@@ -469,13 +468,13 @@ class _StubModel:
         self.blob = np.repeat(np.arange(3), 40)
         centres = 30.0 * rng.normal(size=(3, 12))
         self.features = (centres[self.blob] + rng.normal(size=(120, 12))).astype("float32")
-        self.stored = None
+        self.feature_mixture = self
 
     def classify(self, images, training=False):
         # Blob b is predicted as category (b + 1) % 3.
         return tf.constant(self.features), tf.constant(np.eye(3, dtype="float32")[(self.blob + 1) % 3] * 5.0)
 
-    def set_feature_clusters(self, center, projection, means, variances, weights):
+    def assign(self, center, projection, means, variances, weights):
         self.stored = dict(center=center, projection=projection, means=means, variances=variances, weights=weights)
 
 

@@ -644,7 +644,7 @@ def test_feature_clusters_start_l_a_after_the_first_fit_and_survive_a_resume(mni
     assert len(agreement) == 2 and all(0.0 < value <= 1.0 for value in agreement)
     # The mixture is part of the checkpoint: a resumed run starts from the fitted one.
     checkpoint = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "epoch-0002.keras")
-    assert float(checkpoint.feature_cluster_weights["fitted"]) == 1.0
+    assert float(checkpoint.feature_mixture.fitted) == 1.0
     assert train.FEATURE_CLUSTER_IMAGES >= 1000
     train_and_evaluate(dataclasses.replace(config, epochs=3), tmp_path / "run")
     assert len(_event_values(tmp_path / "run" / "logs" / "train", "epoch_assignment_loss")) == 3
