@@ -6,7 +6,7 @@ can configure TensorFlow's logging before TensorFlow loads.
 
 import importlib
 
-__version__ = "0.3.0"
+__version__ = "0.2.0.dev0"
 
 _EXPORTS = {
     "GMVAE": "gmvae_keras.model",

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from gmvae_keras import batches
 from gmvae_keras.settings import ConfigError, ModelSettings, check_choice, drop_removed_options
 from gmvae_keras.settings import field as _field
 
@@ -126,8 +127,8 @@ class Config(ModelSettings):
             return 0
         return self.labeled_per_batch or self.batch_size // 2
 
-    def validate(self, num_classes=None):
-        """Raise ConfigError for impossible values (num_classes once the data is known)."""
+    def validate(self):
+        """Raise ConfigError for impossible values; run when a `Config` is made."""
         ModelSettings.validate(self)
         for name in ("batch_size", "epochs", "eval_batch_size", "temperature_epochs"):
             if getattr(self, name) < 1:
@@ -135,33 +136,29 @@ class Config(ModelSettings):
         for name in ("learning_rate", "temperature_start", "temperature_end"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in (
-            "num_labeled",
-            "labeled_per_batch",
-            "steps_per_epoch",
-            "image_summary_every",
-            "seed",
-            "consistency_shift",
-        ):
+        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        self._validate_folder()
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConfigError(f"--validation_fraction must be in (0, 1), got {self.validation_fraction}")
-        if self.batch_size % 2:
-            raise ConfigError(f"--batch_size must be even (half unlabeled, half labeled), got {self.batch_size}")
         for name in ("mode", "verbose", "lr_schedule", "strategy", "precision"):
             check_choice(name, getattr(self, name), Config.choices(name))
+        self._validate_folder()
+        self._validate_labels()
+        self._validate_consistency()
+
+    def _validate_labels(self):
+        """The mode against the labels, L_A and L_M it uses, and the batch's labeled part."""
         if self.feature_clusters and self.mode != "clustering":
             raise ConfigError("--feature_clusters is for --mode=clustering (a semi-supervised L_A uses the k-NN vote)")
-        if self.feature_clusters and (self.consistency_shift or self.consistency_flip):
-            raise ConfigError("--feature_clusters takes L_A on the images themselves: drop --consistency_shift/_flip")
         if self.mode == "clustering":
             # All at once: a dataset without a clustering flagfile starts from the semi-supervised defaults.
             # L_A stays only with --feature_clusters, where the features' mixture assigns its labels.
-            zeros = ("num_labeled", "assignment_weight", "metric_weight")
-            if self.feature_clusters:
-                zeros = ("num_labeled", "metric_weight")
+            zeros = (
+                ("num_labeled", "metric_weight")
+                if self.feature_clusters
+                else ("num_labeled", "assignment_weight", "metric_weight")
+            )
             labeled = [f"--{name}={getattr(self, name)}" for name in zeros if getattr(self, name)]
             if labeled:
                 raise ConfigError(
@@ -170,6 +167,18 @@ class Config(ModelSettings):
                 )
         if self.mode == "semi_supervised" and not self.num_labeled:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
+        if self.prediction == "knn" and self.mode == "clustering":
+            raise ConfigError("--prediction=knn votes among labeled images; --mode=clustering has none")
+        if self.prediction == "knn" and self.k > self.num_labeled:
+            raise ConfigError(f"--prediction=knn: --k={self.k} is larger than --num_labeled={self.num_labeled}")
+        batches.batch_layout(self.batch_size, None, self.labeled_per_batch, self.num_labeled, self.k)
+
+    def _validate_consistency(self):
+        """The second view of L_A (`--consistency_*`) against L_A itself."""
+        if self.consistency_shift < 0:
+            raise ConfigError(f"--consistency_shift must be >= 0, got {self.consistency_shift}")
+        if self.feature_clusters and (self.consistency_shift or self.consistency_flip):
+            raise ConfigError("--feature_clusters takes L_A on the images themselves: drop --consistency_shift/_flip")
         if (self.consistency_shift or self.consistency_flip) and not self.assignment_weight:
             raise ConfigError(
                 "--consistency_shift/--consistency_flip change L_A, which --assignment_weight=0 leaves out"
@@ -178,23 +187,6 @@ class Config(ModelSettings):
             raise ConfigError(
                 "--consistency_share splits L_A between the image and its second view; set --consistency_shift or "
                 "--consistency_flip"
-            )
-        if self.prediction == "knn" and self.mode == "clustering":
-            raise ConfigError("--prediction=knn votes among labeled images; --mode=clustering has none")
-        if self.prediction == "knn" and self.k > self.num_labeled:
-            raise ConfigError(f"--prediction=knn: --k={self.k} is larger than --num_labeled={self.num_labeled}")
-        labeled = self.resolved_labeled_per_batch()
-        if labeled >= self.batch_size:
-            raise ConfigError(
-                f"--labeled_per_batch={labeled} leaves no unlabeled image in a batch of {self.batch_size}"
-            )
-        if self.num_labeled > 0 and self.k > labeled:
-            raise ConfigError(f"--k={self.k} is larger than the labeled part of a batch ({labeled})")
-        # A labeled count not divisible by the classes is refused by the data loader.
-        if num_classes is not None and self.num_labeled > 0 and labeled < num_classes:
-            raise ConfigError(
-                f"the labeled part of a batch ({labeled}) cannot hold one example of each of the "
-                f"{num_classes} classes; raise --batch_size or --labeled_per_batch"
             )
 
     def _validate_folder(self):

@@ -33,10 +33,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    config = flagfiles.config_from_flags(FLAGS)
-    model_dir = FLAGS.model_dir or f"runs/{config.dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    model_dir = FLAGS.model_dir or f"runs/{FLAGS.dataset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        train_and_evaluate(config, model_dir)
+        train_and_evaluate(flagfiles.config_from_flags(FLAGS), model_dir)
     except (ConfigError, DataError, PathError, RunError, NonFiniteLoss, CheckpointWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -103,7 +103,6 @@ class GMVAE(keras.Model):
         values = {name: kwargs.pop(name) for name in ModelSettings.names() if name in kwargs}
         super().__init__(**kwargs)
         settings = ModelSettings.from_values(values)
-        settings.validate()
         _check_arguments(num_classes, labeled_set_size, settings)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_classes = int(num_classes)

@@ -24,27 +24,27 @@ def check_choice(name, value, choices):
 
 # Options that were removed: those that measured as not helping
 # (docs/RESULTS.md, "Tried and not adopted") and those of the authors'
-# released code that no recipe used. The value that meant "off", the version
-# that removed the option and the last one that has it. A saved model or run
-# directory that holds one at "off" still loads. Saved models hold the
-# model's arguments (`warmup_steps`, `hard_gumbel`), run directories the flags.
+# released code that no recipe used. The value that meant "off", and the last
+# release that has the option (None: it came and went between releases). A
+# saved model or run directory that holds one at "off" still loads. Saved
+# models hold the model's arguments (`warmup_steps`, `hard_gumbel`), run
+# directories the flags.
 REMOVED_OPTIONS = {
-    "assignment_confidence": (0.0, "0.2.0", "0.1.0"),
-    "ema_momentum": (0.0, "0.2.0", "0.1.0"),
-    "auxiliary_warmup_epochs": (0.0, "0.3.0", "0.2.1"),
-    "warmup_steps": (0, "0.3.0", "0.2.1"),
-    "augment_shift": (0, "0.3.0", "0.2.1"),
-    "augment_flip": (False, "0.3.0", "0.2.1"),
-    "hard_gumbel": (False, "0.3.0", "0.2.1"),
-    "assignment_weighting": ("distance", "0.3.0", "0.2.1"),
-    "lr_decay_epochs": (30, "0.3.0", "0.2.1"),
-    "lr_decay_rate": (0.5, "0.3.0", "0.2.1"),
+    "assignment_confidence": (0.0, "0.1.0"),
+    "ema_momentum": (0.0, "0.1.0"),
+    "auxiliary_warmup_epochs": (0.0, None),
+    "warmup_steps": (0, None),
+    "augment_shift": (0, None),
+    "augment_flip": (False, None),
+    "hard_gumbel": (False, None),
+    "assignment_weighting": ("distance", None),
+    "lr_decay_epochs": (30, None),
+    "lr_decay_rate": (0.5, None),
 }
-# Values of kept options that were removed: the values, the version that
-# removed them and the last one that has them.
+# Values of kept options that were removed: the values, and the last release that has them.
 REMOVED_VALUES = {
-    "assignment_balance": (("distance",), "0.2.0", "0.1.0"),
-    "lr_schedule": (("step",), "0.3.0", "0.2.1"),
+    "assignment_balance": (("distance",), "0.1.0"),
+    "lr_schedule": (("step",), None),
 }
 # Removed options that acted only together with another option's value: a
 # run directory that holds them without it loads whatever they were set to.
@@ -54,6 +54,15 @@ ACTED_ONLY_WITH = {
 }
 
 
+def _removed(what, last_release):
+    """How a refusal of a removed option or value ends: where it can still be loaded."""
+    if last_release is None:
+        return (
+            f"{what} that only development versions after gmvae_keras 0.1.0 had; load it with the commit that wrote it"
+        )
+    return f"{what} removed after gmvae_keras {last_release}; load it with gmvae_keras {last_release}"
+
+
 def drop_removed_options(values, source):
     """`values` (a dict of settings) without the removed options left at "off".
 
@@ -61,21 +70,15 @@ def drop_removed_options(values, source):
         ConfigError: `values` sets a removed option, or a removed value.
     """
     values = dict(values)
-    for name, (off, removed_in, last_in) in REMOVED_OPTIONS.items():
+    for name, (off, last_release) in REMOVED_OPTIONS.items():
         if name in values:
             inert = name in ACTED_ONLY_WITH and values.get(ACTED_ONLY_WITH[name][0]) != ACTED_ONLY_WITH[name][1]
             if values[name] != off and not inert:
-                raise ConfigError(
-                    f"{source} sets --{name}={values[name]!r}, an option removed in gmvae_keras {removed_in}; "
-                    f"load it with gmvae_keras {last_in}"
-                )
+                raise ConfigError(f"{source} sets --{name}={values[name]!r}, " + _removed("an option", last_release))
             del values[name]
-    for name, (removed, removed_in, last_in) in REMOVED_VALUES.items():
+    for name, (removed, last_release) in REMOVED_VALUES.items():
         if values.get(name) in removed:
-            raise ConfigError(
-                f"{source} sets --{name}={values[name]!r}, a value removed in gmvae_keras {removed_in}; "
-                f"load it with gmvae_keras {last_in}"
-            )
+            raise ConfigError(f"{source} sets --{name}={values[name]!r}, " + _removed("a value", last_release))
     return values
 
 
@@ -141,6 +144,10 @@ class ModelSettings:
     def choices(cls, name):
         """The values field `name` may take (None: any of its type)."""
         return cls.__dataclass_fields__[name].metadata["choices"]
+
+    def __post_init__(self):
+        # Checked once, where it is made (`dataclasses.replace` makes a new one).
+        self.validate()
 
     def validate(self):
         """Raise ConfigError for an impossible value of a model setting."""

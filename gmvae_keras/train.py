@@ -9,9 +9,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from gmvae_keras import batches, determinism, distribute, paths, prediction
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
-from gmvae_keras import determinism, distribute, paths, prediction
 from gmvae_keras.callbacks import (
     EpochNoiseSeeds,
     EpochSummary,
@@ -144,7 +144,6 @@ def load_data(config, print_fn=None):
             seed=config.seed,
             validation_fraction=config.validation_fraction,
         )
-    data_config(config, data).validate(num_classes=data.num_classes)
     return data
 
 
@@ -155,23 +154,6 @@ def data_config(config, data):
     return dataclasses.replace(
         config, num_labeled=data.num_labeled, image_size=data.image_shape[0], channels=data.image_shape[-1]
     )
-
-
-def train_stream(data, config, initial_epoch=0):
-    """`(dataset, steps per epoch)` of one device: the batches of epochs `initial_epoch` to `config.epochs - 1`."""
-    labeled_per_batch = config.resolved_labeled_per_batch()
-    steps = config.steps_per_epoch or data_lib.steps_per_epoch(data, config.batch_size, labeled_per_batch)
-    dataset = data_lib.make_train_dataset(
-        data,
-        config.batch_size,
-        labeled_per_batch,
-        seed=config.seed,
-        epoch=initial_epoch,
-        epochs=config.epochs,
-        steps=steps,
-        **config.train_pipeline_options(),
-    )
-    return dataset, steps
 
 
 def _scores(model, images, labels, data, batch_size, prefix):
@@ -214,7 +196,6 @@ def train_and_evaluate(config, model_dir):
         callbacks.NonFiniteLoss: a loss term became NaN or infinite.
         checkpoint.CheckpointWriteError: a checkpoint could not be written.
     """
-    config.validate()
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
@@ -300,11 +281,38 @@ def _checked_inputs(config, model_dir, chief):
 
 
 def _train_batches(strategy, data, config, initial_epoch):
-    """`(dataset, steps per epoch)` of the run from `initial_epoch` on, on one device or on every replica."""
-    if strategy.num_replicas_in_sync == 1:
-        return train_stream(data, config, initial_epoch)
-    batch, labeled = distribute.per_replica_layout(config, strategy.num_replicas_in_sync, data.num_classes)
-    return distribute.distributed_train_dataset(strategy, data, config, batch, labeled, initial_epoch)
+    """`(dataset, global steps per epoch)` of the run from `initial_epoch` on, on one device or on every replica.
+
+    Each replica gets its own batch of `batch_size / replicas` images from its machine's input pipeline
+    (`tf.distribute.Strategy.distribute_datasets_from_function`), so the k-NN vote and L_M see the labeled
+    part of their own replica only.
+    """
+    replicas = strategy.num_replicas_in_sync
+    pipelines = distribute.input_pipelines(strategy) if replicas > 1 else 1
+    num_train = len(data.train_labels)
+    k = config.k if config.num_labeled else None
+    batch = batches.batch_layout(
+        config.batch_size, data.num_classes, config.labeled_per_batch, config.num_labeled, k, replicas, num_train
+    )
+    steps = config.steps_per_epoch or batches.steps_per_epoch(num_train, batch[0], replicas, pipelines)
+    options = dict(seed=config.seed, epoch=initial_epoch, epochs=config.epochs, **config.train_pipeline_options())
+    if replicas == 1:
+        return data_lib.make_train_dataset(data, config.batch_size, batch[1] or None, steps=steps, **options), steps
+
+    def pipeline(context):
+        # Keras does not restart a distributed iterator between epochs: the stream holds every epoch left, each
+        # of one batch per replica of this pipeline and global step.
+        return data_lib.make_train_dataset(
+            data,
+            sum(batch),
+            batch[1] or None,
+            steps=steps * replicas // pipelines,
+            **options,
+            num_shards=context.num_input_pipelines,
+            shard_index=context.input_pipeline_id,
+        )
+
+    return strategy.distribute_datasets_from_function(pipeline), steps
 
 
 def _prepare_run_dir(model_dir, config, data, start_afresh):

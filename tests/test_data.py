@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gmvae_keras import data as gd
 from gmvae_keras.data import sources
 from gmvae_keras.data.errors import check_integer
+from gmvae_keras.settings import ConfigError
 
 try:
     from conftest import (
@@ -461,23 +462,43 @@ def test_train_unsupervised(idx_dir):
     [
         (21, None, "even"),
         (0, None, ">= 2"),
-        (16, None, "one image per class"),  # 8 labeled rows < 10 classes
-        (40, 4, "one image per class"),
+        (16, None, "one example of each"),  # 8 labeled rows < 10 classes
+        (40, 4, "one example of each"),
         (40, 40, "labeled_per_batch"),
         (1000, None, "exceeds"),  # 500 unlabeled rows > 400 train images
     ],
 )
 def test_bad_batch_layout(split, batch_size, labeled_per_batch, words):
-    with pytest.raises(gd.DataError, match=words):
+    with pytest.raises(ConfigError, match=words):
         gd.make_train_dataset(split, batch_size, labeled_per_batch)
-    with pytest.raises(gd.DataError, match=words):
+    with pytest.raises(ConfigError, match=words):
         gd.steps_per_epoch(split, batch_size, labeled_per_batch)
 
 
-def test_validate_batch():
-    assert gd.validate_batch(64, 10) == (32, 32)
-    assert gd.validate_batch(64, 10, labeled_per_batch=16) == (48, 16)
-    assert gd.validate_batch(64, 10, labeled_per_batch=16, num_labeled=0) == (64, 0)
+def test_batch_layout_is_each_replicas_share_and_steps_follow_it():
+    from gmvae_keras.batches import batch_layout, steps_per_epoch
+
+    assert batch_layout(64, 10) == (32, 32)
+    assert batch_layout(64, 10, labeled_per_batch=16) == (48, 16)
+    assert batch_layout(64, 10, labeled_per_batch=16, num_labeled=0) == (64, 0)
+    assert batch_layout(200, 10, replicas=2) == (50, 50)
+    assert batch_layout(200, 10, labeled_per_batch=40, replicas=4) == (40, 10)
+    for args, words in [
+        (dict(batch_size=200, replicas=3), "divide evenly among the 3 replicas"),
+        (dict(batch_size=200, labeled_per_batch=30, replicas=4), "divide evenly"),
+        (dict(batch_size=80, num_classes=10, replicas=8), "each of the 8 replicas .5. cannot hold one example"),
+        (dict(batch_size=40, k=6, replicas=4), "--k=6 is larger than the labeled part of each of the 4 replicas"),
+        (
+            dict(batch_size=800, num_train=300, replicas=2),
+            "unlabeled part of a batch .400. exceeds the 300 train images",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            batch_layout(**args)
+    # A pass over 48,000 images: 480 steps of 100 unlabeled rows, on one device or split among replicas and machines.
+    assert steps_per_epoch(48000, 100) == 480
+    assert steps_per_epoch(48000, 50, replicas=2) == 480
+    assert steps_per_epoch(48000, 25, replicas=4, pipelines=2) == 480
 
 
 def test_eval_dataset(split):
@@ -598,7 +619,6 @@ PUBLIC_NAMES = [
     "make_train_dataset",
     "make_eval_dataset",
     "steps_per_epoch",
-    "validate_batch",
     "read_idx",
     "read_svhn_mat",
     "random_shift",

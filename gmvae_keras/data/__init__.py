@@ -51,7 +51,6 @@ from gmvae_keras.data.pipelines import (
     make_eval_dataset,
     make_train_dataset,
     steps_per_epoch,
-    validate_batch,
 )
 from gmvae_keras.data.sources import DEBIAN_FASHION_MNIST_DIR, load_raw
 from gmvae_keras.data.splits import SplitData, load_dataset, split_data
@@ -77,5 +76,4 @@ __all__ = [
     "read_svhn_mat",
     "split_data",
     "steps_per_epoch",
-    "validate_batch",
 ]

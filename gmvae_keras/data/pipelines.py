@@ -5,72 +5,22 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from gmvae_keras import batches
 from gmvae_keras.data.errors import DataError, check_integer
 from gmvae_keras.data.perturbations import perturb
 from gmvae_keras.prediction import unit_float
 
 
-def validate_batch(
-    batch_size,
-    num_classes,
-    labeled_per_batch=None,
-    num_labeled=None,
-    num_train=None,
-):
-    """Checks a batch layout and returns `(n_unlabeled, n_labeled)`.
-
-    A batch of `batch_size` rows holds `n_unlabeled` unlabeled rows and
-    `n_labeled` labeled rows (default `batch_size // 2`; 0 when
-    `num_labeled == 0`).
-
-    Args:
-        batch_size: a positive even integer.
-        num_classes: number of classes; the labeled part must hold at least
-            one image per class.
-        labeled_per_batch: labeled rows per batch, or None for half.
-        num_labeled: size of the labeled set (None: assume > 0).
-        num_train: size of the unlabeled stream (None: not checked); it must
-            fill at least one batch.
-
-    Raises:
-        DataError: a bad layout.
-    """
-    batch_size = check_integer("batch_size", batch_size, minimum=2)
-    if batch_size % 2:
-        raise DataError(f"batch_size must be even, got {batch_size}")
-    if num_labeled is not None and num_labeled == 0:
-        n_l = 0
-    elif labeled_per_batch is None:
-        n_l = batch_size // 2
-    else:
-        n_l = check_integer("labeled_per_batch", labeled_per_batch)
-        if not 1 <= n_l < batch_size:
-            raise DataError(f"labeled_per_batch must be in 1..{batch_size - 1} for batch_size={batch_size}, got {n_l}")
-    if n_l and n_l < num_classes:
-        raise DataError(
-            f"the labeled part of a batch ({n_l} of batch_size={batch_size}) "
-            f"must hold at least one image per class ({num_classes})"
-        )
-    n_u = batch_size - n_l
-    if num_train is not None and n_u > num_train:
-        raise DataError(f"the unlabeled part of a batch ({n_u}) exceeds the {num_train} train images; lower batch_size")
-    return n_u, n_l
-
-
 def _batch_layout(data, batch_size, labeled_per_batch):
-    return validate_batch(
-        batch_size,
-        data.num_classes,
-        labeled_per_batch=labeled_per_batch,
-        num_labeled=data.num_labeled,
-        num_train=len(data.train_labels),
+    return batches.batch_layout(
+        batch_size, data.num_classes, labeled_per_batch, data.num_labeled, num_train=len(data.train_labels)
     )
 
 
 def steps_per_epoch(data, batch_size, labeled_per_batch=None):
-    """Batches in one pass over the unlabeled stream: `N_train // n_u`."""
+    """Batches in one pass over the unlabeled stream of `data` on one device (`batches.steps_per_epoch`)."""
     n_u, _ = _batch_layout(data, batch_size, labeled_per_batch)
-    return len(data.train_labels) // n_u
+    return batches.steps_per_epoch(len(data.train_labels), n_u)
 
 
 # The pipeline's random streams, each keyed by the seed and the epoch alone.
