@@ -90,39 +90,24 @@ def make_train_dataset(
 ):
     """The semi-supervised training batches of epoch `epoch`, or of epochs `epoch` to `epochs - 1` in turn.
 
-    Each element is a dict:
-      * `images`: float32 [B, H, W, C] in [0, 1]; the first
-        `n_u = B - n_l` rows are unlabeled images, the last `n_l` rows are
-        labeled images.
-      * `labels`: int32 [n_l], labels of the labeled rows.
-      * `unlabeled_labels`: int32 [n_u], true labels of the unlabeled rows
-        (for monitoring only); absent when some train labels are unknown
-        (-1, a user's unlabeled images).
+    Each element is a dict: `images`, float32 [B, H, W, C] in [0, 1], the
+    first `n_u = B - n_l` rows unlabeled and the last `n_l` labeled;
+    `labels`, int32 [n_l]; `unlabeled_labels`, int32 [n_u], the unlabeled
+    rows' true labels for monitoring only, absent when some are unknown (-1).
 
     An epoch is `steps` batches, by default one pass over the unlabeled
     stream (`N_train // n_u` full batches; the remainder is dropped). The
-    unlabeled rows walk through a seeded permutation of the train part, and
-    through a fresh one for each further pass when `steps` asks for more.
-    The labeled rows cycle through seeded permutations of the fixed labeled
-    set, independently of the unlabeled stream; a labeled set whose classes
-    hold unequal numbers of images is drawn class-balanced (`balanced_pool`).
-    Every random draw of an
-    epoch (both permutations, the perturbations below) is a function of
-    `seed` and the epoch's number alone, so a run resumed at epoch `e`
-    reads what an uninterrupted run reads there. All shapes are static.
+    unlabeled rows walk through a seeded permutation of the train part, a
+    fresh one for each further pass. The labeled rows cycle through seeded
+    permutations of the labeled set, drawn class-balanced (`balanced_pool`).
+    Every random draw of an epoch is a function of `seed` and the epoch
+    alone, so a resumed run reads what an uninterrupted one reads. All
+    shapes are static. `consistency_shift > 0` or `consistency_flip` (not in
+    the paper) adds `views` (`_assembler`).
 
-    `consistency_shift > 0` or `consistency_flip` (not in the paper) adds
-    `views`: float32 [B, H, W, C], a second copy of `images` translated by a
-    random offset of up to `consistency_shift` pixels per axis
-    (`random_shift`) and/or mirrored left-right with probability 1/2
-    (`random_flip`), drawn from a random stream of its own (the model's L_A
-    is then taken on it). The paper uses no perturbation.
-
-    With `num_shards > 1` (one input pipeline per worker of a distributed
-    run) every shard walks the same seeded permutations and keeps every
-    `num_shards`-th unlabeled index starting at `shard_index`, so the shards
-    split each pass between them; each shard draws its labeled images with
-    its own seed.
+    With `num_shards > 1` (one input pipeline per machine) every shard walks
+    the same permutations and keeps every `num_shards`-th unlabeled index
+    from `shard_index` on; each draws its labeled images with its own seed.
     """
     if not 0 <= shard_index < num_shards:
         raise DataError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
@@ -130,20 +115,12 @@ def make_train_dataset(
         raise DataError(f"consistency_shift must be >= 0, got {consistency_shift}")
     n_u, n_l = _batch_layout(data, batch_size, labeled_per_batch)
     n_train = len(data.train_labels)
-    # The unlabeled indices of this shard in a pass, rounded down to full batches.
-    per_pass = len(range(shard_index, n_train, num_shards)) // n_u
-    if per_pass == 0:
-        raise DataError(f"the unlabeled part of a batch ({n_u}) exceeds the train images of one of {num_shards} shards")
-    epoch = check_integer("epoch", epoch, minimum=0)
-    epochs = epoch + 1 if epochs is None else check_integer("epochs", epochs, minimum=0)
-    steps = per_pass if steps is None else check_integer("steps", steps, minimum=1)
+    per_pass, epoch, epochs, steps = _schedule(n_train, n_u, num_shards, shard_index, epoch, epochs, steps)
     key_u = _stream_key(seed, _UNLABELED)
     key_l = _stream_key(seed, _LABELED, shard_index)
-    key_consistency = _stream_key(seed, _CONSISTENCY)
     unlabeled_slice = slice(shard_index, shard_index + per_pass * n_u * num_shards, num_shards)
     pool = balanced_pool(data.labeled_indices, data.labeled_labels) if n_l else np.zeros(0, np.int64)
     labeled_idx = tf.convert_to_tensor(pool, dtype=tf.int64)
-    known = bool(np.all(np.asarray(data.train_labels) >= 0))
 
     def one_epoch(e):
         u_idx = _walk(key_u, e, n_train, unlabeled_slice, steps, n_u)
@@ -153,8 +130,38 @@ def make_train_dataset(
             l_idx = tf.zeros((steps, 0), tf.int64)
         return tf.data.Dataset.from_tensor_slices((tf.fill([steps], e), tf.range(steps, dtype=tf.int64), u_idx, l_idx))
 
+    assemble = _assembler(data, consistency_shift, consistency_flip, _stream_key(seed, _CONSISTENCY))
+    ds = tf.data.Dataset.range(epoch, max(epoch, epochs)).flat_map(one_epoch)
+    ds = ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # flat_map hides the length; Keras and the tests read it.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(max(0, epochs - epoch) * steps))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _schedule(n_train, n_u, num_shards, shard_index, epoch, epochs, steps):
+    """`(full batches of a pass over this shard, first epoch, end epoch, steps of an epoch)`, checked."""
+    # The unlabeled indices of this shard in a pass, rounded down to full batches.
+    per_pass = len(range(shard_index, n_train, num_shards)) // n_u
+    if per_pass == 0:
+        raise DataError(f"the unlabeled part of a batch ({n_u}) exceeds the train images of one of {num_shards} shards")
+    epoch = check_integer("epoch", epoch, minimum=0)
+    epochs = epoch + 1 if epochs is None else check_integer("epochs", epochs, minimum=0)
+    steps = per_pass if steps is None else check_integer("steps", steps, minimum=1)
+    return per_pass, epoch, epochs, steps
+
+
+def _assembler(data, consistency_shift, consistency_flip, key_consistency):
+    """The map from `(epoch, step, unlabeled indices, labeled indices)` to a batch dict of `data`.
+
+    With `consistency_shift > 0` or `consistency_flip` the batch holds
+    `views`: float32 [B, H, W, C], a second copy of `images` translated by up
+    to `consistency_shift` pixels per axis (`random_shift`) and/or mirrored
+    left-right with probability 1/2 (`random_flip`), drawn from the random
+    stream `key_consistency` folded with the epoch and step.
+    """
     images = tf.convert_to_tensor(data.train_images, dtype=tf.uint8)
     labels = tf.convert_to_tensor(data.train_labels, dtype=tf.int32)
+    known = bool(np.all(np.asarray(data.train_labels) >= 0))
 
     def assemble(e, step, u_idx, l_idx):
         element = {
@@ -169,11 +176,7 @@ def make_train_dataset(
             )
         return element
 
-    ds = tf.data.Dataset.range(epoch, max(epoch, epochs)).flat_map(one_epoch)
-    ds = ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # flat_map hides the length; Keras and the tests read it.
-    ds = ds.apply(tf.data.experimental.assert_cardinality(max(0, epochs - epoch) * steps))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return assemble
 
 
 def make_eval_dataset(images, labels, batch_size):

@@ -104,8 +104,6 @@ def split_data(name, train, test, num_classes, num_labeled, seed, validation_fra
     Returns:
         `SplitData`.
     """
-    from sklearn.model_selection import train_test_split  # pylint: disable=import-outside-toplevel
-
     num_classes = check_integer("num_classes", num_classes, minimum=1)
     # Its sign is checked after the validation split, whose errors come first.
     num_labeled = check_integer("num_labeled", num_labeled)
@@ -124,40 +122,51 @@ def split_data(name, train, test, num_classes, num_labeled, seed, validation_fra
     if train_x.shape[0] == 0:
         raise DataError(f"the train set of {name!r} is empty")
 
-    # Train / validation split, stratified and seeded.
-    if validation_fraction > 0:
-        counts = np.bincount(train_y, minlength=num_classes)
-        present = counts[counts > 0]
-        if present.min() < 2:
-            raise DataError(
-                f"cannot stratify the validation split of {name!r}: class "
-                f"{int(np.flatnonzero(counts == present.min())[0])} has "
-                f"{present.min()} training image"
-            )
-        try:
-            train_idx, val_idx = train_test_split(
-                np.arange(train_x.shape[0]),
-                test_size=validation_fraction,
-                stratify=train_y,
-                random_state=seed,
-                shuffle=True,
-            )
-        except ValueError as e:
-            raise DataError(
-                f"cannot split {len(train_y)} images of {name!r} with "
-                f"validation_fraction={validation_fraction}: {_one_line(e, 150)}"
-            ) from None
-        train_idx = np.sort(train_idx)
-        val_idx = np.sort(val_idx)
-        split_x, split_y = train_x[train_idx], train_y[train_idx]
-        val_x, val_y = train_x[val_idx], train_y[val_idx]
-    else:
-        split_x, split_y = train_x, train_y
-        val_x = train_x[:0]
-        val_y = train_y[:0]
+    train_idx, val_idx = _validation_split(name, train_y, num_classes, validation_fraction, seed)
+    split_x, split_y = train_x[train_idx], train_y[train_idx]
+    labeled = _labeled_set(name, split_y, num_classes, num_labeled, seed)
+    return SplitData(
+        name=name,
+        num_classes=num_classes,
+        image_shape=tuple(int(d) for d in split_x.shape[1:]),
+        train_images=split_x,
+        train_labels=split_y,
+        val_images=train_x[val_idx],
+        val_labels=train_y[val_idx],
+        test_images=test_x,
+        test_labels=test_y,
+        labeled_indices=labeled,
+        class_names=CLASS_NAMES.get(name),
+    )
 
-    # Class-balanced, seeded labeled set.
-    n_train = split_x.shape[0]
+
+def _validation_split(name, labels, num_classes, fraction, seed):
+    """`(train indices, validation indices)`, sorted: a stratified, seeded split of the official train set."""
+    from sklearn.model_selection import train_test_split
+
+    everything = np.arange(len(labels))
+    if fraction == 0:
+        return everything, everything[:0]
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    if present.min() < 2:
+        raise DataError(
+            f"cannot stratify the validation split of {name!r}: class "
+            f"{int(np.flatnonzero(counts == present.min())[0])} has {present.min()} training image"
+        )
+    try:
+        train_idx, val_idx = train_test_split(
+            everything, test_size=fraction, stratify=labels, random_state=seed, shuffle=True
+        )
+    except ValueError as e:
+        raise DataError(
+            f"cannot split {len(labels)} images of {name!r} with validation_fraction={fraction}: {_one_line(e, 150)}"
+        ) from None
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def _labeled_set(name, labels, num_classes, num_labeled, seed):
+    """The sorted indices of `num_labeled` images of `labels`, an equal number per class, drawn with the seed."""
     if num_labeled < 0:
         raise DataError(f"num_labeled must be >= 0, got {num_labeled}")
     if num_labeled % num_classes:
@@ -165,36 +174,20 @@ def split_data(name, train, test, num_classes, num_labeled, seed, validation_fra
             f"num_labeled={num_labeled} must be divisible by the number of "
             f"classes ({num_classes}) for a class-balanced labeled set"
         )
-    if num_labeled > n_train:
-        raise DataError(f"num_labeled={num_labeled} exceeds the {n_train} images of the train split of {name!r}")
+    if num_labeled > len(labels):
+        raise DataError(f"num_labeled={num_labeled} exceeds the {len(labels)} images of the train split of {name!r}")
     per_class = num_labeled // num_classes
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     chosen = []
-    if per_class:
-        for c in range(num_classes):
-            members = np.flatnonzero(split_y == c)
-            if members.size < per_class:
-                raise DataError(
-                    f"class {c} of {name!r} has only {members.size} images in "
-                    f"the train split, fewer than num_labeled/num_classes="
-                    f"{per_class}"
-                )
-            chosen.append(rng.choice(members, size=per_class, replace=False))
-    labeled = np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros((0,), np.int64)
-
-    return SplitData(
-        name=name,
-        num_classes=num_classes,
-        image_shape=tuple(int(d) for d in split_x.shape[1:]),
-        train_images=split_x,
-        train_labels=split_y,
-        val_images=val_x,
-        val_labels=val_y,
-        test_images=test_x,
-        test_labels=test_y,
-        labeled_indices=labeled,
-        class_names=CLASS_NAMES.get(name),
-    )
+    for c in range(num_classes if per_class else 0):
+        members = np.flatnonzero(labels == c)
+        if members.size < per_class:
+            raise DataError(
+                f"class {c} of {name!r} has only {members.size} images in "
+                f"the train split, fewer than num_labeled/num_classes={per_class}"
+            )
+        chosen.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros((0,), np.int64)
 
 
 def load_dataset(name, data_dir=None, num_labeled=100, seed=0, validation_fraction=0.2):
