@@ -83,19 +83,7 @@ def export_saved_model(model, export_dir, class_names=None):
         labeled_features = prediction.features_and_logits(model, labeled_images)[0]
     stored = _Stored(prediction.class_names(class_names, model.num_classes), labeled_features)
     image_shape = tuple(model.image_shape)
-    expected = f"[batch, {', '.join(map(str, image_shape))}]"
-
-    def checked(images):
-        # The signatures accept any shape, so that a wrong one fails here with
-        # this message instead of deep inside a convolution.
-        shape = tf.shape(images)
-        padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]
-        valid = tf.logical_and(
-            tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded, tf.constant(image_shape, tf.int32)))
-        )
-        check = tf.debugging.Assert(valid, [f"images must have shape {expected}, got", shape])
-        with tf.control_dependencies([check]):
-            return tf.ensure_shape(images, (None,) + image_shape)
+    checked = _shape_check(image_shape)
 
     def serve_float(images):
         images = checked(images)
@@ -132,6 +120,31 @@ def export_saved_model(model, export_dir, class_names=None):
         "serving_bytes", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="images")]
     )
 
+    _write_in_place(archive, export_dir)
+    return export_dir
+
+
+def _shape_check(image_shape):
+    """`images` checked to be `[batch, *image_shape]` in the graph, with a message that names both shapes."""
+    expected = f"[batch, {', '.join(map(str, image_shape))}]"
+
+    def checked(images):
+        # The signatures accept any shape, so that a wrong one fails here with
+        # this message instead of deep inside a convolution.
+        shape = tf.shape(images)
+        padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]
+        valid = tf.logical_and(
+            tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(padded, tf.constant(image_shape, tf.int32)))
+        )
+        check = tf.debugging.Assert(valid, [f"images must have shape {expected}, got", shape])
+        with tf.control_dependencies([check]):
+            return tf.ensure_shape(images, (None,) + image_shape)
+
+    return checked
+
+
+def _write_in_place(archive, export_dir):
+    """Writes `archive` next to `export_dir` and renames it into place: an export is replaced only by a complete one."""
     tmp = export_dir.with_name(f".{export_dir.name}.tmp-{os.getpid()}")
     old = export_dir.with_name(f".{export_dir.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -140,7 +153,6 @@ def export_saved_model(model, export_dir, class_names=None):
         os.replace(export_dir, old)
     os.replace(tmp, export_dir)
     shutil.rmtree(old, ignore_errors=True)
-    return export_dir
 
 
 def main(argv=None):

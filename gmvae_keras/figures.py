@@ -180,7 +180,6 @@ def write_figures(
         {name: path} of the PNG files written.
     """
     import keras
-    import tensorflow as tf
 
     from gmvae_keras import prediction
 
@@ -211,6 +210,13 @@ def write_figures(
     }
     if history:
         figures["validation_by_epoch"] = history_figure(history, mode)
+    return _save_figures(figures, out_dir, log_dir)
+
+
+def _save_figures(figures, out_dir, log_dir):
+    """Writes each figure as `out_dir/<name>.png` (and into TensorBoard at `log_dir`); `{name: path}`."""
+    import tensorflow as tf
+
     paths = {}
     writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
     for name, fig in figures.items():
@@ -223,6 +229,34 @@ def write_figures(
     if writer is not None:
         writer.close()
     return paths
+
+
+def _checked_dirs(args):
+    """The run directory, its figure folders writable and `--data_dir` readable, or `paths.PathError`."""
+    from gmvae_keras import paths
+
+    model_dir = paths.check_input_dir(args.model_dir, "--model_dir", writable=True)
+    for folder in (model_dir / "figures", model_dir / "logs" / "figures"):
+        problem = paths.output_dir_problem(folder)
+        if problem:
+            raise paths.PathError(f"--model_dir={model_dir}: {folder} {problem}")
+    if args.data_dir is not None:
+        paths.check_input_dir(args.data_dir, "--data_dir")
+    return model_dir
+
+
+def _test_set(config, data_dir):
+    """`(images, labels)` of the run's test split, read as the run read its data."""
+    from gmvae_keras import data as data_lib
+
+    if config.dataset != "folder":
+        return data_lib.load_raw(config.dataset, data_dir=data_dir)[1]
+    from gmvae_keras.train import load_data
+
+    data = load_data(dataclasses.replace(config, data_dir=str(data_dir)))
+    if not len(data.test_labels):
+        raise data_lib.DataError(f"{data_dir} has no test/ folder: the figures are of test images")
+    return data.test_images, data.test_labels
 
 
 def main(argv=None):
@@ -239,13 +273,7 @@ def main(argv=None):
     from gmvae_keras import paths
 
     try:
-        model_dir = paths.check_input_dir(args.model_dir, "--model_dir", writable=True)
-        for folder in (model_dir / "figures", model_dir / "logs" / "figures"):
-            problem = paths.output_dir_problem(folder)
-            if problem:
-                raise paths.PathError(f"--model_dir={model_dir}: {folder} {problem}")
-        if args.data_dir is not None:
-            paths.check_input_dir(args.data_dir, "--data_dir")
+        model_dir = _checked_dirs(args)
     except paths.PathError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -260,16 +288,7 @@ def main(argv=None):
     try:
         config, path = ckpt.read_run(model_dir, args.which)
         class_names = ckpt.read_json(model_dir / "class_names.json", {}).get("class_names")
-        data_dir = args.data_dir or config.data_dir
-        if config.dataset == "folder":
-            from gmvae_keras.train import load_data
-
-            data = load_data(dataclasses.replace(config, data_dir=str(data_dir)))
-            test_images, test_labels = data.test_images, data.test_labels
-            if not len(test_labels):
-                raise data_lib.DataError(f"{data_dir} has no test/ folder: the figures are of test images")
-        else:
-            (_, _), (test_images, test_labels), _, _ = data_lib.load_raw(config.dataset, data_dir=data_dir)
+        test_images, test_labels = _test_set(config, args.data_dir or config.data_dir)
     except (ConfigError, ckpt.RunError, data_lib.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -101,9 +101,8 @@ def make_train_dataset(
     fresh one for each further pass. The labeled rows cycle through seeded
     permutations of the labeled set, drawn class-balanced (`balanced_pool`).
     Every random draw of an epoch is a function of `seed` and the epoch
-    alone, so a resumed run reads what an uninterrupted one reads. All
-    shapes are static. `consistency_shift > 0` or `consistency_flip` (not in
-    the paper) adds `views` (`_assembler`).
+    alone, so a resumed run reads what an uninterrupted one reads. Shapes are
+    static. `consistency_shift`/`consistency_flip` add `views` (`_assembler`).
 
     With `num_shards > 1` (one input pipeline per machine) every shard walks
     the same permutations and keeps every `num_shards`-th unlabeled index

@@ -55,25 +55,7 @@ def _load_tfds(tfds_name, canonical):
             f"pass --data_dir=DIR holding the original files"
         ) from None
 
-    try:
-        builder = tfds.builder(tfds_name)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(_UNKNOWN_MSG.format(canonical)) from None
-    except Exception as e:  # bad name syntax, broken builder, ...
-        raise DataError(f"{_UNKNOWN_MSG.format(canonical)} ({_one_line(e, 120)})") from None
-
-    features = builder.info.features
-    keys = getattr(features, "keys", lambda: ())()
-    if "image" not in keys or "label" not in keys:
-        raise DataError(f"{_UNKNOWN_MSG.format(canonical)} (tfds {tfds_name!r} has no 'image' and 'label' features)")
-    num_classes = getattr(features["label"], "num_classes", None)
-    shape = tuple(features["image"].shape)
-    if not num_classes or len(shape) != 3 or None in shape:
-        raise DataError(
-            f"{_UNKNOWN_MSG.format(canonical)} (tfds {tfds_name!r} needs a "
-            f"class label and fixed-size images, got image shape {shape})"
-        )
-
+    builder, num_classes = _image_builder(tfds, tfds_name, canonical)
     if canonical in KNOWN_DATASETS:
         hint = "pass --data_dir=DIR holding the original files"
     else:
@@ -110,6 +92,28 @@ def _load_tfds(tfds_name, canonical):
         ) from None
     (train_x, train_y), (test_x, test_y) = out
     return (train_x, train_y), (test_x, test_y), int(num_classes)
+
+
+def _image_builder(tfds, tfds_name, canonical):
+    """`(builder, number of classes)` of a tfds image classification data set, or DataError."""
+    try:
+        builder = tfds.builder(tfds_name)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(_UNKNOWN_MSG.format(canonical)) from None
+    except Exception as e:  # bad name syntax, broken builder, ...
+        raise DataError(f"{_UNKNOWN_MSG.format(canonical)} ({_one_line(e, 120)})") from None
+    features = builder.info.features
+    keys = getattr(features, "keys", lambda: ())()
+    if "image" not in keys or "label" not in keys:
+        raise DataError(f"{_UNKNOWN_MSG.format(canonical)} (tfds {tfds_name!r} has no 'image' and 'label' features)")
+    num_classes = getattr(features["label"], "num_classes", None)
+    shape = tuple(features["image"].shape)
+    if not num_classes or len(shape) != 3 or None in shape:
+        raise DataError(
+            f"{_UNKNOWN_MSG.format(canonical)} (tfds {tfds_name!r} needs a "
+            f"class label and fixed-size images, got image shape {shape})"
+        )
+    return builder, num_classes
 
 
 def _check_tfds_name(name):
