@@ -388,3 +388,22 @@ def test_compare_commits_compares_within_a_relative_tolerance_and_refuses_bad_in
     with pytest.raises(SystemExit) as exit_info:
         tool.main(["HEAD", "HEAD", f"--datasets_dir={tmp_path}", "--recipes=mnist-paper"])
     assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_compare_commits_reads_synthetic_svhn_when_the_real_files_are_absent(tmp_path):
+    import numpy as np
+
+    from gmvae_keras import data as data_lib
+
+    tool = _load_tool("compare_commits")
+    folder = tool.data_dir("svhn", tmp_path / "datasets", tmp_path / "work")
+    assert folder == tmp_path / "work" / "synthetic-svhn"
+    (train_x, train_y), (test_x, test_y), num_classes, _ = data_lib.load_raw("svhn", data_dir=folder)
+    assert train_x.shape == (3000, 32, 32, 3) and test_x.shape == (500, 32, 32, 3) and num_classes == 10
+    assert np.bincount(train_y).tolist() == [300] * 10
+    # Written once: both commits of a comparison read the same files.
+    stamp = (folder / "train_32x32.mat").stat().st_mtime_ns
+    assert tool.data_dir("svhn", tmp_path / "datasets", tmp_path / "work") == folder
+    assert (folder / "train_32x32.mat").stat().st_mtime_ns == stamp
+    (tmp_path / "datasets" / "svhn").mkdir(parents=True)
+    assert tool.data_dir("svhn", tmp_path / "datasets", tmp_path / "work") == tmp_path / "datasets" / "svhn"

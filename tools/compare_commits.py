@@ -4,12 +4,15 @@
 
 Each commit is checked out into its own worktree (under `--workdir`), and each
 recipe (the MNIST paper settings, the MNIST CPU budget, the Fashion-MNIST CPU
-budget with 100 and with 1000 labels, and the CPU budgets of both clusterings)
-trains there with `--deterministic
+budget with 100 and with 1000 labels, the CPU budgets of both clusterings, and
+SVHN's paper settings) trains there with `--deterministic
 --epochs=1 --steps_per_epoch=50 --seed=0`, importing that worktree's package.
 The per-epoch losses (from the TensorBoard logs) and the validation scores
 (from `metrics.json`) of the two commits are compared with a relative
-tolerance (default 1e-5). Prints one JSON document; exits 1 when a value
+tolerance (default 1e-5). SVHN, whose files are not on every machine, reads
+`--datasets_dir`/svhn when it is there and otherwise synthetic `.mat` files of
+the same layout (seeded random pixels, written once into `--workdir`): the same
+input for both commits, which is all a comparison needs. Prints one JSON document; exits 1 when a value
 differs, 2 on bad input.
 """
 
@@ -30,7 +33,10 @@ RECIPES = {
     "fashion_mnist-cpu-1000": ("fashion_mnist", ["--settings=cpu", "--num_labeled=1000"]),
     "mnist-clustering-cpu": ("mnist", ["--mode=clustering", "--settings=cpu"]),
     "fashion_mnist-clustering-cpu": ("fashion_mnist", ["--mode=clustering", "--settings=cpu"]),
+    "svhn-paper": ("svhn", []),
 }
+# Synthetic SVHN when the real files are absent: enough for 1,000 labeled images after the 80/20 split.
+SYNTHETIC_SVHN = {"train": 3000, "test": 500}
 RUN_FLAGS = [
     "--deterministic",
     "--epochs=1",
@@ -73,7 +79,31 @@ def epoch_scalars(log_dir):
     return values
 
 
-def run_recipe(tree, name, datasets_dir, runs_dir):
+def synthetic_svhn(folder):
+    """Writes seeded random `train_32x32.mat` and `test_32x32.mat` (SVHN's layout) into `folder` once."""
+    import numpy as np
+    import scipy.io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for part, n in SYNTHETIC_SVHN.items():
+        if (folder / f"{part}_32x32.mat").exists():
+            continue
+        images = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        labels = (np.arange(n) % 10 + 1).astype(np.uint8).reshape(n, 1)  # 10 is the digit 0
+        scipy.io.savemat(str(folder / f".{part}_32x32.mat"), {"X": images, "y": labels})
+        os.replace(folder / f".{part}_32x32.mat", folder / f"{part}_32x32.mat")
+    return folder
+
+
+def data_dir(dataset, datasets_dir, workdir):
+    """The recipe's `--data_dir`: `datasets_dir/<dataset>`, or synthetic SVHN files when they are absent."""
+    if dataset == "svhn" and not (datasets_dir / "svhn").is_dir():
+        return synthetic_svhn(workdir / "synthetic-svhn")
+    return datasets_dir / dataset
+
+
+def run_recipe(tree, name, data_dir, runs_dir):
     dataset, extra = RECIPES[name]
     model_dir = runs_dir / name
     if not (model_dir / "metrics.json").exists():
@@ -84,7 +114,7 @@ def run_recipe(tree, name, datasets_dir, runs_dir):
             f"--dataset={dataset}",
             *extra,
             *RUN_FLAGS,
-            f"--data_dir={datasets_dir / dataset}",
+            f"--data_dir={data_dir}",
             f"--model_dir={model_dir}",
             "--overwrite",
         ]
@@ -114,7 +144,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", help="the earlier commit")
     parser.add_argument("after", help="the later commit")
-    parser.add_argument("--datasets_dir", required=True, help="folder with mnist/ and fashion_mnist/ IDX files")
+    parser.add_argument(
+        "--datasets_dir", required=True, help="folder with mnist/ and fashion_mnist/ IDX files (and svhn/, optional)"
+    )
     parser.add_argument("--workdir", default="runs/compare", help="where the worktrees and runs go")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset of " + ", ".join(RECIPES))
     parser.add_argument("--tolerance", type=float, default=1e-5, help="relative tolerance")
@@ -128,7 +160,7 @@ def main(argv=None):
         paths.check_output_dir(args.workdir, "--workdir")
     except paths.PathError as e:
         parser.exit(2, f"error: {e}\n")
-    for dataset in {RECIPES[name][0] for name in recipes}:
+    for dataset in {RECIPES[name][0] for name in recipes} - {"svhn"}:
         if not (datasets_dir / dataset).is_dir():
             parser.exit(2, f"error: {datasets_dir / dataset} is not a folder\n")
     repo = Path(__file__).resolve().parents[1]
@@ -141,7 +173,8 @@ def main(argv=None):
     report = {"before": trees[0][0], "after": trees[1][0], "run_flags": RUN_FLAGS, "tolerance": args.tolerance}
     same = True
     for name in recipes:
-        values = [run_recipe(tree, name, datasets_dir, workdir / f"{sha[:12]}-runs") for sha, tree in trees]
+        folder = data_dir(RECIPES[name][0], datasets_dir, workdir)
+        values = [run_recipe(tree, name, folder, workdir / f"{sha[:12]}-runs") for sha, tree in trees]
         rows = compare(*values, args.tolerance)
         report[name] = rows
         same = same and all(row["same"] for row in rows.values())
