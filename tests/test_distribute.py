@@ -68,7 +68,7 @@ def test_mirrored_loss_matches_single_device_on_the_same_data(tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=280, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")][-1]
     values = json.loads(line[len("RESULT ") :])
@@ -121,7 +121,7 @@ def test_multi_worker_trains_on_two_local_workers(tmp_path):
                     command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT
                 )
             )
-        outputs = [p.communicate(timeout=600) for p in processes]
+        outputs = [p.communicate(timeout=280) for p in processes]
     finally:
         for p in processes:
             if p.poll() is None:

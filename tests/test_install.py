@@ -73,7 +73,7 @@ def test_installed_package_trains_with_its_flagfiles_outside_the_source_tree(tmp
         text=True,
         cwd=elsewhere,
         env=env,
-        timeout=600,
+        timeout=280,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     config = json.loads((elsewhere / "run" / "config.json").read_text())

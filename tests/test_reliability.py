@@ -120,7 +120,7 @@ def test_sigkill_mid_epoch_then_resume(mnist_files, tmp_path):
     assert int(model.optimizer.iterations.numpy()) == steps
 
     command = [sys.executable, "-m", "gmvae_keras.main", *flags]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming {model_dir} after epoch 1" in result.stdout
     assert "epoch 1/3" not in result.stdout and "epoch 2/3" in result.stdout and "epoch 3/3" in result.stdout
@@ -162,7 +162,7 @@ def test_deterministic_runs_are_identical(mnist_files, tmp_path):
     outputs = []
     for name in ("a", "b"):
         result = subprocess.run(
-            command + [f"--model_dir={tmp_path / name}"], capture_output=True, text=True, timeout=600
+            command + [f"--model_dir={tmp_path / name}"], capture_output=True, text=True, timeout=280
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert "done: test error" in result.stdout

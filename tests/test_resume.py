@@ -85,7 +85,7 @@ def _assert_resume_is_exact(values, tmp_path, devices=1):
         [sys.executable, str(script), json.dumps(values), str(tmp_path), str(devices)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=280,
         env=env,
         cwd=REPO_ROOT,
     )

@@ -284,7 +284,7 @@ def test_damaged_files_fail_before_writing(mnist_files, tmp_path, damage):
 def _cli(*args, cwd=None):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     return subprocess.run(
-        [sys.executable, "-m", "gmvae_keras.main", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+        [sys.executable, "-m", "gmvae_keras.main", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=280
     )
 
 
