@@ -45,16 +45,24 @@ def categorical_loss(logits, kl):
     return float(np.mean(np.sum(q * np.log(q), axis=1) + np.log(c)))
 
 
+def votes(distances, labels, num_classes, k):
+    """Eq. 8's votes `[n_unlabeled, c]` from `[n_unlabeled, n_labeled]` distances: k nearest, each 1/distance."""
+    out = np.zeros((len(distances), num_classes))
+    for row, row_distances in enumerate(np.asarray(distances, np.float64)):
+        for j in np.argsort(row_distances, kind="stable")[:k]:
+            out[row, labels[j]] += 1.0 / (row_distances[j] + EPSILON)
+    return out
+
+
+def distances(a, b):
+    """Euclidean distances between the rows of `a` and of `b`, in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1))
+
+
 def knn_vote(unlabeled, labeled, labels, num_classes, k):
-    """Eq. 8: each unlabeled row's class by its k nearest labeled rows, each weighing 1/distance."""
-    assigned = []
-    for row in unlabeled:
-        distances = np.sqrt(((labeled - row) ** 2).sum(axis=1))
-        votes = np.zeros(num_classes)
-        for j in np.argsort(distances, kind="stable")[:k]:
-            votes[labels[j]] += 1.0 / (distances[j] + EPSILON)
-        assigned.append(int(np.argmax(votes)))
-    return np.array(assigned, np.int64)
+    """Each unlabeled row's class by the k-NN vote among the labeled rows."""
+    return votes(distances(unlabeled, labeled), labels, num_classes, k).argmax(axis=1)
 
 
 def cross_entropy(labels, logits):
@@ -62,9 +70,12 @@ def cross_entropy(labels, logits):
     return float(-np.mean(log_softmax(logits)[np.arange(len(labels)), labels]))
 
 
-def lifted_structured_loss(labels, features, margin):
-    """L_M (Song et al., 2016): a double loop over the ordered positive pairs, halved mean of max(J, 0)²."""
-    d = np.sqrt(((features[:, None, :] - features[None, :, :]) ** 2).sum(axis=-1))
+def lifted_structured_loss(labels, features, margin, d=None):
+    """L_M (Song et al., 2016): a double loop over the ordered positive pairs, halved mean of max(J, 0)².
+
+    `d`: the distance matrix to use instead of the features' own.
+    """
+    d = distances(features, features) if d is None else np.asarray(d, np.float64)
     n = len(labels)
     total, count = 0.0, 0
     for i in range(n):
