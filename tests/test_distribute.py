@@ -88,16 +88,113 @@ def test_a_mirrored_step_gives_the_weights_of_one_device_on_the_same_global_batc
     assert values["loss"][0] == pytest.approx(values["loss"][1], rel=1e-6)
 
 
+MULTI_WORKER_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, json, os, sys
+    import numpy as np
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    import keras
+    from gmvae_keras import GMVAE
+
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "images": rng.random((20, 28, 28, 1)).astype("float32"),
+            "labels": (np.arange(10) % 5).astype("int32"),
+            "unlabeled_labels": (np.arange(10) % 5).astype("int32"),
+        }
+        for _ in range(4)
+    ]  # worker w trains on batches[w] in step 1 and batches[2 + w] in step 2
+
+    def without_noise(model):
+        for layer in (model.gumbel_softmax, model.gaussian_sample):
+            layer.call = (lambda call: lambda inputs, training=None: call(inputs, training=False))(layer.call)
+        return model
+
+    kwargs = dict(image_shape=(28, 28, 1), num_classes=5, feature_size=8, latent_size=4, k=3, seed=0)
+    with strategy.scope():
+        model = without_noise(GMVAE(**kwargs))
+        model.compile(optimizer=keras.optimizers.SGD(1e-3), jit_compile=False)
+    single = without_noise(GMVAE(**kwargs))
+    single.set_weights(model.get_weights())
+
+    def pipeline(context):
+        mine = [batches[context.input_pipeline_id], batches[2 + context.input_pipeline_id]]
+        return tf.data.Dataset.from_tensor_slices({k: np.stack([b[k] for b in mine]) for k in mine[0]})
+
+    model.fit(strategy.distribute_datasets_from_function(pipeline), steps_per_epoch=2, epochs=1, verbose=0)
+    for step in range(2):
+        with tf.GradientTape() as tape:
+            totals = [
+                single.compute_losses(b["images"], tf.constant(b["labels"]), training=True)[1]
+                for b in batches[2 * step : 2 * step + 2]
+            ]
+            mean = tf.add_n(totals) / 2.0
+        gradients = tape.gradient(mean, single.trainable_weights)
+        for w, g in zip(single.trainable_weights, gradients):
+            w.assign(w - 1e-3 * g)
+    weights = [w.numpy() for w in model.trainable_weights]
+    print("RESULT " + json.dumps({
+        "digest": hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest(),
+        "max_difference": max(float(np.abs(a - b.numpy()).max()) for a, b in zip(weights, single.trainable_weights)),
+    }))
+    """
+)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def _run_two_workers(command, cwd, attempts=3):
+    """`[(returncode, stdout, stderr)]` of two localhost workers running `command`.
+
+    A port taken between choosing and binding it (another test under `-n 2`) shows as a worker that cannot
+    bind: the pair is run again on fresh ports.
+    """
+    for attempt in range(attempts):
+        workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+        processes = []
+        try:
+            for index in range(2):
+                tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+                env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="3")
+                processes.append(
+                    subprocess.Popen(
+                        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd
+                    )
+                )
+            outputs = [p.communicate(timeout=280) for p in processes]
+        finally:
+            for p in processes:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        results = [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs, strict=True)]
+        if attempt + 1 < attempts and any("address already in use" in err.lower() for _, _, err in results):
+            continue
+        return results
+
+
+def test_two_workers_end_with_identical_weights_equal_to_one_process_on_the_same_batches(tmp_path):
+    script = tmp_path / "workers.py"
+    script.write_text(MULTI_WORKER_SCRIPT)
+    results = _run_two_workers([sys.executable, str(script)], tmp_path)
+    values = []
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        values.append(json.loads([line for line in out.splitlines() if line.startswith("RESULT ")][-1][7:]))
+    assert values[0]["digest"] == values[1]["digest"]
+    assert values[0]["max_difference"] < 1e-6
+
+
 def test_multi_worker_trains_on_two_local_workers(tmp_path):
     data_dir = tmp_path / "data"
     write_idx_dataset(data_dir, n_train=200, n_test=50, seed=6)
-    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     model_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -117,24 +214,10 @@ def test_multi_worker_trains_on_two_local_workers(tmp_path):
         "--image_summary_every=0",
         f"--model_dir={model_dir}",
     ]
-    processes = []
-    try:
-        for index in range(2):
-            tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config))
-            processes.append(
-                subprocess.Popen(
-                    command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT
-                )
-            )
-        outputs = [p.communicate(timeout=280) for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, (_, err) in zip(processes, outputs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    results = _run_two_workers(command, REPO_ROOT)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    outputs = [(out, err) for _, out, err in results]
     chief_out, worker_out = outputs[0][0], outputs[1][0]
     assert "epoch 2/2" in chief_out and "done: test error" in chief_out
     assert "epoch 2/2" not in worker_out  # only the chief reports and writes
