@@ -1,10 +1,12 @@
-"""Resume is exact: a run stopped after an epoch and resumed ends with the weights of a run never stopped."""
+"""Resume is exact: a run killed mid-epoch and resumed ends with the weights of a run never stopped."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -18,14 +20,14 @@ from gmvae_keras.callbacks import EpochNoiseSeeds
 from conftest import REPO_ROOT, tiny_values, write_idx_dataset
 
 # `--deterministic` turns TensorFlow's op determinism on for a whole process, and logical devices must be set
-# before TensorFlow runs any op: the three trainings of a case run in a process of their own. The interrupted
-# run stops as Ctrl-C would, after its first epoch is checkpointed, and its resume starts from the run directory.
+# before TensorFlow runs any op: every training runs in a process of its own. With a fourth argument the run
+# stops in the middle of its second epoch, after one step of it, and waits there to be killed.
 SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import json, pathlib, sys, time
     import tensorflow as tf
 
-    values, root, devices = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    values, model_dir, devices = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     if devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
@@ -35,24 +37,22 @@ SCRIPT = textwrap.dedent(
     from gmvae_keras.config import Config
     from gmvae_keras.train import train_and_evaluate
 
-    train_and_evaluate(Config(**values), root + "/whole")
+    if len(sys.argv) > 4:
+        marker = pathlib.Path(sys.argv[4])
+        begin = callbacks.EpochSummary.on_epoch_begin
 
-    summary = callbacks.EpochSummary.on_epoch_end
+        def remember_the_epoch(self, epoch, logs=None):
+            self.epoch_now = epoch
+            begin(self, epoch, logs)
 
-    def stop_after_the_first_epoch(self, epoch, logs=None):
-        summary(self, epoch, logs)
-        raise KeyboardInterrupt
+        def wait_to_be_killed(self, batch, logs=None):
+            if self.epoch_now == 1:
+                marker.touch()
+                time.sleep(600)
 
-    callbacks.EpochSummary.on_epoch_end = stop_after_the_first_epoch
-    try:
-        train_and_evaluate(Config(**values), root + "/resumed")
-        raise AssertionError("the run was not interrupted")
-    except KeyboardInterrupt:
-        pass
-    # Stopped, not finished: the run scored nothing.
-    assert not os.path.exists(root + "/resumed/metrics.json")
-    callbacks.EpochSummary.on_epoch_end = summary
-    train_and_evaluate(Config(**values), root + "/resumed")
+        callbacks.EpochSummary.on_epoch_begin = remember_the_epoch
+        callbacks.EpochSummary.on_train_batch_end = wait_to_be_killed
+    train_and_evaluate(Config(**values), model_dir)
     """
 )
 
@@ -77,20 +77,38 @@ def _last_weights(model_dir):
     return state["epoch"], model.get_weights()
 
 
-def _assert_resume_is_exact(values, tmp_path, devices=1):
-    script = tmp_path / "resume.py"
-    script.write_text(SCRIPT)
+def _train(script, values, model_dir, devices, *marker):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run(
-        [sys.executable, str(script), json.dumps(values), str(tmp_path), str(devices)],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        env=env,
-        cwd=REPO_ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, resume_line, after_resume = result.stdout.partition(f"resuming {tmp_path / 'resumed'} after epoch 1")
+    command = [sys.executable, str(script), json.dumps(values), str(model_dir), str(devices), *map(str, marker)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
+
+
+def _finished(process):
+    out, err = process.communicate(timeout=280)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+def _assert_resume_is_exact(values, tmp_path, devices=1):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    _finished(_train(script, values, tmp_path / "whole", devices))
+    marker = tmp_path / "in-epoch-2"
+    killed = _train(script, values, tmp_path / "resumed", devices, marker)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), killed.communicate()[1][-3000:]
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    # Killed mid-epoch 2: epoch 1 is checkpointed, nothing was scored.
+    assert ckpt.read_json(tmp_path / "resumed" / "state.json")["epoch"] == 1
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    out = _finished(_train(script, values, tmp_path / "resumed", devices))
+    _, resume_line, after_resume = out.partition(f"resuming {tmp_path / 'resumed'} after epoch 1")
     assert resume_line and "epoch 2/2" in after_resume
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["epochs"] == 2
     whole_epochs, whole = _last_weights(tmp_path / "whole")
@@ -100,12 +118,14 @@ def _assert_resume_is_exact(values, tmp_path, devices=1):
     assert not differ, f"{len(differ)} of {len(whole)} weights differ after the resume"
 
 
-def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(mnist_files, tmp_path):
+def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(mnist_files, tmp_path):
     # The constant learning rate (the default) is the same in every epoch; an epoch is one pass (4 steps).
     _assert_resume_is_exact(_config(mnist_files), tmp_path)
 
 
-def test_a_resumed_mirrored_run_on_two_devices_ends_with_the_weights_of_an_uninterrupted_one(mnist_files, tmp_path):
+def test_a_mirrored_run_killed_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(
+    mnist_files, tmp_path
+):
     # 3 of the 4 steps of a pass: the epochs of a run end mid-pass.
     _assert_resume_is_exact(_config(mnist_files, strategy="mirrored", steps_per_epoch=3), tmp_path, devices=2)
 
