@@ -11,6 +11,8 @@ import pytest
 
 from conftest import REPO_ROOT, write_idx_dataset
 
+pytestmark = pytest.mark.slow
+
 MIRRORED_SCRIPT = textwrap.dedent(
     """
     import json, sys

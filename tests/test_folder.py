@@ -339,6 +339,7 @@ def test_a_folder_run_keeps_its_class_names_and_its_last_epoch(folder_run):
     assert [n.decode() for n in loaded.class_names[0].numpy()] == names
 
 
+@pytest.mark.slow
 def test_predict_names_the_test_folder_as_the_run_scored_it(folder_run, tmp_path):
     import keras
 

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import REPO_ROOT, write_idx_dataset
 
+pytestmark = pytest.mark.slow
+
 
 def test_installed_package_trains_with_its_flagfiles_outside_the_source_tree(tmp_path):
     # The source tree is copied first, so the build leaves nothing in the checkout.

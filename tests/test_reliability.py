@@ -76,6 +76,7 @@ run()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(mnist_files, tmp_path):
     model_dir = tmp_path / "run"
     steps, pause_step = 6, 3
@@ -138,6 +139,7 @@ def _weights(path):
     return keras.saving.load_model(path).get_weights()
 
 
+@pytest.mark.slow
 def test_deterministic_runs_are_identical(mnist_files, tmp_path):
     """Two runs (two processes, as a user would start them) with one seed."""
     command = [

@@ -118,11 +118,13 @@ def _assert_resume_is_exact(values, tmp_path, devices=1):
     assert not differ, f"{len(differ)} of {len(whole)} weights differ after the resume"
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(mnist_files, tmp_path):
     # The constant learning rate (the default) is the same in every epoch; an epoch is one pass (4 steps).
     _assert_resume_is_exact(_config(mnist_files), tmp_path)
 
 
+@pytest.mark.slow
 def test_a_mirrored_run_killed_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(
     mnist_files, tmp_path
 ):

@@ -46,6 +46,7 @@ def test_no_tool_edits_sys_path():
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_benchmark_quick_prints_one_json_object_with_every_field(tmp_path):
     # mixed_bfloat16 takes every branch float32 does, and its own.
     precision = "mixed_bfloat16"

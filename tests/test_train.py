@@ -122,6 +122,7 @@ def test_finished_run_is_not_retrained(finished_run, capsys):
     assert again["test_error_best"] == metrics["test_error_best"]
 
 
+@pytest.mark.slow
 def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
 
     import gmvae_keras.model  # noqa: F401
@@ -543,6 +544,7 @@ def test_svhn_trains_end_to_end_on_synthetic_mat_files(tmp_path):
     np.testing.assert_array_equal(served["probabilities"].numpy().argmax(-1), predicted)
 
 
+@pytest.mark.slow
 def test_short_real_mnist_run(tmp_path, real_dataset):
     config = tiny_config(
         real_dataset("mnist"),
