@@ -204,7 +204,19 @@ def test_debian_fashion_mnist_fallback(tmp_path, monkeypatch):
         gd.load_raw("fashion_mnist")
 
 
-def test_unknown_dataset():
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection refused at once: a tensorflow-datasets lookup that would go online fails here, offline."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("no network in the tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_unknown_dataset(no_network):
     for kwargs in ({}, {"data_dir": "/nonexistent"}):
         with pytest.raises(gd.DataError) as e:
             gd.load_raw("no_such_dataset_xyz", **kwargs)
@@ -215,7 +227,7 @@ def test_unknown_dataset():
         )
 
 
-def test_data_dir_with_tfds_only_name():
+def test_data_dir_with_tfds_only_name(no_network):
     with pytest.raises(gd.DataError, match="--data_dir"):
         gd.load_raw("cifar10", data_dir="/nonexistent")
 
@@ -233,7 +245,7 @@ def test_data_dir_with_tfds_only_name():
         ("cifar10", "cifar10", (32, 32, 3)),
     ],
 )
-def test_tfds_mock(name, canonical, shape):
+def test_tfds_mock(name, canonical, shape, no_network):
     with tfds.testing.mock_data(num_examples=50):
         (tx, ty), (vx, vy), k, got = gd.load_raw(name)
     assert got == canonical and k == 10
@@ -243,13 +255,13 @@ def test_tfds_mock(name, canonical, shape):
     assert ty.min() >= 0 and ty.max() < 10
 
 
-def test_tfds_not_image_classification():
+def test_tfds_not_image_classification(no_network):
     with tfds.testing.mock_data(num_examples=5):
         with pytest.raises(gd.DataError, match="unknown dataset 'imdb_reviews'"):
             gd.load_raw("imdb_reviews")
 
 
-def test_tfds_download_failure(monkeypatch):
+def test_tfds_download_failure(monkeypatch, no_network):
     downloader = importlib.import_module("tensorflow_datasets.core.download.downloader")
     retries = downloader.MAX_RETRIES
     seen = []
