@@ -516,3 +516,44 @@ def test_epoch_summary_prints_every_logged_score_in_one_line():
         "epoch 3/10 loss=1.0000 L_M=0.2500 val_error=2.50% val_NMI=90.00% clusters_used=9.88 smallest_share=0.91 "
         "uncovered=0.063 mixture_agreement=0.500 temperature=0.750 time=12.3s 457 img/s"
     ]
+
+
+def _trained_loss(policy, jit_compile, steps):
+    """`(loss before, loss after, steps applied)` of `steps` seeded Adam steps on one batch, noise fixed.
+
+    The loss is that of a held-out batch in training mode (batch statistics: what the steps changed, not the
+    moving averages, which a loss-scaled step skipped for overflow still moves).
+    """
+    keras.utils.set_random_seed(0)
+    model = tiny_model(dtype=policy)
+    for layer in (model.gumbel_softmax, model.gaussian_sample):
+        layer.call = (lambda call: lambda inputs, training=None: call(inputs, training=False))(layer.call)
+    optimizer = keras.optimizers.Adam(1e-3)
+    if policy == "mixed_float16":  # with loss scaling, as train.build_model compiles it
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    _, held_out, _ = batches(steps=1, seed=1)
+    before = float(model.compute_losses(tf.constant(held_out), training=True)[1])
+    model.fit(batches(steps=steps)[0], epochs=1, verbose=0)
+    after = float(model.compute_losses(tf.constant(held_out), training=True)[1])
+    applied = getattr(optimizer, "inner_optimizer", optimizer).iterations.numpy()
+    return before, after, int(applied)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "policy, jit_compile, share",
+    [
+        ("float32", True, 1e-5),
+        ("mixed_bfloat16", True, 0.03),
+        ("mixed_bfloat16", False, 0.03),
+        ("mixed_float16", False, 0.03),
+    ],
+)
+def test_each_precision_and_compilation_trains_as_float32_does(global_dtype_policy, policy, jit_compile, share):
+    # `share`: how far from float32 the loss may end, as a share of what six float32 steps take off it.
+    before, after, applied = _trained_loss(policy, jit_compile, steps=6)
+    # A loss-scaled step whose gradients overflow float16 is skipped: float32 takes the steps that were applied.
+    reference_before, reference_after, _ = _trained_loss("float32", False, steps=applied)
+    assert applied >= 2 and reference_before - reference_after > 10.0
+    assert abs(after - reference_after) <= share * (reference_before - reference_after)
