@@ -49,10 +49,22 @@ def test_fit_lowers_the_loss_and_every_term_is_finite(mode, overrides, num_label
     keras.utils.set_random_seed(0)
     model = tiny_model(**overrides)
     ds, _, _ = batches(num_labeled=num_labeled)
+    # A batch the model never trains on, from the same classes.
+    _, held_out, held_out_labels = batches(num_labeled=num_labeled, seed=1)
+    labels = tf.constant(held_out_labels[6:].astype("int32")) if num_labeled else None
+
+    def held_out_losses():
+        total = float(model.compute_losses(tf.constant(held_out), labels, training=True)[1])
+        return total, prediction.unsupervised_loss(model, held_out)
+
+    before = held_out_losses()
     history = model.fit(ds, epochs=5, verbose=0).history
     for name in ("loss", "reconstruction_loss", "gaussian_loss", "categorical_loss"):
         assert np.all(np.isfinite(history[name])), name
-    assert history["loss"][-1] < history["loss"][0]
+    after = held_out_losses()
+    # 20 steps take a quarter or more off the held-out loss (measured 24-40 %), and off its inference-mode
+    # generative part 4-12 %.
+    assert after[0] < 0.85 * before[0] and after[1] < 0.98 * before[1]
     if mode != "clustering":
         assert np.all(np.isfinite(history["assignment_loss"]))
     if mode == "semi_supervised":
