@@ -150,11 +150,13 @@ def _balanced_labels(rng, n, num_classes):
     return rng.permutation(np.arange(n) % num_classes).astype(np.int64)
 
 
-def write_idx_dataset(dir, n_train, n_test, shape=(28, 28), num_classes=10, seed=0, gz=True):
+def write_idx_dataset(dir, n_train, n_test, shape=(28, 28), num_classes=10, seed=0, gz=True, learnable=False):
     """Writes the four MNIST-style IDX files of a synthetic data set.
 
     Labels are as balanced as `n` allows; image `i` of each split encodes
-    `i` (see `encode_index`), the other pixels are random.
+    `i` (see `encode_index`), the other pixels are random. `learnable`: the
+    pixels are dim noise, and each class lights a band of rows of its own,
+    so that a model has classes to find.
 
     Returns:
         `{"train": (images, labels), "test": (images, labels)}` as the
@@ -167,8 +169,13 @@ def write_idx_dataset(dir, n_train, n_test, shape=(28, 28), num_classes=10, seed
     out = {}
     for part, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
         images = rng.integers(0, 256, size=(n,) + tuple(shape), dtype=np.uint8)
-        encode_index(images)
         labels = _balanced_labels(rng, n, num_classes)
+        if learnable:
+            images //= 4
+            band = shape[0] // num_classes
+            for c in range(num_classes):
+                images[labels == c, c * band : (c + 1) * band] |= 0xC0
+        encode_index(images)
         write_idx(dir / f"{prefix}-images-idx3-ubyte{suffix}", images)
         write_idx(dir / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
         if images.ndim == 3:

@@ -597,19 +597,18 @@ def _clustering_config(data_dir):
     )
 
 
-def test_clustering_run_reports_accuracy_and_nmi_and_chooses_its_model_without_labels(
-    mnist_files, tmp_path, monkeypatch
-):
+def test_clustering_run_reports_accuracy_and_nmi_and_chooses_its_model_without_labels(tmp_path, monkeypatch):
     from gmvae_keras import train
 
-    config = _clustering_config(mnist_files)
+    # Classes a model can find: each lights a band of rows of its own.
+    write_idx_dataset(tmp_path / "data", n_train=300, n_test=100, seed=1, learnable=True)
+    config = _clustering_config(tmp_path / "data")
     config.deterministic = True
     honest = train_and_evaluate(config, tmp_path / "honest")
     assert honest["monitor"] == "val_loss" and honest["mode"] == "clustering"
-    for key in ("test_cluster_accuracy_best", "test_nmi_best", "val_cluster_accuracy_last", "val_nmi_last"):
-        assert 0.0 <= honest[key] <= 100.0, key
-    # ACC is at least the share of the largest class under any clustering.
-    assert honest["test_cluster_accuracy_best"] >= 10.0
+    # Nine steps find the classes: ACC / NMI 62 / 80 (38-62 / 63-80 on seeds 0-2), against 26 / 32 for the
+    # same run whose learning rate is 1e-9.
+    assert honest["test_cluster_accuracy_best"] >= 45.0 and honest["test_nmi_best"] >= 60.0
     # Its categories are not the classes: no classification error is reported.
     assert not [key for key in honest if "error" in key]
     assert json.loads((tmp_path / "honest" / "state.json").read_text())["monitor"] == "val_loss"
