@@ -559,8 +559,9 @@ def test_short_real_mnist_run(tmp_path, real_dataset):
         learning_rate=3e-3,
     )
     metrics = train_and_evaluate(config, tmp_path / "run")
-    # 20 steps are far from convergence, but clearly better than chance (90%).
-    assert metrics["test_error_best"] < 80.0
+    # 20 steps are far from convergence: 28.1 and 34.0 % by q(y|x̂), 18.0 and 22.9 % by the k-NN vote
+    # (seeds 0 and 1), against 90 % by chance.
+    assert metrics["test_error_best"] < 45.0 and metrics["test_error_knn_best"] < 35.0
 
 
 @pytest.mark.parametrize("name, feature_size, latent_size", [("mnist", "100", "150"), ("fashion_mnist", "200", "50")])
