@@ -124,11 +124,6 @@ def test_benchmark_counts_the_cores_other_work_keeps_busy_now():
     assert tool.busy_cores(0.01, stat="/nonexistent/stat") is None
 
 
-def test_torch_port_matches_a_mixed_bfloat16_model_under_autocast():
-    pytest.importorskip("torch", reason="the PyTorch port needs torch (pip install torch==2.13.0)")
-    _load_tool("torch_port").check("mnist", autocast_bfloat16=True, verbose=False)
-
-
 def test_ab_benchmark_alternates_two_trees_and_reports_paired_ratios(tmp_path, monkeypatch, capsys):
     tool = _load_tool("ab_benchmark")
     trees = {}
