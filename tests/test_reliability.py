@@ -1,6 +1,7 @@
 """Survive a kill, refuse bad input, never lose a run."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -355,3 +356,66 @@ def test_fuzz_lifted_structured_loss(data, batch, dims, pattern, duplicates, mar
     assert gradient is not None and np.all(np.isfinite(gradient.numpy()))
     if pattern in ("one_class", "all_distinct"):
         assert loss.numpy() == 0.0
+
+
+# The shipped recipes whose options differ (the paper's; the k-NN vote and balanced assignment; the second view;
+# the batch's L_C with a cosine schedule; the 32×32 network), shrunk to two tiny steps each. The others combine
+# the same options.
+RECIPE_ARGS = {
+    "mnist": ["--dataset=mnist"],
+    "mnist-cpu": ["--dataset=mnist", "--settings=cpu"],
+    "fashion_mnist-cpu": ["--dataset=fashion_mnist", "--settings=cpu"],
+    "fashion_mnist-clustering-cpu": ["--dataset=fashion_mnist", "--mode=clustering", "--settings=cpu"],
+    "svhn": ["--dataset=svhn"],
+}
+RECIPES_SCRIPT = """
+import hashlib, json, sys
+from gmvae_keras import flagfiles
+from gmvae_keras.train import train_and_evaluate
+import keras
+
+recipes, data, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+tiny = ["--batch_size=40", "--labeled_per_batch=0", "--feature_size=8", "--latent_size=4", "--k=3", "--epochs=1",
+        "--steps_per_epoch=2", "--eval_batch_size=100", "--image_summary_every=0", "--verbose=0", "--deterministic"]
+digests = {}
+for name, args in recipes.items():
+    dataset = args[0].split("=")[1]
+    labeled = [] if "--mode=clustering" in args else ["--num_labeled=20"]
+    config = flagfiles.config_from_args(args + tiny + labeled + [f"--data_dir={data[dataset]}"])
+    train_and_evaluate(config, f"{out}/{name}")
+    model = keras.saving.load_model(f"{out}/{name}/checkpoints/epoch-0001.keras")
+    digests[name] = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+print("RESULT " + json.dumps(digests))
+"""
+
+
+@pytest.mark.slow
+def test_every_shipped_recipe_repeats_bit_for_bit_in_another_process_under_deterministic(tmp_path):
+    from conftest import REPO_ROOT, write_svhn_dataset
+
+    data = {name: str(tmp_path / name) for name in ("mnist", "fashion_mnist", "svhn")}
+    write_idx_dataset(data["mnist"], n_train=300, n_test=50, seed=1)
+    write_idx_dataset(data["fashion_mnist"], n_train=300, n_test=50, seed=2)
+    write_svhn_dataset(data["svhn"], 300, 50, seed=3)
+    script = tmp_path / "recipes.py"
+    script.write_text(RECIPES_SCRIPT)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), json.dumps(RECIPE_ARGS), json.dumps(data), str(tmp_path / run)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+        for run in ("a", "b")
+    ]
+    digests = []
+    for process in processes:
+        out, err = process.communicate(timeout=280)
+        assert process.returncode == 0, err[-3000:]
+        digests.append(json.loads([line for line in out.splitlines() if line.startswith("RESULT ")][-1][7:]))
+    assert sorted(digests[0]) == sorted(RECIPE_ARGS)
+    differ = [name for name in RECIPE_ARGS if digests[0][name] != digests[1][name]]
+    assert not differ, f"not repeatable across processes: {differ}"
