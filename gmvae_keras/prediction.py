@@ -65,12 +65,34 @@ _CLASSIFY = weakref.WeakKeyDictionary()
 _GENERATIVE_LOSS = weakref.WeakKeyDictionary()
 
 
+def _traced(cache, model, function):
+    """`function(model, images)` traced once per model in `cache`.
+
+    The trace reaches the model through a weak reference: a strong one in the
+    value would keep the weak key alive, and every model ever scored with it.
+    """
+    traced = cache.get(model)
+    if traced is None:
+        model_ref = weakref.ref(model)
+        traced = tf.function(lambda images: function(model_ref(), images), reduce_retracing=True)
+        cache[model] = traced
+    return traced
+
+
+def _classify(model, images):
+    return model.classify(images, training=False)
+
+
+def _generative_loss(model, images):
+    # L_A of a clustering with `--feature_clusters` trains q(y|x̂); the model is chosen by the rest.
+    terms = model.compute_losses(images, training=False)[0]
+    terms.pop("assignment_loss", None)
+    return losses.total_loss(terms, model.gaussian_weight, model.categorical_weight, 0.0, 0.0)
+
+
 def features_and_logits(model, images, batch_size=1000):
     """`(x̂, logits of q(y|x̂))` of images (uint8 or float in [0, 1]) as numpy arrays, deterministic."""
-    function = _CLASSIFY.get(model)
-    if function is None:
-        function = tf.function(lambda images: model.classify(images, training=False), reduce_retracing=True)
-        _CLASSIFY[model] = function
+    function = _traced(_CLASSIFY, model, _classify)
     images = unit_float(images)
     outputs = [function(tf.constant(images[start : start + batch_size])) for start in range(0, len(images), batch_size)]
     if not outputs:
@@ -129,15 +151,7 @@ def unsupervised_loss(model, images, batch_size=1000):
     q(z|x̂,y) instead of samples. L_A, which `--feature_clusters` trains
     q(y|x̂) with, is left out.
     """
-    function = _GENERATIVE_LOSS.get(model)
-    if function is None:
-
-        def generative_loss(images):
-            terms = model.compute_losses(images, training=False)[0]
-            terms.pop("assignment_loss", None)
-            return losses.total_loss(terms, model.gaussian_weight, model.categorical_weight, 0.0, 0.0)
-
-        function = _GENERATIVE_LOSS[model] = tf.function(generative_loss, reduce_retracing=True)
+    function = _traced(_GENERATIVE_LOSS, model, _generative_loss)
     images, total = np.asarray(images), 0.0
     for start in range(0, len(images), batch_size):
         batch = unit_float(images[start : start + batch_size])

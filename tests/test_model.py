@@ -569,3 +569,17 @@ def test_each_precision_and_compilation_trains_as_float32_does(global_dtype_poli
     reference_before, reference_after, _ = _trained_loss("float32", False, steps=applied)
     assert applied >= 2 and reference_before - reference_after > 10.0
     assert abs(after - reference_after) <= share * (reference_before - reference_after)
+
+
+def test_a_model_scored_by_prediction_is_freed_with_its_traces():
+    import gc
+    import weakref
+
+    model = tiny_model()
+    _, images, _ = batches(steps=1)
+    prediction.features_and_logits(model, images)
+    prediction.unsupervised_loss(model, images)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
