@@ -122,11 +122,6 @@ class Config(ModelSettings):
         "strategy",
     )
 
-    def resolved_labeled_per_batch(self):
-        if self.num_labeled == 0:
-            return 0
-        return self.labeled_per_batch or self.batch_size // 2
-
     def validate(self):
         """Raise ConfigError for impossible values; run when a `Config` is made."""
         ModelSettings.validate(self)

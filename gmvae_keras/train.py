@@ -290,22 +290,21 @@ def _train_batches(strategy, data, config, initial_epoch):
     replicas = strategy.num_replicas_in_sync
     pipelines = distribute.input_pipelines(strategy) if replicas > 1 else 1
     num_train = len(data.train_labels)
-    k = config.k if config.num_labeled else None
-    batch = batches.batch_layout(
-        config.batch_size, data.num_classes, config.labeled_per_batch, config.num_labeled, k, replicas, num_train
+    n_u, n_l = batches.batch_layout(
+        config.batch_size, data.num_classes, config.labeled_per_batch, config.num_labeled, config.k, replicas, num_train
     )
-    steps = config.steps_per_epoch or batches.steps_per_epoch(num_train, batch[0], replicas, pipelines)
+    steps = config.steps_per_epoch or batches.steps_per_epoch(num_train, n_u, replicas, pipelines)
     options = dict(seed=config.seed, epoch=initial_epoch, epochs=config.epochs, **config.train_pipeline_options())
     if replicas == 1:
-        return data_lib.make_train_dataset(data, config.batch_size, batch[1] or None, steps=steps, **options), steps
+        return data_lib.make_train_dataset(data, config.batch_size, n_l or None, steps=steps, **options), steps
 
     def pipeline(context):
         # Keras does not restart a distributed iterator between epochs: the stream holds every epoch left, each
         # of one batch per replica of this pipeline and global step.
         return data_lib.make_train_dataset(
             data,
-            sum(batch),
-            batch[1] or None,
+            n_u + n_l,
+            n_l or None,
             steps=steps * replicas // pipelines,
             **options,
             num_shards=context.num_input_pipelines,

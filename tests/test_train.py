@@ -366,15 +366,23 @@ def test_cpu_settings_for_one_label_count_come_last():
         argv = with_recipe(["prog", "--dataset=fashion_mnist"] + extra)
         assert [a for a in argv if a.startswith("--flagfile=")] == files[: 1 + ("--settings=cpu" in extra)]
     config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"])
-    assert (config.batch_size, config.resolved_labeled_per_batch(), config.epochs) == (150, 100, 10)
+    assert (config.batch_size, _labeled_per_batch(config), config.epochs) == (150, 100, 10)
     assert (config.consistency_shift, config.consistency_flip, config.consistency_share) == (2, True, 0.5)
     config = config_from_args(["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=100"])
-    assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
+    assert (config.batch_size, _labeled_per_batch(config)) == (200, 100)
     assert (config.consistency_shift, config.consistency_flip, config.consistency_share) == (2, True, 1.0)
     config = config_from_args(
         ["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000", "--batch_size=200", "--labeled_per_batch=0"]
     )
-    assert (config.batch_size, config.resolved_labeled_per_batch()) == (200, 100)
+    assert (config.batch_size, _labeled_per_batch(config)) == (200, 100)
+
+
+def _labeled_per_batch(config):
+    from gmvae_keras.batches import batch_layout
+
+    return batch_layout(config.batch_size, labeled_per_batch=config.labeled_per_batch, num_labeled=config.num_labeled)[
+        1
+    ]
 
 
 def test_the_recipe_follows_dataset_and_labels_given_in_a_users_flagfile(tmp_path):
