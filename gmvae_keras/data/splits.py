@@ -141,12 +141,15 @@ def split_data(name, train, test, num_classes, num_labeled, seed, validation_fra
 
 
 def _validation_split(name, labels, num_classes, fraction, seed):
-    """`(train indices, validation indices)`, sorted: a stratified, seeded split of the official train set."""
+    """`(train rows, validation rows)` of a stratified, seeded split of the official train set.
+
+    Sorted indices; with `fraction == 0`, slices (every row, none), so that the train set is a view, not a copy.
+    """
     from sklearn.model_selection import train_test_split
 
-    everything = np.arange(len(labels))
     if fraction == 0:
-        return everything, everything[:0]
+        return slice(None), slice(0)
+    everything = np.arange(len(labels))
     counts = np.bincount(labels, minlength=num_classes)
     present = counts[counts > 0]
     if present.min() < 2:
