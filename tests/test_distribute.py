@@ -191,7 +191,9 @@ def test_two_workers_end_with_identical_weights_equal_to_one_process_on_the_same
         assert code == 0, err[-3000:]
         values.append(json.loads([line for line in out.splitlines() if line.startswith("RESULT ")][-1][7:]))
     assert values[0]["digest"] == values[1]["digest"]
-    assert values[0]["max_difference"] < 1e-6
+    # The workers agree exactly; against one process they differ by float32 rounding of two steps (up to 2.3e-5
+    # seen under a loaded CI run). The loss not divided by the replicas puts them 1e-2 apart.
+    assert values[0]["max_difference"] < 1e-4
 
 
 def test_multi_worker_trains_on_two_local_workers(tmp_path):
