@@ -45,6 +45,12 @@ class Config(ModelSettings):
         "Labeled training images, drawn class-balanced and fixed for the run; 0 for clustering. A folder's "
         "labeled/ decides it.",
     )
+    add_labeled: str | None = _field(
+        None,
+        "A built-in data set: a CSV whose `index` column names train-split images (gmvae_keras.suggest's output) "
+        "whose true labels join the seed's labeled draw, as if you had labeled them. A folder: move the files into "
+        "labeled/<class>/ instead.",
+    )
     image_size: int = _field(
         0, "--dataset=folder: the square size the networks see, 28, 32 or 64; 0 infers it from the labeled images."
     )
@@ -104,6 +110,13 @@ class Config(ModelSettings):
     deterministic: bool = _field(
         False, "Deterministic TensorFlow ops and summation orders (same seed, same losses); slower."
     )
+    init_from: str | None = _field(
+        None,
+        "A finished run's folder: start from the weights of its kept model (RUN/best.keras): encoder, q(y|x̂), "
+        "q(z|x̂,y), p(z|y) and decoder. Started afresh from this run's flags: the optimizer, the learning-rate "
+        "schedule, the Gumbel-Softmax temperature and the epochs. Needs the same image shape, classes and network "
+        "sizes.",
+    )
     overwrite: bool = _field(False, "Start afresh in a model_dir that holds a run made with other flags.")
     verbose: int = _field(
         1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.", choices=[0, 1, 2]
@@ -160,6 +173,11 @@ class Config(ModelSettings):
                     "--mode=clustering uses no labeled data (no labeled set, L_A or L_M): set "
                     f"{' '.join(f'--{name}=0' for name in zeros)}; got {', '.join(labeled)}"
                 )
+        if self.add_labeled is not None and (self.dataset == "folder" or self.mode == "clustering"):
+            raise ConfigError(
+                "--add_labeled adds labels of a built-in data set's train split to a semi-supervised run; a folder's "
+                "labeled/ holds its labels"
+            )
         if self.mode == "semi_supervised" and not self.num_labeled:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
         if self.prediction == "knn" and self.mode == "clustering":

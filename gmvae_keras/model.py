@@ -327,6 +327,21 @@ class GMVAE(keras.Model):
 
     # ------------------------------------------------------ beyond training
 
+    # The layers `copy_networks` copies: every trained weight but a `--feature_clusters` mixture's.
+    NETWORKS = ("encoder", "categorical_inference", "gaussian_inference", "gaussian_prior", "decoder")
+
+    def copy_networks(self, source):
+        """Sets the weights of the networks and of p(z|y) (`NETWORKS`, moving averages included) to `source`'s.
+
+        `source` is a GMVAE of the same image shape, classes, feature and latent sizes (ValueError otherwise).
+        The optimizer, the temperature and a stored labeled set stay this model's.
+        """
+        for name in ("image_shape", "num_classes", "feature_size", "latent_size"):
+            if getattr(source, name) != getattr(self, name):
+                raise ValueError(f"{name} is {getattr(source, name)} there, {getattr(self, name)} here")
+        for name in self.NETWORKS:
+            getattr(self, name).set_weights(getattr(source, name).get_weights())
+
     def generate(self, category, n, seed=None):
         """Sample `n` images of `category`: z ~ p(z|y), then the decoder's means."""
         if not 0 <= int(category) < self.num_classes:

@@ -70,21 +70,24 @@ def load_export(model_dir):
     return loaded.signatures["serving_bytes"], names
 
 
-def predict_files(serve, files, batch_size=256, on_error=None):
-    """`(files kept, [n, c] probabilities)` of image files through `serve` (`load_export`'s signature).
+def predict_files(serve, files, batch_size=256, on_error=None, output="probabilities"):
+    """`(files kept, [n, ...] output)` of image files through `serve` (`load_export`'s signature).
 
-    A file that cannot be decoded is left out and reported to `on_error(path, message)`.
+    `output` names one of the signature's outputs, or is a tuple of names (then a tuple of arrays). A file that
+    cannot be decoded is left out and reported to `on_error(path, message)`.
     """
     import numpy as np
     import tensorflow as tf
 
     from gmvae_keras.data import images
 
+    names = (output,) if isinstance(output, str) else tuple(output)
     kept, parts = [], []
 
     def run(batch):
         contents = [path.read_bytes() for path in batch]
-        return serve(images=tf.constant(contents))["probabilities"].numpy()
+        result = serve(images=tf.constant(contents))
+        return [result[name].numpy() for name in names]
 
     for start in range(0, len(files), batch_size):
         batch = files[start : start + batch_size]
@@ -100,7 +103,10 @@ def predict_files(serve, files, batch_size=256, on_error=None):
                 except (tf.errors.InvalidArgumentError, OSError) as e:
                     if on_error:
                         on_error(path, str(e) if isinstance(e, OSError) else images.failure(path))
-    return kept, (np.concatenate(parts) if parts else np.zeros((0, 0), "float32"))
+    arrays = tuple(
+        np.concatenate([part[i] for part in parts]) if parts else np.zeros((0, 0), "float32") for i in range(len(names))
+    )
+    return kept, arrays[0] if isinstance(output, str) else arrays
 
 
 def write_csv(out, files, probabilities, class_names):
@@ -117,6 +123,18 @@ def write_csv(out, files, probabilities, class_names):
         for c in order:
             line += [class_names[c], f"{row[c]:.6f}"]
         writer.writerow(line)
+
+
+def write_output(text, out, message):
+    """`text` to standard output, or to the file `out` (written whole, then renamed into place) and `message`
+    to standard error."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    print(message, file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -150,13 +168,7 @@ def main(argv=None):
     kept, probabilities = predict_files(serve, files, args.batch_size, report)
     text = io.StringIO()
     write_csv(text, kept, probabilities, class_names)
-    if out is None:
-        sys.stdout.write(text.getvalue())
-    else:
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(text.getvalue())
-        os.replace(tmp, out)
-        print(f"wrote {len(kept)} rows to {out}", file=sys.stderr)
+    write_output(text.getvalue(), out, f"wrote {len(kept)} rows to {out}")
     if bad:
         print(f"{len(bad)} of {len(files)} files could not be read as images", file=sys.stderr)
     return 0

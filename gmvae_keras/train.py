@@ -23,6 +23,7 @@ from gmvae_keras.callbacks import (
     ValidationMetrics,
 )
 from gmvae_keras.checkpoint import RunError
+from gmvae_keras.config import ConfigError
 from gmvae_keras.export import export_saved_model
 from gmvae_keras.host import bfloat16_hardware, cpu_info
 from gmvae_keras.model import GMVAE, LOSS_TERMS
@@ -144,6 +145,14 @@ def load_data(config, print_fn=None):
             seed=config.seed,
             validation_fraction=config.validation_fraction,
         )
+        if config.add_labeled is not None:
+            from gmvae_keras.labeling import LabelingError, read_indices
+
+            try:
+                indices = read_indices(config.add_labeled)
+            except LabelingError as e:
+                raise data_lib.DataError(f"--add_labeled: {e}") from None
+            data = data_lib.add_labeled(data, indices)
     return data
 
 
@@ -229,6 +238,7 @@ def _train_and_evaluate(config, model_dir):
     start_afresh = _check_run_dir(config, model_dir)
     # The batches start at the epoch the run resumes after; a run started afresh forgets its old state.
     state = ckpt.initial_state() if start_afresh else ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
+    source = None if state.get("checkpoint") else _init_source(config, data)  # a resumed run has its own weights
     train_dataset, steps = _train_batches(strategy, data, config, state["epoch"])
     # Checks are over: from here on the run directory is written (by the chief only).
     if chief:
@@ -236,7 +246,7 @@ def _train_and_evaluate(config, model_dir):
         note = _precision_note(config)
         if note:
             print(note, flush=True)
-    model = _build_or_restore(strategy, config, data, model_dir, state, steps)
+    model = _build_or_restore(strategy, config, data, model_dir, state, steps, source)
     checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, _monitor(config))
     if state["epoch"] < config.epochs:
         model.fit(
@@ -280,6 +290,33 @@ def _checked_inputs(config, model_dir, chief):
     return config, data
 
 
+def _init_source(config, data):
+    """The kept model of `--init_from`'s run (`ckpt.read_run`), or None; RunError when there is none,
+    ConfigError when its networks do not fit this run's images, classes or sizes."""
+    if config.init_from is None:
+        return None
+    run = paths.check_input_dir(config.init_from, "--init_from")
+    try:
+        _, path = ckpt.read_run(run)
+    except (ConfigError, RunError) as e:
+        raise RunError(f"--init_from: {e}") from None
+    source = keras.saving.load_model(path)
+    wanted = {
+        "image_shape": tuple(data.image_shape),
+        "num_classes": data.num_classes,
+        "feature_size": config.feature_size,
+        "latent_size": config.latent_size,
+    }
+    mismatches = [
+        f"{name} {getattr(source, name)} there, {value} here"
+        for name, value in wanted.items()
+        if getattr(source, name) != value
+    ]
+    if mismatches:
+        raise ConfigError(f"--init_from={run}: its model does not fit this run ({'; '.join(mismatches)})")
+    return source
+
+
 def _train_batches(strategy, data, config, initial_epoch):
     """`(dataset, global steps per epoch)` of the run from `initial_epoch` on, on one device or on every replica.
 
@@ -291,7 +328,7 @@ def _train_batches(strategy, data, config, initial_epoch):
     pipelines = distribute.input_pipelines(strategy) if replicas > 1 else 1
     num_train = len(data.train_labels)
     n_u, n_l = batches.batch_layout(
-        config.batch_size, data.num_classes, config.labeled_per_batch, config.num_labeled, config.k, replicas, num_train
+        config.batch_size, data.num_classes, config.labeled_per_batch, data.num_labeled, config.k, replicas, num_train
     )
     steps = config.steps_per_epoch or batches.steps_per_epoch(num_train, n_u, replicas, pipelines)
     options = dict(seed=config.seed, epoch=initial_epoch, epochs=config.epochs, **config.train_pipeline_options())
@@ -329,8 +366,9 @@ def _prepare_run_dir(model_dir, config, data, start_afresh):
         np.save(labeled_path, data.labeled_indices)
 
 
-def _build_or_restore(strategy, config, data, model_dir, state, steps):
-    """A new model, or the last checkpoint's with its schedule fitted to the run's length now."""
+def _build_or_restore(strategy, config, data, model_dir, state, steps, source=None):
+    """A new model (with `source`'s networks, `--init_from`), or the last checkpoint's with its schedule fitted
+    to the run's length now."""
     # Seeds the weights' initialisation; each epoch's data and noise are drawn from the seed and the epoch alone.
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -339,7 +377,11 @@ def _build_or_restore(strategy, config, data, model_dir, state, steps):
     with strategy.scope():
         if last is None:
             labeled_set = (data.labeled_images, data.labeled_labels)
-            return build_model(config, data.num_classes, data.image_shape, steps, labeled_set)
+            model = build_model(config, data.num_classes, data.image_shape, steps, labeled_set)
+            if source is not None:
+                model.copy_networks(source)
+                print(f"starting from the weights of {config.init_from}", flush=True)
+            return model
         model = keras.saving.load_model(last)
     print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
     if state["epoch"] < config.epochs:
@@ -414,7 +456,7 @@ def _final_metrics(config, data, state, last, best):
             "cpu_model": cpu_info()[0],
             "evaluation_seconds": round(time.perf_counter() - evaluate_start, 2),
             "dataset": data.name,
-            "num_labeled": config.num_labeled,
+            "num_labeled": data.num_labeled,
             "seed": config.seed,
             "class_names": list(data.class_names),
         }

@@ -392,6 +392,32 @@ def test_predict_refuses_bad_arguments_in_one_line(folder_run, tmp_path):
         assert message in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
 
 
+def test_suggest_lists_files_of_unlabeled_and_refuses_a_folder_without_them(folder_run, tmp_path, capsys):
+    import shutil
+
+    from gmvae_keras import suggest
+
+    root, model_dir, _ = folder_run
+    out = tmp_path / "next.csv"
+    assert suggest.main([f"--model_dir={model_dir}", "--count=4", f"--out={out}"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    unlabeled = sorted(str(p) for p in (root / "unlabeled").rglob("*.png"))
+    assert len(rows) == 4 and {r["path"] for r in rows} <= set(unlabeled)
+    loaded = tf.saved_model.load(str(model_dir / "export"))
+    served = loaded.signatures["serving_bytes"](images=tf.constant([open(r["path"], "rb").read() for r in rows]))
+    assert [r["predicted"] for r in rows] == [n.decode() for n in served["class_name"].numpy()]
+    bare, run = tmp_path / "bare", tmp_path / "run"
+    shutil.copytree(root, bare)
+    shutil.rmtree(bare / "unlabeled")
+    shutil.copytree(model_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(bare)}))
+    capsys.readouterr()
+    assert suggest.main([f"--model_dir={run}", "--count=1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no image: nothing to suggest" in err and err.strip().count("\n") == 0, err
+
+
 def test_a_folder_of_unlabeled_images_alone_is_clustered(tmp_path):
     root = tmp_path / "f"
     rng = np.random.default_rng(0)

@@ -53,7 +53,7 @@ from gmvae_keras.data.pipelines import (
     steps_per_epoch,
 )
 from gmvae_keras.data.sources import DEBIAN_FASHION_MNIST_DIR, load_raw
-from gmvae_keras.data.splits import SplitData, load_dataset, split_data
+from gmvae_keras.data.splits import SplitData, add_labeled, load_dataset, split_data
 
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
@@ -62,6 +62,7 @@ __all__ = [
     "SVHN_FILES",
     "DataError",
     "SplitData",
+    "add_labeled",
     "balanced_pool",
     "canonical_name",
     "from_arrays",

@@ -193,6 +193,21 @@ def _labeled_set(name, labels, num_classes, num_labeled, seed):
     return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros((0,), np.int64)
 
 
+def add_labeled(data, indices, source="--add_labeled"):
+    """`data` whose labeled set also holds the train-split rows `indices`, with the labels the data set knows.
+
+    The labeled set need not stay class-balanced (`pipelines.balanced_pool` rebalances the labeled rows).
+    DataError for a row outside the train split or without a label (a user's unlabeled image).
+    """
+    indices = np.unique(np.asarray(indices, np.int64))
+    n = len(data.train_labels)
+    if len(indices) and (indices.min() < 0 or indices.max() >= n):
+        raise DataError(f"{source}: the train split of {data.name!r} has rows 0..{n - 1}; got {indices.max()}")
+    if len(indices) and data.train_labels[indices].min() < 0:
+        raise DataError(f"{source}: row {indices[data.train_labels[indices] < 0][0]} has no known label")
+    return dataclasses.replace(data, labeled_indices=np.union1d(data.labeled_indices, indices).astype(np.int64))
+
+
 def load_dataset(name, data_dir=None, num_labeled=100, seed=0, validation_fraction=0.2):
     """`load_raw` followed by `split_data`; returns a `SplitData`."""
     train, test, num_classes, canonical = load_raw(name, data_dir=data_dir)

@@ -1,0 +1,176 @@
+"""Which images to label next: a ranking of a run's unlabeled images, and the CSV that carries it.
+
+`rank` combines two signals of a trained model, both read without labels:
+
+- *uncertainty*: one minus the margin between the two largest shares of the
+  k-NN vote among the labeled images' features (eq. 8), the vote L_A trains
+  q(y|x̂) with;
+- *coverage*: k-means on x̂ of the unlabeled and the labeled images together,
+  `num_labeled + count` clusters. In a cluster that holds no labeled image
+  the vote is cast by another region's labels: it can be sure and wrong,
+  which is how a class merges into its neighbour, so such a cluster counts
+  every image as fully uncertain.
+
+A cluster's priority is its summed uncertainty; the clusters are taken in
+decreasing priority, one pick each (the spread rule: no two suggestions share
+a cluster while a cluster with unlabeled images has none), so the ranking does
+not return near-copies of one confusing image. An uncovered cluster gives its
+most typical image (nearest its centre: its label speaks for the cluster), a
+covered one its most uncertain image. `signal="uncertainty"` or `"coverage"`
+keeps one signal alone, for comparisons.
+
+The CSV (`write_csv`, `read_indices`): `rank`, then `index` (into the train
+split of a built-in data set) or `path` (an image file of a folder), then
+`predicted`, `score` (the pick's cluster priority over the unlabeled images:
+the share of expected wrong votes it addresses), `signal` (`uncovered`,
+`uncertain`, or `disagreement` where the vote and q(y|x̂) name different
+classes) and `cluster`.
+"""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from gmvae_keras import losses
+
+SIGNALS = ("both", "uncertainty", "coverage")
+
+
+class LabelingError(ValueError):
+    """A ranking that cannot be made, or a CSV that cannot be read; the message is one line."""
+
+
+def vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k, batch_size=1000):
+    """`(uncertainty [n], vote's class [n])`: one minus the margin of the k-NN vote's two largest shares."""
+    labeled_features = np.asarray(labeled_features, np.float32)
+    shares = [
+        np.asarray(
+            losses.vote_shares(
+                losses.pairwise_distance(
+                    np.asarray(features[start : start + batch_size], np.float32), labeled_features
+                ),
+                np.asarray(labeled_labels, np.int32),
+                num_classes,
+                min(int(k), len(labeled_features)),
+            )
+        )
+        for start in range(0, len(features), batch_size)
+    ]
+    shares = np.concatenate(shares) if shares else np.zeros((0, num_classes), np.float32)
+    top = np.sort(shares, axis=-1)
+    margin = top[:, -1] - (top[:, -2] if num_classes > 1 else 0.0)
+    return (1.0 - margin).astype(np.float64), shares.argmax(axis=-1)
+
+
+def rank(features, labeled_features, labeled_labels, classifier_classes, count, num_classes, k, signal="both", seed=0):
+    """The `count` unlabeled images to label next, best first.
+
+    Args:
+        features: `[n, d]` x̂ of the unlabeled images.
+        labeled_features: `[m, d]` x̂ of the labeled images.
+        labeled_labels: `[m]` their classes.
+        classifier_classes: `[n]` argmax q(y|x̂) of the unlabeled images.
+        count: suggestions wanted, 1 <= count <= n.
+        num_classes, k: the classes and the vote's neighbours.
+        signal: "both" (the module docstring), "uncertainty" (every cluster
+            counts as covered) or "coverage" (every image counts as certain
+            outside the uncovered clusters, which are ranked by size).
+        seed: k-means' seed.
+
+    Returns:
+        A dict of `[count]` arrays: `index` (rows of `features`), `score`,
+        `signal` (str) and `cluster`.
+    """
+    from sklearn.cluster import KMeans
+
+    features = np.asarray(features, np.float32)
+    n, m = len(features), len(labeled_features)
+    if signal not in SIGNALS:
+        raise LabelingError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
+    if not 1 <= count <= n:
+        raise LabelingError(f"--count={count}: must be in 1..{n}, the unlabeled images of the run")
+    if m == 0:
+        raise LabelingError("the run has no labeled image to vote with")
+    uncertainty, vote = vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k)
+    everything = np.concatenate([features, np.asarray(labeled_features, np.float32)]).astype(np.float64)
+    num_clusters = min(m + count, n + m)
+    kmeans = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit(everything)
+    clusters, labeled_clusters = kmeans.labels_[:n], kmeans.labels_[n:]
+    uncovered = ~np.isin(clusters, labeled_clusters)
+    if signal == "uncertainty":
+        uncovered[:] = False
+    weight = np.where(uncovered, 1.0, uncertainty if signal != "coverage" else 0.0)
+    # Equal priorities (covered clusters under "coverage") go by size.
+    priority = np.bincount(clusters, weights=weight + 1e-6, minlength=num_clusters)
+    # Typical: nearest the centre. Ties and the second pass go by uncertainty.
+    distance = np.linalg.norm(everything[:n] - kmeans.cluster_centers_[clusters], axis=1)
+    preference = np.where(uncovered, -distance, uncertainty)
+    picks = _one_per_cluster(clusters, priority, preference, count)
+    kinds = np.where(
+        uncovered[picks], "uncovered", np.where(vote[picks] != classifier_classes[picks], "disagreement", "uncertain")
+    )
+    return {
+        "index": picks,
+        "score": priority[clusters[picks]] / n,
+        "signal": kinds,
+        "cluster": clusters[picks],
+    }
+
+
+def _one_per_cluster(clusters, priority, preference, count):
+    """`count` rows: each cluster's preferred row in decreasing cluster priority, then each one's next, and so on."""
+    order = np.lexsort((-preference, clusters))  # grouped by cluster, the preferred row first
+    grouped = clusters[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+    turn = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return order[np.lexsort((-priority[grouped], turn))[:count]]
+
+
+def write_csv(out, picks, predicted, class_names, names=None, rows=None):
+    """Writes `rank`'s picks to the text stream `out`.
+
+    Args:
+        picks: `rank`'s output; its `index` are rows of the unlabeled images.
+        predicted: the run's predicted class of every unlabeled image.
+        class_names: the names of the classes.
+        names: the unlabeled images' files (a `path` column), or None.
+        rows: the unlabeled images' train-split rows (an `index` column), or None (`index` is `rank`'s own).
+    """
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["rank", "index" if names is None else "path", "predicted", "score", "signal", "cluster"])
+    for position, pick in enumerate(picks["index"]):
+        where = str(names[pick]) if names is not None else int(pick if rows is None else rows[pick])
+        writer.writerow(
+            [
+                position + 1,
+                where,
+                class_names[predicted[pick]],
+                f"{picks['score'][position]:.6f}",
+                picks["signal"][position],
+                int(picks["cluster"][position]),
+            ]
+        )
+
+
+def read_indices(path):
+    """The train-split indices of a CSV with an `index` column (`write_csv`'s), sorted and unique.
+
+    Raises:
+        LabelingError: no such file, no `index` column, or a value that is not a non-negative integer.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise LabelingError(f"cannot read {path}: {e}") from None
+    if not rows or "index" not in rows[0]:
+        raise LabelingError(f"{path} has no `index` column (the train-split rows of a built-in data set)")
+    try:
+        indices = np.array([int(row["index"]) for row in rows], np.int64)
+    except (TypeError, ValueError):
+        raise LabelingError(f"{path}: every `index` must be an integer") from None
+    if indices.min() < 0:
+        raise LabelingError(f"{path}: an `index` is negative ({indices.min()})")
+    return np.unique(indices)

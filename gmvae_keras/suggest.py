@@ -1,0 +1,157 @@
+"""Command line: `python -m gmvae_keras.suggest --model_dir=RUN --count=N [--out=FILE]`: which images to label next.
+
+Ranks a finished semi-supervised run's unlabeled images (`gmvae_keras.labeling`:
+uncertainty of the k-NN vote, and feature clusters that no labeled image is
+in, one pick per cluster) through the run's SavedModel (`RUN/export`), and
+writes a CSV (`labeling.write_csv`) to standard output or `--out`. A folder
+run ranks the files of its `unlabeled/` (label them by moving them into
+`labeled/<class>/`); a built-in data set's run ranks its train split by index
+(train again with `--add_labeled=FILE` to simulate labeling them). Then train
+again, from scratch or from the run's weights with `--init_from=RUN`. Bad
+arguments exit with status 2.
+"""
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+from gmvae_keras._quiet import quiet_tensorflow
+
+
+def _check_count(count, pool):
+    from gmvae_keras.labeling import LabelingError
+
+    if not 1 <= count <= pool:
+        raise LabelingError(f"--count={count}: must be in 1..{pool}, the run's unlabeled images")
+
+
+def unlabeled_features(model_dir, config, count, batch_size=1000, print_fn=None):
+    """The run's images through its export: a dict with `features`, `classes` (q(y|x̂)'s argmax) and `predicted`
+    (the run's rule) of the unlabeled images, `labeled_features`, `labeled_labels`, `names` (files, or None for a
+    built-in data set's train-split rows) and `rows` (each unlabeled image's train-split row, or None).
+
+    Raises:
+        LabelingError: the run has no unlabeled image, or fewer than `count`.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from gmvae_keras.labeling import LabelingError
+    from gmvae_keras.predict import find_export, predict_files
+
+    loaded = tf.saved_model.load(str(find_export(model_dir)))
+    wanted = ("features", "classifier_probabilities", "label")
+    if config.dataset == "folder":
+        from gmvae_keras.data.folder import list_folder
+
+        listing = list_folder(config.data_dir)
+        unlabeled = [Path(path) for path, _ in listing.files.get("unlabeled", [])]
+        if not unlabeled:
+            raise LabelingError(f"{listing.root / 'unlabeled'} holds no image: nothing to suggest")
+        _check_count(count, len(unlabeled))
+        labeled = listing.files["labeled"]
+        serve = loaded.signatures["serving_bytes"]
+        kept, (features, probabilities, predicted) = predict_files(serve, unlabeled, batch_size, None, wanted)
+        kept_labeled, labeled_features = predict_files(
+            serve, [Path(p) for p, _ in labeled], batch_size, None, "features"
+        )
+        label_of = {Path(path): label for path, label in labeled}
+        labeled_labels = np.array([label_of[path] for path in kept_labeled], np.int64)
+        names, rows = kept, None
+    else:
+        from gmvae_keras.train import load_data
+
+        data = load_data(config)
+        labeled_rows = np.load(Path(model_dir) / "labeled_indices.npy")
+        rows = np.setdiff1d(np.arange(len(data.train_labels)), labeled_rows)
+        if not len(rows):
+            raise LabelingError(f"every train image of {model_dir} is labeled: nothing to suggest")
+        _check_count(count, len(rows))
+        serve = loaded.signatures["serving_uint8"]
+
+        def through(images):
+            parts = [serve(images=tf.constant(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
+            return [np.concatenate([part[name].numpy() for part in parts]) for name in wanted]
+
+        if print_fn:
+            print_fn(f"encoding {len(rows)} unlabeled and {len(labeled_rows)} labeled images")
+        features, probabilities, predicted = through(data.train_images[rows])
+        labeled_features = through(data.train_images[labeled_rows])[0]
+        labeled_labels, names = data.train_labels[labeled_rows], None
+    return {
+        "features": features,
+        "classes": probabilities.argmax(axis=-1),
+        "predicted": predicted,
+        "labeled_features": labeled_features,
+        "labeled_labels": labeled_labels,
+        "names": names,
+        "rows": rows,
+    }
+
+
+def suggest(model_dir, count, signal="both", print_fn=None):
+    """`(picks of labeling.rank, encoded images of unlabeled_features, class names)` of a finished run."""
+    from gmvae_keras import labeling
+    from gmvae_keras.checkpoint import read_json
+    from gmvae_keras.config import read_config
+
+    config = read_config(model_dir)
+    if config is None:
+        raise labeling.LabelingError(f"{model_dir} holds no config.json: not a run of gmvae_keras.main")
+    if config.mode == "clustering":
+        raise labeling.LabelingError(
+            f"{model_dir} is a clustering run: it has no classes to suggest labels for (train a semi-supervised run)"
+        )
+    class_names = read_json(Path(model_dir) / "class_names.json", {}).get("class_names")
+    encoded = unlabeled_features(model_dir, config, count, print_fn=print_fn)
+    _check_count(count, len(encoded["features"]))  # a folder's undecodable files are left out
+    picks = labeling.rank(
+        encoded["features"],
+        encoded["labeled_features"],
+        encoded["labeled_labels"],
+        encoded["classes"],
+        count,
+        len(class_names),
+        config.k,
+        signal=signal,
+        seed=config.seed,
+    )
+    return picks, encoded, class_names
+
+
+def main(argv=None):
+    from gmvae_keras.labeling import SIGNALS
+
+    parser = argparse.ArgumentParser(prog="python -m gmvae_keras.suggest", description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", required=True, help="a finished run of gmvae_keras.main (reads RUN/export)")
+    parser.add_argument("--count", required=True, type=int, help="how many images to suggest")
+    parser.add_argument("--out", default=None, help="write the CSV here instead of standard output")
+    parser.add_argument("--signal", default="both", choices=SIGNALS, help="what ranks the images (see labeling)")
+    args = parser.parse_args(argv)
+    quiet_tensorflow()
+    from gmvae_keras import labeling, paths
+    from gmvae_keras.config import ConfigError, RunError
+    from gmvae_keras.data import DataError
+    from gmvae_keras.predict import PredictError, write_output
+
+    def note(message):
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        if args.count < 1:
+            raise labeling.LabelingError(f"--count must be >= 1, got {args.count}")
+        model_dir = paths.check_input_dir(args.model_dir, "--model_dir")
+        out = paths.check_output_file(args.out, "--out") if args.out else None
+        picks, encoded, class_names = suggest(model_dir, args.count, args.signal, note)
+    except (labeling.LabelingError, PredictError, paths.PathError, ConfigError, RunError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = io.StringIO()
+    labeling.write_csv(text, picks, encoded["predicted"], class_names, encoded["names"], encoded["rows"])
+    write_output(text.getvalue(), out, f"wrote {len(picks['index'])} suggestions to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

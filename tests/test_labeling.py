@@ -1,0 +1,280 @@
+"""Which images to label next: the ranking, its CSV, `--add_labeled` and `--init_from`."""
+
+import csv
+import io
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from gmvae_keras import data as data_lib
+from gmvae_keras import labeling, suggest
+from gmvae_keras.config import Config, ConfigError
+from gmvae_keras.data import DataError
+from gmvae_keras.train import train_and_evaluate
+
+from conftest import tiny_config, write_idx_dataset
+
+
+def _scene(seed=0):
+    """Features of two labeled classes 10 apart, a tight clump of 30 near-copies halfway between them (the most
+    uncertain images), a group of 20 far from every labeled image, and 40 images beside the labeled ones."""
+    rng = np.random.default_rng(seed)
+    labeled = np.concatenate([rng.normal([0, 0], 0.3, (5, 2)), rng.normal([10, 0], 0.3, (5, 2))])
+    labels = np.repeat([0, 1], 5)
+    clump = rng.normal([5, 0], 0.01, (30, 2))
+    far = rng.normal([0, 20], 0.5, (20, 2))
+    near = np.concatenate([rng.normal([0, 0], 0.5, (20, 2)), rng.normal([10, 0], 0.5, (20, 2))])
+    features = np.concatenate([clump, far, near]).astype(np.float32)
+    parts = {"clump": np.arange(30), "far": np.arange(30, 50), "near": np.arange(50, 90)}
+    return features, labeled.astype(np.float32), labels, parts
+
+
+def _rank(features, labeled, labels, count, **kwargs):
+    classes = np.zeros(len(features), np.int64)
+    return labeling.rank(features, labeled, labels, classes, count, num_classes=2, k=3, **kwargs)
+
+
+def test_the_picks_cover_the_unlabeled_group_and_take_one_of_the_near_copies():
+    features, labeled, labels, parts = _scene()
+    picks = _rank(features, labeled, labels, count=6)
+    chosen = picks["index"]
+    assert len(set(chosen.tolist())) == 6
+    # The group no labeled image is near is suggested, and said to be uncovered.
+    in_far = np.isin(chosen, parts["far"])
+    assert in_far.any() and set(picks["signal"][in_far].tolist()) == {"uncovered"}
+    # The spread rule: 30 near-copies of the most uncertain image give one suggestion, not six.
+    assert np.isin(chosen, parts["clump"]).sum() == 1
+    assert len(set(picks["cluster"].tolist())) == 6
+    assert np.all(np.diff(picks["score"]) <= 0)
+
+
+def test_clusters_give_their_preferred_row_by_priority_and_a_second_only_after_every_cluster_gave_one():
+    clusters = np.array([0, 0, 0, 1, 1, 2])
+    priority = np.array([5.0, 9.0, 1.0])
+    preference = np.array([0.1, 0.7, 0.3, 0.2, 0.9, 0.5])
+    np.testing.assert_array_equal(labeling._one_per_cluster(clusters, priority, preference, 6), [4, 1, 5, 3, 2, 0])
+    np.testing.assert_array_equal(labeling._one_per_cluster(clusters, priority, preference, 2), [4, 1])
+
+
+def test_uncertainty_alone_sees_no_uncovered_group_and_coverage_alone_takes_the_largest_first():
+    features, labeled, labels, parts = _scene()
+    alone = _rank(features, labeled, labels, count=3, signal="uncertainty")
+    assert "uncovered" not in alone["signal"].tolist()
+    assert alone["index"][0] in parts["clump"]  # the vote there is split evenly
+    coverage = _rank(features, labeled, labels, count=3, signal="coverage")
+    # The 30 near-copies are the largest group without a labeled image.
+    assert set(coverage["signal"].tolist()) == {"uncovered"} and coverage["index"][0] in parts["clump"]
+
+
+def test_a_pick_where_the_vote_and_the_classifier_disagree_says_so():
+    features, labeled, labels, parts = _scene()
+    classes = np.ones(len(features), np.int64)  # q(y|x̂) says class 1 everywhere
+    picks = labeling.rank(features, labeled, labels, classes, 8, num_classes=2, k=3, signal="uncertainty")
+    kinds = dict(zip(picks["index"].tolist(), picks["signal"].tolist(), strict=True))
+    near_zero = [i for i in kinds if i in parts["near"][:20]]
+    near_one = [i for i in kinds if i in parts["near"][20:]]
+    assert near_zero and all(kinds[i] == "disagreement" for i in near_zero)
+    assert near_one and all(kinds[i] == "uncertain" for i in near_one)
+
+
+@pytest.mark.parametrize("count", [0, 91])
+def test_a_count_outside_the_unlabeled_pool_is_refused(count):
+    features, labeled, labels, _ = _scene()
+    with pytest.raises(labeling.LabelingError, match="--count"):
+        _rank(features, labeled, labels, count=count)
+
+
+def test_the_csv_names_each_pick_and_reads_back_as_its_indices():
+    features, labeled, labels, _ = _scene()
+    picks = _rank(features, labeled, labels, count=4)
+    rows = np.arange(1000, 1090)
+    text = io.StringIO()
+    labeling.write_csv(text, picks, np.arange(90) % 2, ("cat", "dog"), rows=rows)
+    table = list(csv.DictReader(io.StringIO(text.getvalue())))
+    assert text.getvalue().splitlines()[0] == "rank,index,predicted,score,signal,cluster"
+    assert [int(r["index"]) for r in table] == (rows[picks["index"]]).tolist()
+    assert [r["predicted"] for r in table] == [("cat", "dog")[i % 2] for i in picks["index"]]
+    files = io.StringIO()
+    labeling.write_csv(files, picks, np.zeros(90, int), ("cat", "dog"), names=[f"u/{i}.png" for i in range(90)])
+    assert list(csv.DictReader(io.StringIO(files.getvalue())))[0]["path"] == f"u/{picks['index'][0]}.png"
+
+
+def test_read_indices_refuses_what_is_not_a_list_of_rows(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("rank,index\n1,7\n2,3\n3,7\n")
+    np.testing.assert_array_equal(labeling.read_indices(good), [3, 7])
+    for name, text, message in (
+        ("paths.csv", "rank,path\n1,a.png\n", "no `index` column"),
+        ("words.csv", "index\nseven\n", "integer"),
+        ("negative.csv", "index\n-1\n", "negative"),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(labeling.LabelingError, match=message):
+            labeling.read_indices(tmp_path / name)
+    with pytest.raises(labeling.LabelingError, match="cannot read"):
+        labeling.read_indices(tmp_path / "missing.csv")
+
+
+def test_add_labeled_joins_the_draw_with_the_true_labels_and_refuses_unknown_rows():
+    rng = np.random.default_rng(0)
+    train = (rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8), np.arange(60) % 3)
+    data = data_lib.split_data("toy", train, train, 3, num_labeled=6, seed=0)
+    extra = np.setdiff1d(np.arange(len(data.train_labels)), data.labeled_indices)[:4]
+    more = data_lib.add_labeled(data, extra)
+    np.testing.assert_array_equal(more.labeled_indices, np.union1d(data.labeled_indices, extra))
+    np.testing.assert_array_equal(more.labeled_labels, data.train_labels[more.labeled_indices])
+    with pytest.raises(DataError, match="rows 0..47"):
+        data_lib.add_labeled(data, [48])
+    unknown = data_lib.from_arrays(train[0][:6], np.arange(6) % 3, unlabeled_images=train[0][6:9])
+    with pytest.raises(DataError, match="no known label"):
+        data_lib.add_labeled(unknown, [7])
+
+
+def test_add_labeled_is_for_the_labels_of_a_built_in_semi_supervised_run(tmp_path):
+    with pytest.raises(ConfigError, match="--add_labeled"):
+        Config(dataset="folder", data_dir=str(tmp_path), add_labeled="x.csv")
+    with pytest.raises(ConfigError, match="--add_labeled"):
+        Config(mode="clustering", num_labeled=0, assignment_weight=0, metric_weight=0, add_labeled="x.csv")
+
+
+@pytest.fixture(scope="module")
+def suggested(tiny_run, tmp_path_factory):
+    """`suggest` on the tiny run: `(csv path, rows)`."""
+    out = tmp_path_factory.mktemp("suggest") / "next.csv"
+    assert suggest.main([f"--model_dir={tiny_run}", "--count=6", f"--out={out}"]) == 0
+    return out, list(csv.DictReader(out.open()))
+
+
+def test_suggest_ranks_unlabeled_train_rows_of_the_run_with_its_predictions(tiny_run, suggested):
+    import tensorflow as tf
+
+    from gmvae_keras.config import read_config
+    from gmvae_keras.train import load_data
+
+    _, rows = suggested
+    indices = [int(r["index"]) for r in rows]
+    assert len(set(indices)) == 6 and [int(r["rank"]) for r in rows] == list(range(1, 7))
+    labeled = np.load(tiny_run / "labeled_indices.npy")
+    assert not set(indices) & set(labeled.tolist())
+    data = load_data(read_config(tiny_run))
+    served = tf.saved_model.load(str(tiny_run / "export")).signatures["serving_uint8"]
+    label = served(images=tf.constant(data.train_images[indices]))["label"].numpy()
+    assert [r["predicted"] for r in rows] == [data.class_names[c] for c in label]
+    assert len({r["cluster"] for r in rows}) == 6
+    assert {r["signal"] for r in rows} <= {"uncovered", "uncertain", "disagreement"}
+
+
+def test_a_second_round_adds_the_suggestions_and_starts_from_the_first_rounds_weights(tiny_run, suggested, tmp_path):
+    out, rows = suggested
+    data_dir = json.loads((tiny_run / "config.json").read_text())["data_dir"]
+    # Adam's first step moves each weight by about the learning rate: at 1e-12 the copied weights stay.
+    config = tiny_config(
+        data_dir, epochs=1, steps_per_epoch=1, learning_rate=1e-12, add_labeled=str(out), init_from=str(tiny_run)
+    )
+    metrics = train_and_evaluate(config, tmp_path / "second")
+    labeled = np.load(tmp_path / "second" / "labeled_indices.npy")
+    expected = np.union1d(np.load(tiny_run / "labeled_indices.npy"), [int(r["index"]) for r in rows])
+    np.testing.assert_array_equal(labeled, expected)
+    assert metrics["num_labeled"] == len(expected)
+    first = keras.saving.load_model(tiny_run / "best.keras")
+    second = keras.saving.load_model(sorted((tmp_path / "second" / "checkpoints").iterdir())[-1])
+    for name in ("encoder", "decoder", "gaussian_prior", "categorical_inference"):
+        for a, b in zip(getattr(first, name).trainable_weights, getattr(second, name).trainable_weights, strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9)
+    assert int(second.optimizer.iterations.numpy()) == 1  # the optimizer starts afresh
+
+
+def test_copy_networks_copies_the_networks_and_keeps_the_temperature_and_the_labeled_set():
+    from gmvae_keras import GMVAE
+
+    kwargs = dict(image_shape=(28, 28, 1), num_classes=3, feature_size=8, latent_size=4, k=2, prediction="knn")
+    source = GMVAE(**kwargs, labeled_set_size=3, seed=1)
+    source.gumbel_softmax.temperature.assign(0.3)
+    target = GMVAE(**kwargs, labeled_set_size=6, seed=2)
+    target.set_labeled_set(np.full((6, 28, 28, 1), 255, np.uint8), np.arange(6) % 3)
+    target.copy_networks(source)
+    for name in GMVAE.NETWORKS:
+        for a, b in zip(getattr(source, name).weights, getattr(target, name).weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert float(target.gumbel_softmax.temperature.numpy()) == 1.0
+    assert float(np.min(target.labeled_images.numpy())) == 1.0
+    with pytest.raises(ValueError, match="latent_size is 4 there, 5 here"):
+        GMVAE(**{**kwargs, "latent_size": 5}, labeled_set_size=3).copy_networks(source)
+
+
+def test_init_from_refuses_a_run_that_does_not_fit_and_writes_nothing(tiny_run, tmp_path):
+    data_dir = json.loads((tiny_run / "config.json").read_text())["data_dir"]
+    for overrides, message in (
+        ({"feature_size": 6}, "feature_size 8 there, 6 here"),
+        ({"init_from": str(tmp_path)}, "--init_from: .* holds no run"),
+    ):
+        config = tiny_config(data_dir, **{"init_from": str(tiny_run), **overrides})
+        with pytest.raises((ConfigError, data_lib.DataError, ValueError), match=message):
+            train_and_evaluate(config, tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        folder = tmp_path / "three" / ("labeled/" + "abc"[i % 3] if i < 12 else "unlabeled")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+    config = tiny_config(tmp_path / "three", dataset="folder", init_from=str(tiny_run))
+    with pytest.raises(ConfigError, match="num_classes 10 there, 3 here"):
+        train_and_evaluate(config, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_suggest_refuses_bad_arguments_in_one_line(tiny_run, tmp_path, capsys):
+    clustering = tmp_path / "clustering"
+    clustering.mkdir()
+    values = dict(mode="clustering", num_labeled=0, assignment_weight=0, metric_weight=0)
+    (clustering / "config.json").write_text(Config(**values).to_json())
+    for args, message in (
+        (["--count=0"], "--count must be >= 1"),
+        (["--count=-3"], "--count must be >= 1"),
+        (["--count=100000"], "--count=100000: must be in 1.."),
+        ([f"--model_dir={clustering}", "--count=3"], "a clustering run"),
+        ([f"--model_dir={tmp_path / 'none'}", "--count=3"], "does not exist"),
+        ([f"--model_dir={tmp_path}", "--count=3"], "no config.json"),
+    ):
+        if not any(a.startswith("--model_dir") for a in args):
+            args = [f"--model_dir={tiny_run}", *args]
+        assert suggest.main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.strip().count("\n") == 0, err
+
+
+@pytest.mark.slow
+def test_simulate_labeling_runs_the_loop_and_its_baselines(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, TINY_RUN
+
+    data_dir = tmp_path / "data"
+    write_idx_dataset(data_dir, n_train=200, n_test=50, seed=4)
+    tiny = {k: v for k, v in TINY_RUN.items() if k not in ("dataset", "num_labeled")}
+    extra = [f"--{k}={v}" for k, v in tiny.items()] + ["--epochs=2", "--steps_per_epoch=2"]
+    command = [sys.executable, str(REPO_ROOT / "tools" / "simulate_labeling.py"), "--dataset=mnist"]
+    command += ["--settings=paper", "--seeds=0-0", "--num_labeled=20", "--count=10", f"--data_dir={data_dir}"]
+    command += [f"--runs_dir={tmp_path / 'runs'}", "--", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(summary["runs"]["0"]) == {"first", "suggested", "init_from", "balanced", "uniform"}
+    seed = tmp_path / "runs" / "mnist-20+10-paper" / "seed-0"
+    first = np.load(seed / "first" / "labeled_indices.npy")
+    suggested = labeling.read_indices(seed / "suggested.csv")
+    uniform = labeling.read_indices(seed / "uniform.csv")
+    assert len(suggested) == len(uniform) == 10 and not (set(suggested) | set(uniform)) & set(first)
+    np.testing.assert_array_equal(np.load(seed / "suggested" / "labeled_indices.npy"), np.union1d(first, suggested))
+    np.testing.assert_array_equal(np.load(seed / "uniform" / "labeled_indices.npy"), np.union1d(first, uniform))
+    assert len(np.load(seed / "balanced" / "labeled_indices.npy")) == 30
+    resumed = json.loads((seed / "init_from" / "config.json").read_text())
+    assert resumed["init_from"] == str(seed / "first") and resumed["epochs"] == 1
+    # A second call reads the finished runs and trains nothing.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert again.returncode == 0 and "gmvae_keras.main" not in again.stdout

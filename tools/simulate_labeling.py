@@ -1,0 +1,181 @@
+"""The labeling loop on a built-in data set, its true labels as the oracle: do the suggestions beat random labels?
+
+    python tools/simulate_labeling.py --dataset=fashion_mnist --settings=cpu --seeds=10-12 \
+        --num_labeled=100 --count=100 --data_dir=../shared/datasets/fashion_mnist
+
+For each seed, under `--runs_dir/<dataset>-<L>+<N>-<settings>[-<signal>]/seed-S/`:
+
+1. `first`: train with the seed's class-balanced draw of L labels;
+2. `suggested.csv`: `python -m gmvae_keras.suggest --count=N` on it;
+3. `suggested`: train again from scratch with those N labels added (`--add_labeled`);
+   `init_from`: the same from `first`'s weights (`--init_from`) for half the epochs;
+4. `balanced`: L + N labels drawn as the data set's own labeled draw is (class-balanced, `--num_labeled=L+N`);
+   `uniform`: L + N drawn uniformly from `first`'s unlabeled images (`uniform.csv`, seeded).
+
+Every run resumes (`gmvae_keras.main` with its run directory) and a finished one is read, so rerunning the
+command continues the loop. `--strategies` picks the runs of step 3 and 4. At the end the tool prints a
+Markdown table (strategy, seeds, mean ± std test error of the best-validation model, train minutes) and one
+line of JSON with every number, and writes the table to `<sweep>/results.md`. Extra flags after `--` go to
+every training run.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from reproduce import parse_seeds, run_seed
+
+from gmvae_keras._quiet import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow is first imported, by the flags' choices
+
+STRATEGIES = ("suggested", "init_from", "balanced", "uniform")
+
+
+def parse_args(argv):
+    from gmvae_keras.labeling import SIGNALS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "svhn"])
+    parser.add_argument("--num_labeled", type=int, default=100, help="L, the first round's labels")
+    parser.add_argument("--count", type=int, default=100, help="N, the labels added in the second round")
+    parser.add_argument("--seeds", default="10-12", help="as tools/reproduce.py: N, A-B or A,B,C")
+    parser.add_argument("--settings", choices=["paper", "cpu"], default="cpu")
+    parser.add_argument("--signal", choices=SIGNALS, default="both", help="suggest's ranking")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="of " + ", ".join(STRATEGIES))
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--runs_dir", default="runs/labeling")
+    parser.add_argument("extra", nargs="*", help="flags passed to every training run, after --")
+    args = parser.parse_args(argv)
+    try:
+        args.seeds = parse_seeds(args.seeds)
+    except ValueError as e:
+        parser.error(str(e))
+    args.strategies = [s for s in args.strategies.split(",") if s]
+    unknown = sorted(set(args.strategies) - set(STRATEGIES))
+    if unknown or not args.strategies:
+        parser.error(f"--strategies: {', '.join(unknown) or 'none given'}; choose from {', '.join(STRATEGIES)}")
+    for name in ("num_labeled", "count"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.data_dir:
+        args.data_dir = str(Path(args.data_dir).resolve())
+    return args
+
+
+def train(args, seed, model_dir, *flags):
+    """Trains (or resumes, or reads) one run; returns its metrics, or exits with the run's status."""
+    metrics_path = model_dir / "metrics.json"
+    if not metrics_path.exists():
+        command = [sys.executable, "-m", "gmvae_keras.main", f"--dataset={args.dataset}", f"--seed={seed}"]
+        command += [f"--settings={args.settings}", f"--model_dir={model_dir}", "--verbose=2"]
+        command += [f"--data_dir={args.data_dir}"] if args.data_dir else []
+        command += [*args.extra, *flags]  # the loop's own flags last: `init_from`'s --epochs halves the first run's
+        print(f"[labeling] {' '.join(command)}", flush=True)
+        code = run_seed(command)
+        if code != 0:
+            print(f"[labeling] {model_dir} stopped with status {code}; rerun to resume", file=sys.stderr)
+            sys.exit(code)
+    return json.loads(metrics_path.read_text())
+
+
+def uniform_rows(first, count, seed):
+    """`count` train-split rows drawn uniformly, with `seed`, from the images `first` did not label."""
+    from gmvae_keras.config import read_config
+    from gmvae_keras.train import load_data
+
+    num_train = len(load_data(read_config(first)).train_labels)
+    unlabeled = np.setdiff1d(np.arange(num_train), np.load(first / "labeled_indices.npy"))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 48]))
+    return np.sort(rng.choice(unlabeled, size=count, replace=False))
+
+
+def one_seed(args, seed, folder):
+    """`{strategy: metrics}` of one seed's loop."""
+    first = folder / "first"
+    labels = f"--num_labeled={args.num_labeled}"
+    results = {"first": train(args, seed, first, labels)}
+    suggested = folder / "suggested.csv"
+    if not suggested.exists():
+        command = [sys.executable, "-m", "gmvae_keras.suggest", f"--model_dir={first}", f"--count={args.count}"]
+        command += [f"--signal={args.signal}", f"--out={suggested}"]
+        print(f"[labeling] {' '.join(command)}", flush=True)
+        subprocess.run(command, check=True)
+    epochs = json.loads((first / "config.json").read_text())["epochs"]
+    uniform = folder / "uniform.csv"
+    if "uniform" in args.strategies and not uniform.exists():
+        rows = uniform_rows(first, args.count, seed)
+        uniform.write_text("index\n" + "".join(f"{r}\n" for r in rows))
+    runs = {
+        "suggested": (labels, f"--add_labeled={suggested}"),
+        "init_from": (
+            labels,
+            f"--add_labeled={suggested}",
+            f"--init_from={first}",
+            f"--epochs={math.ceil(epochs / 2)}",
+        ),
+        "balanced": (f"--num_labeled={args.num_labeled + args.count}",),
+        "uniform": (labels, f"--add_labeled={uniform}"),
+    }
+    for strategy in args.strategies:
+        results[strategy] = train(args, seed, folder / strategy, *runs[strategy])
+    return results
+
+
+def table(args, by_seed):
+    lines = [
+        "| strategy | labels | seeds | test error, best-validation model (%) | train minutes |",
+        "|---|---|---|---|---|",
+    ]
+    for strategy in ["first", *args.strategies]:
+        errors = [by_seed[s][strategy]["test_error_best"] for s in args.seeds]
+        minutes = statistics.fmean(by_seed[s][strategy]["train_seconds"] / 60 for s in args.seeds)
+        std = statistics.stdev(errors) if len(errors) > 1 else 0.0
+        labels = args.num_labeled if strategy == "first" else args.num_labeled + args.count
+        seeds = ", ".join(map(str, args.seeds))
+        lines.append(
+            f"| {strategy} | {labels} | {seeds} | {statistics.fmean(errors):.2f} ± {std:.2f} "
+            f"({', '.join(f'{e:.2f}' for e in errors)}) | {minutes:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    from gmvae_keras import paths
+
+    args = parse_args(argv)
+    try:  # before the first run: the loop trains for hours
+        paths.check_output_dir(args.runs_dir, "--runs_dir")
+        if args.data_dir:
+            paths.check_input_dir(args.data_dir, "--data_dir")
+    except paths.PathError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    name = f"{args.dataset}-{args.num_labeled}+{args.count}-{args.settings}"
+    sweep = Path(args.runs_dir).resolve() / (name if args.signal == "both" else f"{name}-{args.signal}")
+    print(f"[labeling] {sweep.name}: seeds {', '.join(map(str, args.seeds))} into {sweep}", flush=True)
+    by_seed = {}
+    for seed in args.seeds:
+        folder = sweep / f"seed-{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        by_seed[seed] = one_seed(args, seed, folder)
+    text = table(args, by_seed)
+    (sweep / "results.md").write_text(text)
+    print(text)
+    summary = {
+        str(seed): {
+            k: {"test_error_best": m["test_error_best"], "train_seconds": m["train_seconds"]} for k, m in r.items()
+        }
+        for seed, r in by_seed.items()
+    }
+    print(json.dumps({"sweep": sweep.name, "runs": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
