@@ -52,7 +52,12 @@ MIRRORED_SCRIPT = HELPERS + textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from gmvae_keras import GMVAE
+    from gmvae_keras import GMVAE, determinism
+
+    # The same initial weights in every process, and sums in an order the thread schedule does not change: under
+    # load, a step's rounding otherwise varies (measured up to 5e-6 from one process on a loaded host).
+    keras.utils.set_random_seed(0)
+    determinism.enable()
 
     rng = np.random.default_rng(0)
 
@@ -115,7 +120,12 @@ MULTI_WORKER_SCRIPT = HELPERS + textwrap.dedent(
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     import keras
-    from gmvae_keras import GMVAE
+    from gmvae_keras import GMVAE, determinism
+
+    # The same initial weights in every process, and sums in an order the thread schedule does not change: under
+    # load, a step's rounding otherwise varies (measured up to 5e-6 from one process on a loaded host).
+    keras.utils.set_random_seed(0)
+    determinism.enable()
 
     rng = np.random.default_rng(0)
     # Worker w trains on batches[w] in step 1 and batches[2 + w] in step 2.
