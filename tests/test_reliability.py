@@ -365,6 +365,8 @@ RECIPE_ARGS = {
     "mnist": ["--dataset=mnist"],
     "mnist-cpu": ["--dataset=mnist", "--settings=cpu"],
     "fashion_mnist-cpu": ["--dataset=fashion_mnist", "--settings=cpu"],
+    "fashion_mnist-1000-cpu": ["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"],
+    "mnist-clustering-cpu": ["--dataset=mnist", "--mode=clustering", "--settings=cpu"],
     "fashion_mnist-clustering-cpu": ["--dataset=fashion_mnist", "--mode=clustering", "--settings=cpu"],
     "svhn": ["--dataset=svhn"],
 }
@@ -380,7 +382,8 @@ tiny = ["--batch_size=40", "--labeled_per_batch=0", "--feature_size=8", "--laten
 digests = {}
 for name, args in recipes.items():
     dataset = args[0].split("=")[1]
-    labeled = [] if "--mode=clustering" in args else ["--num_labeled=20"]
+    given = "--mode=clustering" in args or any(a.startswith("--num_labeled") for a in args)
+    labeled = [] if given else ["--num_labeled=20"]
     config = flagfiles.config_from_args(args + tiny + labeled + [f"--data_dir={data[dataset]}"])
     train_and_evaluate(config, f"{out}/{name}")
     model = keras.saving.load_model(f"{out}/{name}/checkpoints/epoch-0001.keras")
@@ -395,7 +398,7 @@ def test_every_shipped_recipe_repeats_bit_for_bit_in_another_process_under_deter
 
     data = {name: str(tmp_path / name) for name in ("mnist", "fashion_mnist", "svhn")}
     write_idx_dataset(data["mnist"], n_train=300, n_test=50, seed=1)
-    write_idx_dataset(data["fashion_mnist"], n_train=300, n_test=50, seed=2)
+    write_idx_dataset(data["fashion_mnist"], n_train=1500, n_test=50, seed=2)  # 1000 labels: 1200 train images
     write_svhn_dataset(data["svhn"], 300, 50, seed=3)
     script = tmp_path / "recipes.py"
     script.write_text(RECIPES_SCRIPT)
