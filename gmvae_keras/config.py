@@ -85,12 +85,6 @@ class Config(ModelSettings):
     consistency_flip: bool = _field(
         False, "Mirror that second view left-right with probability 1/2 (not in the paper); for clothes, not digits."
     )
-    propagation_neighbours: int = _field(
-        0,
-        "Before training, spread the labeled images' labels over a graph joining each training image to its N "
-        "nearest in pixels (label spreading); an unlabeled image whose k-NN vote then names another class is left "
-        "out of L_A and L_M for that step (not in the paper). 0 (paper) disables.",
-    )
     # Gumbel-Softmax.
     temperature_start: float = _field(1.0, "Gumbel-Softmax temperature of the first epoch.")
     temperature_end: float = _field(0.5, "Gumbel-Softmax temperature after the annealing.")
@@ -150,14 +144,7 @@ class Config(ModelSettings):
         for name in ("learning_rate", "temperature_start", "temperature_end"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in (
-            "num_labeled",
-            "labeled_per_batch",
-            "steps_per_epoch",
-            "image_summary_every",
-            "seed",
-            "propagation_neighbours",
-        ):
+        for name in ("num_labeled", "labeled_per_batch", "steps_per_epoch", "image_summary_every", "seed"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.validation_fraction < 1.0:
@@ -191,8 +178,6 @@ class Config(ModelSettings):
                 "--add_labeled adds labels of a built-in data set's train split to a semi-supervised run; a folder's "
                 "labeled/ holds its labels"
             )
-        if self.propagation_neighbours and (self.mode == "clustering" or self.strategy != "default"):
-            raise ConfigError("--propagation_neighbours is for a semi-supervised run on one device")
         if self.mode == "semi_supervised" and not self.num_labeled:
             raise ConfigError("--num_labeled=0 leaves nothing to supervise; use --mode=clustering")
         if self.prediction == "knn" and self.mode == "clustering":

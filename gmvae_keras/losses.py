@@ -16,7 +16,6 @@ averaged over the positive pairs of the batch.
 | L_A | `assignment_loss` | `assignment_loss` | `--assignment_weight` |
 | eq. 8 | `assign_labels`, `vote_shares` | `assignment_accuracy` | `--k`, `--assignment_balance` |
 | | `mixture_assignment` (clustering) | | `--feature_clusters` |
-| | `kept` of both (`propagation.spread_labels`) | `assignments_kept` | `--propagation_neighbours` |
 | L_M | `lifted_structured_loss` | `metric_loss` | `--metric_weight`, `--margin` |
 
 Beyond the paper, `GMVAE.compute_losses` takes L_A's cross-entropy on a
@@ -124,24 +123,18 @@ def categorical_loss(logits, kl="image"):
     return ops.mean(ops.sum(ops.exp(log_q) * log_q, axis=-1) + ops.log(num_classes))
 
 
-def assignment_loss(labels, logits, kept=None):
+def assignment_loss(labels, logits):
     """L_A: cross-entropy of q(y|x̂) against true or assigned labels.
 
     Args:
         labels: `[batch]` int labels (true for labeled samples, from
             `assign_labels` for unlabeled ones).
         logits: `[batch, c]` logits of q(y|x̂).
-        kept: optional `[batch]` bool, the samples that count
-            (`--propagation_neighbours`); None counts every sample.
 
     Returns:
-        Scalar: averaged over the batch (over the kept samples).
+        Scalar: averaged over the batch.
     """
-    cross_entropy = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    if kept is None:
-        return ops.mean(cross_entropy)
-    kept = ops.cast(kept, cross_entropy.dtype)
-    return ops.sum(cross_entropy * kept) / ops.maximum(ops.sum(kept), 1.0)
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
 
 def mixture_assignment(points, means, variances, log_weights):
@@ -256,7 +249,7 @@ def balance_assignment(log_scores, iterations=3):
     return ops.cast(ops.argmax(log_scores, axis=-1), "int32")
 
 
-def lifted_structured_loss(labels, distances, margin, kept=None):
+def lifted_structured_loss(labels, distances, margin):
     """L_M: the lifted structured loss of Song et al. (2016).
 
     In the form of TensorFlow's metric-learning losses (which the authors'
@@ -278,8 +271,6 @@ def lifted_structured_loss(labels, distances, margin, kept=None):
         distances: `[batch, batch]` distances of the features x̂
             (`pairwise_distance`).
         margin: the margin α.
-        kept: optional `[batch]` bool: the samples that take part; the
-            others are in no pair, positive or negative. None: all.
 
     Returns:
         Scalar: averaged over the ordered positive pairs, halved.
@@ -287,16 +278,10 @@ def lifted_structured_loss(labels, distances, margin, kept=None):
     labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     same = ops.equal(labels[:, None], labels[None, :])
     batch_size = ops.shape(labels)[0]
-    pairs = ops.logical_not(ops.eye(batch_size, dtype="bool"))
-    not_negative = same
-    if kept is not None:
-        kept = ops.reshape(ops.cast(kept, "bool"), (-1,))
-        both = ops.logical_and(kept[:, None], kept[None, :])
-        pairs = ops.logical_and(pairs, both)
-        not_negative = ops.logical_or(same, ops.logical_not(both))
-    positives = ops.cast(ops.logical_and(same, pairs), distances.dtype)
+    eye = ops.eye(batch_size, dtype="bool")
+    positives = ops.cast(ops.logical_and(same, ops.logical_not(eye)), distances.dtype)
     # log Σ_{k ∈ negatives(i)} exp(margin − D_ik), one value per row.
-    negative_logits = ops.where(not_negative, _LOG_ZERO, margin - distances)
+    negative_logits = ops.where(same, _LOG_ZERO, margin - distances)
     row_terms = ops.logsumexp(negative_logits, axis=1)
     # J_ij = log(Σ_neg(i) + Σ_neg(j)) + D_ij, combined stably in log space.
     j = ops.logaddexp(row_terms[:, None], row_terms[None, :]) + distances

@@ -128,8 +128,7 @@ class GMVAE(keras.Model):
         self.decoder = Decoder(self.image_shape, self.latent_size, name="decoder", dtype=policy)
 
         self.trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy", "assignments_kept")
+            name: keras.metrics.Mean(name=name) for name in ("loss",) + LOSS_TERMS + ("assignment_accuracy",)
         }
         self.error_tracker = keras.metrics.Mean(name="error")
         if self.prediction == "knn":
@@ -226,7 +225,7 @@ class GMVAE(keras.Model):
     def metrics(self):
         return list(self.trackers.values()) + [self.error_tracker]
 
-    def compute_losses(self, images, labels=None, training=True, views=None, spread_labels=None):
+    def compute_losses(self, images, labels=None, training=True, views=None):
         """Every loss term of the batch, the weighted total and the assignments.
 
         Returns:
@@ -234,10 +233,7 @@ class GMVAE(keras.Model):
             batch computes (L_A and L_M only when they are on), the weighted
             sum and the labels the k-NN vote assigned to the unlabeled part
             (None without labeled images). `views`: the batch's second views
-            for L_A (`--consistency_*`), or None. `spread_labels`: the
-            unlabeled part's labels after label spreading
-            (`--propagation_neighbours`), or None; an unlabeled image whose
-            vote differs from it is left out of L_A and L_M.
+            for L_A (`--consistency_*`), or None.
         """
         outputs = self(images, training=training)
         gaussian = ("z", "z_mean", "z_variance", "prior_mean", "prior_variance")
@@ -246,10 +242,10 @@ class GMVAE(keras.Model):
             "gaussian_loss": losses.gaussian_loss(*(outputs[name] for name in gaussian)),
             "categorical_loss": losses.categorical_loss(outputs["logits"], self.categorical_kl),
         }
-        assigned = kept = None
+        assigned = None
         num_labeled = 0 if labels is None else labels.shape[0]
         if num_labeled != 0 and (self.assignment_weight > 0 or self.metric_weight > 0):
-            assigned, auxiliary, kept = self._auxiliary_losses(outputs, labels, views, training, spread_labels)
+            assigned, auxiliary = self._auxiliary_losses(outputs, labels, views, training)
             terms.update(auxiliary)
         elif num_labeled == 0 and self.feature_mixture is not None and self.assignment_weight > 0:
             # Components are categories, not classes: no assignment accuracy to log.
@@ -260,9 +256,8 @@ class GMVAE(keras.Model):
         weights = (self.gaussian_weight, self.categorical_weight, self.assignment_weight, self.metric_weight)
         return terms, losses.total_loss(terms, *weights), assigned
 
-    def _auxiliary_losses(self, outputs, labels, views, training, spread_labels=None):
-        """`(assigned, {L_A, L_M}, kept)`: the k-NN vote's labels for the unlabeled part, the terms that are on,
-        and the rows L_A and L_M count (None: all; with `spread_labels`, the unlabeled rows whose vote agrees)."""
+    def _auxiliary_losses(self, outputs, labels, views, training):
+        """`(assigned, {L_A, L_M})`: the k-NN vote's labels for the unlabeled part, and the terms that are on."""
         num_unlabeled = ops.shape(outputs["features"])[0] - ops.shape(labels)[0]
         # One distance matrix serves the vote (its unlabeled × labeled block, without gradient) and L_M.
         distances = losses.pairwise_distance(outputs["features"])
@@ -270,42 +265,26 @@ class GMVAE(keras.Model):
             distances[:num_unlabeled, num_unlabeled:], labels, self.num_classes, self.k, self.assignment_balance
         )
         all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
-        kept = None
-        if spread_labels is not None:
-            # Screen: the spread label as a prior added to the vote's shares (weight from the environment).
-            import os
-
-            beta = float(os.environ.get("SPREAD_WEIGHT", "0.6"))
-            shares = losses.vote_shares(distances[:num_unlabeled, num_unlabeled:], labels, self.num_classes, self.k)
-            scores = (shares + beta * ops.one_hot(ops.cast(spread_labels, "int32"), self.num_classes)) / (1.0 + beta)
-            if self.assignment_balance == "vote":
-                assigned = losses.balance_assignment(ops.log(scores + 1e-4))
-            else:
-                assigned = ops.cast(ops.argmax(scores, axis=-1), "int32")
-            all_labels = ops.concatenate([assigned, ops.cast(labels, "int32")], axis=0)
         terms = {}
         if self.assignment_weight > 0 and views is None:
-            terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"], kept)
+            terms["assignment_loss"] = losses.assignment_loss(all_labels, outputs["logits"])
         elif self.assignment_weight > 0:
             # s·CE(view) + (1 - s)·CE(image); with s = 1 the image's term is not even computed.
             share = self.consistency_share
-            loss = share * losses.assignment_loss(all_labels, self.classify(views, training=training)[1], kept)
+            loss = share * losses.assignment_loss(all_labels, self.classify(views, training=training)[1])
             if share < 1.0:
-                loss += (1.0 - share) * losses.assignment_loss(all_labels, outputs["logits"], kept)
+                loss += (1.0 - share) * losses.assignment_loss(all_labels, outputs["logits"])
             terms["assignment_loss"] = loss
         if self.metric_weight > 0:
-            terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin, kept)
-        return assigned, terms, kept
+            terms["metric_loss"] = losses.lifted_structured_loss(all_labels, distances, self.margin)
+        return assigned, terms
 
     def train_step(self, data):
         images, labels, unlabeled_labels, views = unpack_batch(data)
-        spread_labels = data.get("spread_labels") if isinstance(data, dict) else None
         replica = tf.distribute.get_replica_context()
         replicas = replica.num_replicas_in_sync if replica is not None else 1
         with tf.GradientTape() as tape:
-            terms, total, assigned = self.compute_losses(
-                images, labels, training=True, views=views, spread_labels=spread_labels
-            )
+            terms, total, assigned = self.compute_losses(images, labels, training=True, views=views)
             # Optimizers sum the replicas' gradients: each replica's mean over `replicas` sums to the global
             # mean. A LossScaleOptimizer (mixed_float16) scales it up here and the gradients down in `apply`.
             scaled = self.optimizer.scale_loss(total / replicas)
@@ -316,9 +295,6 @@ class GMVAE(keras.Model):
         if assigned is not None and unlabeled_labels is not None:
             correct = ops.cast(ops.equal(assigned, ops.cast(unlabeled_labels, "int32")), "float32")
             values["assignment_accuracy"] = ops.mean(correct)
-        if assigned is not None and spread_labels is not None:
-            agree = ops.equal(assigned, ops.cast(spread_labels, "int32"))
-            values["assignments_kept"] = ops.mean(ops.cast(agree, "float32"))
         if replicas > 1:
             # Every replica holds the same slice layout: the global mean of a term is the replicas' mean.
             values = replica.all_reduce(tf.distribute.ReduceOp.MEAN, values)

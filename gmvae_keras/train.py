@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from gmvae_keras import batches, determinism, distribute, paths, prediction, propagation
+from gmvae_keras import batches, determinism, distribute, paths, prediction
 from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import data as data_lib
 from gmvae_keras.callbacks import (
@@ -317,17 +317,6 @@ def _init_source(config, data):
     return source
 
 
-def _spread_labels(data, neighbours):
-    """`propagation.spread_labels` of the train split's pixels, with a line on what it took."""
-    start = time.perf_counter()
-    pixels = data.train_images.reshape(len(data.train_images), -1).astype(np.float32) / 255.0
-    labels = propagation.spread_labels(pixels, data.labeled_indices, data.labeled_labels, data.num_classes, neighbours)
-    print(
-        f"labels spread over a {neighbours}-NN graph of the pixels in {time.perf_counter() - start:.0f} s", flush=True
-    )
-    return labels
-
-
 def _train_batches(strategy, data, config, initial_epoch):
     """`(dataset, global steps per epoch)` of the run from `initial_epoch` on, on one device or on every replica.
 
@@ -343,8 +332,6 @@ def _train_batches(strategy, data, config, initial_epoch):
     )
     steps = config.steps_per_epoch or batches.steps_per_epoch(num_train, n_u, replicas, pipelines)
     options = dict(seed=config.seed, epoch=initial_epoch, epochs=config.epochs, **config.train_pipeline_options())
-    if config.propagation_neighbours:
-        options["spread_labels"] = _spread_labels(data, config.propagation_neighbours)
     if replicas == 1:
         return data_lib.make_train_dataset(data, config.batch_size, n_l or None, steps=steps, **options), steps
 

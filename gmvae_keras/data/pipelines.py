@@ -87,7 +87,6 @@ def make_train_dataset(
     epoch=0,
     epochs=None,
     steps=None,
-    spread_labels=None,
 ):
     """The semi-supervised training batches of epoch `epoch`, or of epochs `epoch` to `epochs - 1` in turn.
 
@@ -103,9 +102,7 @@ def make_train_dataset(
     permutations of the labeled set, drawn class-balanced (`balanced_pool`).
     Every random draw of an epoch is a function of `seed` and the epoch
     alone, so a resumed run reads what an uninterrupted one reads. Shapes are
-    static. `consistency_shift`/`consistency_flip` add `views` (`_assembler`);
-    `spread_labels`, `[N_train]` labels of every train image, adds the
-    unlabeled rows' ones as `spread_labels`, int32 [n_u].
+    static. `consistency_shift`/`consistency_flip` add `views` (`_assembler`).
 
     With `num_shards > 1` (one input pipeline per machine) every shard walks
     the same permutations and keeps every `num_shards`-th unlabeled index
@@ -132,7 +129,7 @@ def make_train_dataset(
             l_idx = tf.zeros((steps, 0), tf.int64)
         return tf.data.Dataset.from_tensor_slices((tf.fill([steps], e), tf.range(steps, dtype=tf.int64), u_idx, l_idx))
 
-    assemble = _assembler(data, consistency_shift, consistency_flip, _stream_key(seed, _CONSISTENCY), spread_labels)
+    assemble = _assembler(data, consistency_shift, consistency_flip, _stream_key(seed, _CONSISTENCY))
     ds = tf.data.Dataset.range(epoch, max(epoch, epochs)).flat_map(one_epoch)
     ds = ds.map(assemble, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # flat_map hides the length; Keras and the tests read it.
@@ -152,7 +149,7 @@ def _schedule(n_train, n_u, num_shards, shard_index, epoch, epochs, steps):
     return per_pass, epoch, epochs, steps
 
 
-def _assembler(data, consistency_shift, consistency_flip, key_consistency, spread_labels=None):
+def _assembler(data, consistency_shift, consistency_flip, key_consistency):
     """The map from `(epoch, step, unlabeled indices, labeled indices)` to a batch dict of `data`.
 
     With `consistency_shift > 0` or `consistency_flip` the batch holds
@@ -164,7 +161,6 @@ def _assembler(data, consistency_shift, consistency_flip, key_consistency, sprea
     images = tf.convert_to_tensor(data.train_images, dtype=tf.uint8)
     labels = tf.convert_to_tensor(data.train_labels, dtype=tf.int32)
     known = bool(np.all(np.asarray(data.train_labels) >= 0))
-    spread = None if spread_labels is None else tf.convert_to_tensor(spread_labels, dtype=tf.int32)
 
     def assemble(e, step, u_idx, l_idx):
         element = {
@@ -173,8 +169,6 @@ def _assembler(data, consistency_shift, consistency_flip, key_consistency, sprea
         }
         if known:
             element["unlabeled_labels"] = tf.gather(labels, u_idx)
-        if spread is not None:
-            element["spread_labels"] = tf.gather(spread, u_idx)
         if consistency_shift or consistency_flip:
             element["views"] = perturb(
                 element["images"], consistency_shift, consistency_flip, _fold(key_consistency, e, step)
