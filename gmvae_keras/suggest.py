@@ -26,6 +26,10 @@ def _check_count(count, pool):
         raise LabelingError(f"--count={count}: must be in 1..{pool}, the run's unlabeled images")
 
 
+# The SavedModel outputs `suggest` reads: x̂, q(y|x̂) and the run's predicted class.
+_OUTPUTS = ("features", "classifier_probabilities", "label")
+
+
 def unlabeled_features(model_dir, config, count, batch_size=1000, print_fn=None):
     """The run's images through its export: a dict with `features`, `classes` (q(y|x̂)'s argmax) and `predicted`
     (the run's rule) of the unlabeled images, `labeled_features`, `labeled_labels`, `names` (files, or None for a
@@ -34,60 +38,72 @@ def unlabeled_features(model_dir, config, count, batch_size=1000, print_fn=None)
     Raises:
         LabelingError: the run has no unlabeled image, or fewer than `count`.
     """
+    import tensorflow as tf
+
+    from gmvae_keras.predict import find_export
+
+    loaded = tf.saved_model.load(str(find_export(model_dir)))
+    encode = _encode_folder if config.dataset == "folder" else _encode_train_split
+    encoded = encode(loaded, model_dir, config, count, batch_size, print_fn)
+    features, probabilities, predicted = encoded.pop("outputs")
+    return {"features": features, "classes": probabilities.argmax(axis=-1), "predicted": predicted, **encoded}
+
+
+def _encode_folder(loaded, model_dir, config, count, batch_size, print_fn):
+    """`unlabeled_features` of a folder run: the files of `unlabeled/` and `labeled/`, through `serving_bytes`."""
+    import numpy as np
+
+    from gmvae_keras.data.folder import list_folder
+    from gmvae_keras.labeling import LabelingError
+    from gmvae_keras.predict import predict_files
+
+    listing = list_folder(config.data_dir)
+    unlabeled = [Path(path) for path, _ in listing.files.get("unlabeled", [])]
+    if not unlabeled:
+        raise LabelingError(f"{listing.root / 'unlabeled'} holds no image: nothing to suggest")
+    _check_count(count, len(unlabeled))
+    if print_fn:
+        print_fn(f"encoding {len(unlabeled)} unlabeled and {len(listing.files['labeled'])} labeled images")
+    serve = loaded.signatures["serving_bytes"]
+    kept, outputs = predict_files(serve, unlabeled, batch_size, None, _OUTPUTS)
+    labeled = [Path(path) for path, _ in listing.files["labeled"]]
+    kept_labeled, labeled_features = predict_files(serve, labeled, batch_size, None, "features")
+    label_of = {Path(path): label for path, label in listing.files["labeled"]}
+    labeled_labels = np.array([label_of[path] for path in kept_labeled], np.int64)
+    return {
+        "outputs": outputs,
+        "labeled_features": labeled_features,
+        "labeled_labels": labeled_labels,
+        "names": kept,
+        "rows": None,
+    }
+
+
+def _encode_train_split(loaded, model_dir, config, count, batch_size, print_fn):
+    """`unlabeled_features` of a built-in data set's run: its train split, the run's labeled rows apart."""
     import numpy as np
     import tensorflow as tf
 
     from gmvae_keras.labeling import LabelingError
-    from gmvae_keras.predict import find_export, predict_files
+    from gmvae_keras.train import load_data
 
-    loaded = tf.saved_model.load(str(find_export(model_dir)))
-    wanted = ("features", "classifier_probabilities", "label")
-    if config.dataset == "folder":
-        from gmvae_keras.data.folder import list_folder
+    data = load_data(config)
+    labeled_rows = np.load(Path(model_dir) / "labeled_indices.npy")
+    rows = np.setdiff1d(np.arange(len(data.train_labels)), labeled_rows)
+    if not len(rows):
+        raise LabelingError(f"every train image of {model_dir} is labeled: nothing to suggest")
+    _check_count(count, len(rows))
+    serve = loaded.signatures["serving_uint8"]
 
-        listing = list_folder(config.data_dir)
-        unlabeled = [Path(path) for path, _ in listing.files.get("unlabeled", [])]
-        if not unlabeled:
-            raise LabelingError(f"{listing.root / 'unlabeled'} holds no image: nothing to suggest")
-        _check_count(count, len(unlabeled))
-        labeled = listing.files["labeled"]
-        serve = loaded.signatures["serving_bytes"]
-        kept, (features, probabilities, predicted) = predict_files(serve, unlabeled, batch_size, None, wanted)
-        kept_labeled, labeled_features = predict_files(
-            serve, [Path(p) for p, _ in labeled], batch_size, None, "features"
-        )
-        label_of = {Path(path): label for path, label in labeled}
-        labeled_labels = np.array([label_of[path] for path in kept_labeled], np.int64)
-        names, rows = kept, None
-    else:
-        from gmvae_keras.train import load_data
+    def through(images):
+        parts = [serve(images=tf.constant(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
+        return [np.concatenate([part[name].numpy() for part in parts]) for name in _OUTPUTS]
 
-        data = load_data(config)
-        labeled_rows = np.load(Path(model_dir) / "labeled_indices.npy")
-        rows = np.setdiff1d(np.arange(len(data.train_labels)), labeled_rows)
-        if not len(rows):
-            raise LabelingError(f"every train image of {model_dir} is labeled: nothing to suggest")
-        _check_count(count, len(rows))
-        serve = loaded.signatures["serving_uint8"]
-
-        def through(images):
-            parts = [serve(images=tf.constant(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
-            return [np.concatenate([part[name].numpy() for part in parts]) for name in wanted]
-
-        if print_fn:
-            print_fn(f"encoding {len(rows)} unlabeled and {len(labeled_rows)} labeled images")
-        features, probabilities, predicted = through(data.train_images[rows])
-        labeled_features = through(data.train_images[labeled_rows])[0]
-        labeled_labels, names = data.train_labels[labeled_rows], None
-    return {
-        "features": features,
-        "classes": probabilities.argmax(axis=-1),
-        "predicted": predicted,
-        "labeled_features": labeled_features,
-        "labeled_labels": labeled_labels,
-        "names": names,
-        "rows": rows,
-    }
+    if print_fn:
+        print_fn(f"encoding {len(rows)} unlabeled and {len(labeled_rows)} labeled images")
+    labeled = {"labeled_features": through(data.train_images[labeled_rows])[0]}
+    labeled["labeled_labels"] = data.train_labels[labeled_rows]
+    return {"outputs": through(data.train_images[rows]), **labeled, "names": None, "rows": rows}
 
 
 def suggest(model_dir, count, signal="both", print_fn=None):
