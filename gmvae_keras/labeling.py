@@ -41,6 +41,12 @@ class LabelingError(ValueError):
     """A ranking that cannot be made, or a CSV that cannot be read; the message is one line."""
 
 
+def check_count(count, pool):
+    """LabelingError unless 1 <= `count` <= `pool`, the unlabeled images there are to suggest."""
+    if not 1 <= count <= pool:
+        raise LabelingError(f"--count={count}: must be in 1..{pool}, the run's unlabeled images")
+
+
 def vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k, batch_size=1000):
     """`(uncertainty [n], vote's class [n])`: one minus the margin of the k-NN vote's two largest shares."""
     labeled_features = np.asarray(labeled_features, np.float32)
@@ -88,13 +94,12 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
     n, m = len(features), len(labeled_features)
     if signal not in SIGNALS:
         raise LabelingError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
-    if not 1 <= count <= n:
-        raise LabelingError(f"--count={count}: must be in 1..{n}, the unlabeled images of the run")
+    check_count(count, n)
     if m == 0:
         raise LabelingError("the run has no labeled image to vote with")
     uncertainty, vote = vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k)
     everything = np.concatenate([features, np.asarray(labeled_features, np.float32)]).astype(np.float64)
-    num_clusters = min(m + count, n + m)
+    num_clusters = m + count
     kmeans = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit(everything)
     clusters, labeled_clusters = kmeans.labels_[:n], kmeans.labels_[n:]
     uncovered = ~np.isin(clusters, labeled_clusters)

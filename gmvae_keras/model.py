@@ -48,6 +48,19 @@ def _check_arguments(num_classes, labeled_set_size, settings):
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
 
 
+# What the networks' weight shapes depend on: two GMVAEs equal in these can exchange `GMVAE.NETWORKS`.
+NETWORK_SIZES = ("image_shape", "num_classes", "feature_size", "latent_size")
+
+
+def network_mismatches(source, **wanted):
+    """`"<name> <source's> there, <wanted> here"` for each of `NETWORK_SIZES` in which `source` differs."""
+    return [
+        f"{name} {getattr(source, name)} there, {wanted[name]} here"
+        for name in NETWORK_SIZES
+        if getattr(source, name) != wanted[name]
+    ]
+
+
 def unpack_batch(data):
     """`(images, labels, unlabeled_labels, views)` of a batch dict, tuple or tensor."""
     if isinstance(data, dict):
@@ -336,9 +349,9 @@ class GMVAE(keras.Model):
         `source` is a GMVAE of the same image shape, classes, feature and latent sizes (ValueError otherwise).
         The optimizer, the temperature and a stored labeled set stay this model's.
         """
-        for name in ("image_shape", "num_classes", "feature_size", "latent_size"):
-            if getattr(source, name) != getattr(self, name):
-                raise ValueError(f"{name} is {getattr(source, name)} there, {getattr(self, name)} here")
+        mismatches = network_mismatches(source, **{name: getattr(self, name) for name in NETWORK_SIZES})
+        if mismatches:
+            raise ValueError("; ".join(mismatches))
         for name in self.NETWORKS:
             getattr(self, name).set_weights(getattr(source, name).get_weights())
 

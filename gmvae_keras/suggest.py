@@ -18,14 +18,6 @@ from pathlib import Path
 
 from gmvae_keras._quiet import quiet_tensorflow
 
-
-def _check_count(count, pool):
-    from gmvae_keras.labeling import LabelingError
-
-    if not 1 <= count <= pool:
-        raise LabelingError(f"--count={count}: must be in 1..{pool}, the run's unlabeled images")
-
-
 # The SavedModel outputs `suggest` reads: x̂, q(y|x̂) and the run's predicted class.
 _OUTPUTS = ("features", "classifier_probabilities", "label")
 
@@ -54,14 +46,14 @@ def _encode_folder(loaded, model_dir, config, count, batch_size, print_fn):
     import numpy as np
 
     from gmvae_keras.data.folder import list_folder
-    from gmvae_keras.labeling import LabelingError
+    from gmvae_keras.labeling import LabelingError, check_count
     from gmvae_keras.predict import predict_files
 
     listing = list_folder(config.data_dir)
     unlabeled = [Path(path) for path, _ in listing.files.get("unlabeled", [])]
     if not unlabeled:
         raise LabelingError(f"{listing.root / 'unlabeled'} holds no image: nothing to suggest")
-    _check_count(count, len(unlabeled))
+    check_count(count, len(unlabeled))
     if print_fn:
         print_fn(f"encoding {len(unlabeled)} unlabeled and {len(listing.files['labeled'])} labeled images")
     serve = loaded.signatures["serving_bytes"]
@@ -84,7 +76,7 @@ def _encode_train_split(loaded, model_dir, config, count, batch_size, print_fn):
     import numpy as np
     import tensorflow as tf
 
-    from gmvae_keras.labeling import LabelingError
+    from gmvae_keras.labeling import LabelingError, check_count
     from gmvae_keras.train import load_data
 
     data = load_data(config)
@@ -92,7 +84,7 @@ def _encode_train_split(loaded, model_dir, config, count, batch_size, print_fn):
     rows = np.setdiff1d(np.arange(len(data.train_labels)), labeled_rows)
     if not len(rows):
         raise LabelingError(f"every train image of {model_dir} is labeled: nothing to suggest")
-    _check_count(count, len(rows))
+    check_count(count, len(rows))
     serve = loaded.signatures["serving_uint8"]
 
     def through(images):
@@ -121,7 +113,7 @@ def suggest(model_dir, count, signal="both", print_fn=None):
         )
     class_names = read_json(Path(model_dir) / "class_names.json", {}).get("class_names")
     encoded = unlabeled_features(model_dir, config, count, print_fn=print_fn)
-    _check_count(count, len(encoded["features"]))  # a folder's undecodable files are left out
+    labeling.check_count(count, len(encoded["features"]))  # a folder's undecodable files are left out
     picks = labeling.rank(
         encoded["features"],
         encoded["labeled_features"],

@@ -26,7 +26,7 @@ from gmvae_keras.checkpoint import RunError
 from gmvae_keras.config import ConfigError
 from gmvae_keras.export import export_saved_model
 from gmvae_keras.host import bfloat16_hardware, cpu_info
-from gmvae_keras.model import GMVAE, LOSS_TERMS
+from gmvae_keras.model import GMVAE, LOSS_TERMS, network_mismatches
 
 # Training images the `--feature_clusters` mixture is fitted to.
 FEATURE_CLUSTER_IMAGES = 20000
@@ -301,17 +301,13 @@ def _init_source(config, data):
     except (ConfigError, RunError) as e:
         raise RunError(f"--init_from: {e}") from None
     source = keras.saving.load_model(path)
-    wanted = {
-        "image_shape": tuple(data.image_shape),
-        "num_classes": data.num_classes,
-        "feature_size": config.feature_size,
-        "latent_size": config.latent_size,
-    }
-    mismatches = [
-        f"{name} {getattr(source, name)} there, {value} here"
-        for name, value in wanted.items()
-        if getattr(source, name) != value
-    ]
+    mismatches = network_mismatches(
+        source,
+        image_shape=tuple(data.image_shape),
+        num_classes=data.num_classes,
+        feature_size=config.feature_size,
+        latent_size=config.latent_size,
+    )
     if mismatches:
         raise ConfigError(f"--init_from={run}: its model does not fit this run ({'; '.join(mismatches)})")
     return source

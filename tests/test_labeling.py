@@ -200,7 +200,7 @@ def test_copy_networks_copies_the_networks_and_keeps_the_temperature_and_the_lab
             np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert float(target.gumbel_softmax.temperature.numpy()) == 1.0
     assert float(np.min(target.labeled_images.numpy())) == 1.0
-    with pytest.raises(ValueError, match="latent_size is 4 there, 5 here"):
+    with pytest.raises(ValueError, match="latent_size 4 there, 5 here"):
         GMVAE(**{**kwargs, "latent_size": 5}, labeled_set_size=3).copy_networks(source)
 
 
