@@ -47,9 +47,9 @@ class Config(ModelSettings):
     )
     add_labeled: str | None = _field(
         None,
-        "A built-in data set: a CSV whose `index` column names train-split images (gmvae_keras.suggest's output) "
-        "whose true labels join the seed's labeled draw, as if you had labeled them. A folder: move the files into "
-        "labeled/<class>/ instead.",
+        "A built-in data set: a CSV whose `index` column names rows of the official train set "
+        "(gmvae_keras.suggest's output) whose true labels join the seed's labeled draw, as if you had labeled "
+        "them. A folder: move the files into labeled/<class>/ instead.",
     )
     image_size: int = _field(
         0, "--dataset=folder: the square size the networks see, 28, 32 or 64; 0 infers it from the labeled images."

@@ -19,8 +19,9 @@ most typical image (nearest its centre: its label speaks for the cluster), a
 covered one its most uncertain image. `signal="uncertainty"` or `"coverage"`
 keeps one signal alone, for comparisons.
 
-The CSV (`write_csv`, `read_indices`): `rank`, then `index` (into the train
-split of a built-in data set) or `path` (an image file of a folder), then
+The CSV (`write_csv`, `read_indices`): `rank`, then `index` (the row of a
+built-in data set's official train set, which names the image whatever the
+seed's validation split) or `path` (an image file of a folder), then
 `predicted`, `score` (the pick's cluster priority over the unlabeled images:
 the share of expected wrong votes it addresses), `signal` (`uncovered`,
 `uncertain`, or `disagreement` where the vote and q(y|x̂) name different
@@ -140,7 +141,7 @@ def write_csv(out, picks, predicted, class_names, names=None, rows=None):
         predicted: the run's predicted class of every unlabeled image.
         class_names: the names of the classes.
         names: the unlabeled images' files (a `path` column), or None.
-        rows: the unlabeled images' train-split rows (an `index` column), or None (`index` is `rank`'s own).
+        rows: the unlabeled images' official train-set rows (an `index` column), or None (`index` is `rank`'s own).
     """
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["rank", "index" if names is None else "path", "predicted", "score", "signal", "cluster"])
@@ -159,7 +160,7 @@ def write_csv(out, picks, predicted, class_names, names=None, rows=None):
 
 
 def read_indices(path):
-    """The train-split indices of a CSV with an `index` column (`write_csv`'s), sorted and unique.
+    """The official train-set rows of a CSV with an `index` column (`write_csv`'s), sorted and unique.
 
     Raises:
         LabelingError: no such file, no `index` column, or a value that is not a non-negative integer.
@@ -171,7 +172,7 @@ def read_indices(path):
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise LabelingError(f"cannot read {path}: {e}") from None
     if not rows or "index" not in rows[0]:
-        raise LabelingError(f"{path} has no `index` column (the train-split rows of a built-in data set)")
+        raise LabelingError(f"{path} has no `index` column (the official train-set rows of a built-in data set)")
     try:
         indices = np.array([int(row["index"]) for row in rows], np.int64)
     except (TypeError, ValueError):

@@ -5,13 +5,14 @@ uncertainty of the k-NN vote, and feature clusters that no labeled image is
 in, one pick per cluster) through the run's SavedModel (`RUN/export`), and
 writes a CSV (`labeling.write_csv`) to standard output or `--out`. A folder
 run ranks the files of its `unlabeled/` (label them by moving them into
-`labeled/<class>/`); a built-in data set's run ranks its train split by index
-(train again with `--add_labeled=FILE` to simulate labeling them). Then train
+`labeled/<class>/`); a built-in data set's run ranks its train split by the row of the
+official train set (train again with `--add_labeled=FILE` to simulate labeling them). Then train
 again, from scratch or from the run's weights with `--init_from=RUN`. Bad
 arguments exit with status 2.
 """
 
 import argparse
+import dataclasses
 import io
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ _OUTPUTS = ("features", "classifier_probabilities", "label")
 def unlabeled_features(model_dir, config, count, batch_size=1000, print_fn=None):
     """The run's images through its export: a dict with `features`, `classes` (q(y|x̂)'s argmax) and `predicted`
     (the run's rule) of the unlabeled images, `labeled_features`, `labeled_labels`, `names` (files, or None for a
-    built-in data set's train-split rows) and `rows` (each unlabeled image's train-split row, or None).
+    built-in data set's images) and `rows` (each unlabeled image's row of the official train set, or None).
 
     Raises:
         LabelingError: the run has no unlabeled image, or fewer than `count`.
@@ -79,8 +80,12 @@ def _encode_train_split(loaded, model_dir, config, count, batch_size, print_fn):
     from gmvae_keras.labeling import LabelingError, check_count
     from gmvae_keras.train import load_data
 
-    data = load_data(config)
-    labeled_rows = np.load(Path(model_dir) / "labeled_indices.npy")
+    # The run's labeled set is its labeled_indices.npy: its --add_labeled CSV need not be read again.
+    data = load_data(dataclasses.replace(config, add_labeled=None))
+    try:
+        labeled_rows = np.load(Path(model_dir) / "labeled_indices.npy")
+    except (OSError, ValueError) as e:
+        raise LabelingError(f"cannot read the labeled set of {model_dir}: {e}") from None
     rows = np.setdiff1d(np.arange(len(data.train_labels)), labeled_rows)
     if not len(rows):
         raise LabelingError(f"every train image of {model_dir} is labeled: nothing to suggest")
@@ -95,7 +100,7 @@ def _encode_train_split(loaded, model_dir, config, count, batch_size, print_fn):
         print_fn(f"encoding {len(rows)} unlabeled and {len(labeled_rows)} labeled images")
     labeled = {"labeled_features": through(data.train_images[labeled_rows])[0]}
     labeled["labeled_labels"] = data.train_labels[labeled_rows]
-    return {"outputs": through(data.train_images[rows]), **labeled, "names": None, "rows": rows}
+    return {"outputs": through(data.train_images[rows]), **labeled, "names": None, "rows": data.train_rows[rows]}
 
 
 def suggest(model_dir, count, signal="both", print_fn=None):
@@ -112,6 +117,8 @@ def suggest(model_dir, count, signal="both", print_fn=None):
             f"{model_dir} is a clustering run: it has no classes to suggest labels for (train a semi-supervised run)"
         )
     class_names = read_json(Path(model_dir) / "class_names.json", {}).get("class_names")
+    if not class_names:
+        raise labeling.LabelingError(f"{model_dir} holds no class_names.json: not a finished run")
     encoded = unlabeled_features(model_dir, config, count, print_fn=print_fn)
     labeling.check_count(count, len(encoded["features"]))  # a folder's undecodable files are left out
     picks = labeling.rank(

@@ -10,9 +10,9 @@ import pytest
 
 from gmvae_keras import data as data_lib
 from gmvae_keras import labeling, suggest
-from gmvae_keras.config import Config, ConfigError
+from gmvae_keras.config import Config, ConfigError, read_config
 from gmvae_keras.data import DataError
-from gmvae_keras.train import train_and_evaluate
+from gmvae_keras.train import load_data, train_and_evaluate
 
 from conftest import tiny_config, write_idx_dataset
 
@@ -121,15 +121,32 @@ def test_add_labeled_joins_the_draw_with_the_true_labels_and_refuses_unknown_row
     rng = np.random.default_rng(0)
     train = (rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8), np.arange(60) % 3)
     data = data_lib.split_data("toy", train, train, 3, num_labeled=6, seed=0)
-    extra = np.setdiff1d(np.arange(len(data.train_labels)), data.labeled_indices)[:4]
-    more = data_lib.add_labeled(data, extra)
-    np.testing.assert_array_equal(more.labeled_indices, np.union1d(data.labeled_indices, extra))
+    positions = np.setdiff1d(np.arange(len(data.train_labels)), data.labeled_indices)[:4]
+    more = data_lib.add_labeled(data, data.train_rows[positions])
+    np.testing.assert_array_equal(more.labeled_indices, np.union1d(data.labeled_indices, positions))
     np.testing.assert_array_equal(more.labeled_labels, data.train_labels[more.labeled_indices])
-    with pytest.raises(DataError, match="rows 0..47"):
-        data_lib.add_labeled(data, [48])
+    with pytest.raises(DataError, match="rows 0..59"):
+        data_lib.add_labeled(data, [60])
+    validation_row = np.setdiff1d(np.arange(60), data.train_rows)[0]
+    with pytest.raises(DataError, match=f"row {validation_row} is a validation image"):
+        data_lib.add_labeled(data, [data.train_rows[0], validation_row])
     unknown = data_lib.from_arrays(train[0][:6], np.arange(6) % 3, unlabeled_images=train[0][6:9])
-    with pytest.raises(DataError, match="no known label"):
+    with pytest.raises(DataError, match="no rows of an official train set"):
         data_lib.add_labeled(unknown, [7])
+
+
+def test_a_row_names_the_same_image_whatever_the_seeds_validation_split():
+    rng = np.random.default_rng(0)
+    train = (rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8), np.arange(60) % 3)
+    first, other = (data_lib.split_data("toy", train, train, 3, num_labeled=6, seed=s) for s in (0, 1))
+    assert not np.array_equal(first.train_rows, other.train_rows)
+    rows = np.intersect1d(first.train_rows, other.train_rows)[:5]
+    for data in (first, other):
+        added = data_lib.add_labeled(data, rows)
+        new = np.setdiff1d(added.labeled_indices, data.labeled_indices)
+        already = data.train_rows[data.labeled_indices]
+        np.testing.assert_array_equal(np.sort(data.train_rows[new]), np.setdiff1d(rows, already))
+        np.testing.assert_array_equal(data.train_images[data.train_rows.searchsorted(rows)], train[0][rows])
 
 
 def test_add_labeled_is_for_the_labels_of_a_built_in_semi_supervised_run(tmp_path):
@@ -150,17 +167,15 @@ def suggested(tiny_run, tmp_path_factory):
 def test_suggest_ranks_unlabeled_train_rows_of_the_run_with_its_predictions(tiny_run, suggested):
     import tensorflow as tf
 
-    from gmvae_keras.config import read_config
-    from gmvae_keras.train import load_data
-
     _, rows = suggested
-    indices = [int(r["index"]) for r in rows]
+    indices = [int(r["index"]) for r in rows]  # rows of the official train set
     assert len(set(indices)) == 6 and [int(r["rank"]) for r in rows] == list(range(1, 7))
-    labeled = np.load(tiny_run / "labeled_indices.npy")
-    assert not set(indices) & set(labeled.tolist())
     data = load_data(read_config(tiny_run))
+    positions = data.train_rows.searchsorted(indices)
+    np.testing.assert_array_equal(data.train_rows[positions], indices)  # none is a validation image
+    assert not set(positions.tolist()) & set(np.load(tiny_run / "labeled_indices.npy").tolist())
     served = tf.saved_model.load(str(tiny_run / "export")).signatures["serving_uint8"]
-    label = served(images=tf.constant(data.train_images[indices]))["label"].numpy()
+    label = served(images=tf.constant(data.train_images[positions]))["label"].numpy()
     assert [r["predicted"] for r in rows] == [data.class_names[c] for c in label]
     assert len({r["cluster"] for r in rows}) == 6
     assert {r["signal"] for r in rows} <= {"uncovered", "uncertain", "disagreement"}
@@ -175,12 +190,14 @@ def test_a_second_round_adds_the_suggestions_and_starts_from_the_first_rounds_we
     )
     metrics = train_and_evaluate(config, tmp_path / "second")
     labeled = np.load(tmp_path / "second" / "labeled_indices.npy")
-    expected = np.union1d(np.load(tiny_run / "labeled_indices.npy"), [int(r["index"]) for r in rows])
+    train_rows = load_data(read_config(tiny_run)).train_rows
+    added = train_rows.searchsorted([int(r["index"]) for r in rows])
+    expected = np.union1d(np.load(tiny_run / "labeled_indices.npy"), added)
     np.testing.assert_array_equal(labeled, expected)
     assert metrics["num_labeled"] == len(expected)
     first = keras.saving.load_model(tiny_run / "best.keras")
     second = keras.saving.load_model(sorted((tmp_path / "second" / "checkpoints").iterdir())[-1])
-    for name in ("encoder", "decoder", "gaussian_prior", "categorical_inference"):
+    for name in ("encoder", "decoder", "gaussian_prior", "categorical_inference", "gaussian_inference"):
         for a, b in zip(getattr(first, name).trainable_weights, getattr(second, name).trainable_weights, strict=True):
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-9)
     assert int(second.optimizer.iterations.numpy()) == 1  # the optimizer starts afresh
@@ -192,6 +209,11 @@ def test_copy_networks_copies_the_networks_and_keeps_the_temperature_and_the_lab
     kwargs = dict(image_shape=(28, 28, 1), num_classes=3, feature_size=8, latent_size=4, k=2, prediction="knn")
     source = GMVAE(**kwargs, labeled_set_size=3, seed=1)
     source.gumbel_softmax.temperature.assign(0.3)
+    # Trained BatchNorm averages, which a fresh model's (0 and 1) would not tell from uncopied ones.
+    averages = [w for name in GMVAE.NETWORKS for w in getattr(source, name).non_trainable_weights]
+    assert averages
+    for i, w in enumerate(averages):
+        w.assign(np.full(w.shape, 2.0 + i, "float32"))
     target = GMVAE(**kwargs, labeled_set_size=6, seed=2)
     target.set_labeled_set(np.full((6, 28, 28, 1), 255, np.uint8), np.arange(6) % 3)
     target.copy_networks(source)
@@ -247,6 +269,27 @@ def test_suggest_refuses_bad_arguments_in_one_line(tiny_run, tmp_path, capsys):
         assert message in err and err.strip().count("\n") == 0, err
 
 
+def test_the_random_baselines_draw_unlabeled_train_rows_class_balanced_or_uniformly(tiny_run, monkeypatch):
+    import importlib
+
+    from conftest import REPO_ROOT
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools"))
+    simulate = importlib.import_module("simulate_labeling")
+    data = load_data(read_config(tiny_run))
+    first = np.load(tiny_run / "labeled_indices.npy")
+    drawn = {}
+    for balanced in (True, False):
+        rows = simulate.random_rows(tiny_run, 10, seed=0, balanced=balanced)
+        np.testing.assert_array_equal(rows, simulate.random_rows(tiny_run, 10, seed=0, balanced=balanced))
+        positions = data.train_rows.searchsorted(rows)
+        np.testing.assert_array_equal(data.train_rows[positions], rows)  # train images, not validation ones
+        assert len(set(rows.tolist())) == 10 and not set(positions.tolist()) & set(first.tolist())
+        drawn[balanced] = data.train_labels[positions]
+    np.testing.assert_array_equal(np.bincount(drawn[True], minlength=10), np.ones(10))
+    assert not np.array_equal(np.bincount(drawn[False], minlength=10), np.ones(10))
+
+
 @pytest.mark.slow
 def test_simulate_labeling_runs_the_loop_and_its_baselines(tmp_path):
     import subprocess
@@ -266,13 +309,18 @@ def test_simulate_labeling_runs_the_loop_and_its_baselines(tmp_path):
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(summary["runs"]["0"]) == {"first", "suggested", "init_from", "balanced", "uniform"}
     seed = tmp_path / "runs" / "mnist-20+10-paper" / "seed-0"
+    data = load_data(read_config(seed / "first"))
     first = np.load(seed / "first" / "labeled_indices.npy")
-    suggested = labeling.read_indices(seed / "suggested.csv")
-    uniform = labeling.read_indices(seed / "uniform.csv")
-    assert len(suggested) == len(uniform) == 10 and not (set(suggested) | set(uniform)) & set(first)
-    np.testing.assert_array_equal(np.load(seed / "suggested" / "labeled_indices.npy"), np.union1d(first, suggested))
-    np.testing.assert_array_equal(np.load(seed / "uniform" / "labeled_indices.npy"), np.union1d(first, uniform))
-    assert len(np.load(seed / "balanced" / "labeled_indices.npy")) == 30
+    added = {}
+    for name in ("suggested", "uniform", "balanced"):
+        rows = labeling.read_indices(seed / f"{name}.csv")
+        added[name] = data.train_rows.searchsorted(rows)
+        np.testing.assert_array_equal(data.train_rows[added[name]], rows)  # train images, not validation ones
+        assert len(rows) == 10 and not set(added[name]) & set(first), name
+        labeled = np.load(seed / name / "labeled_indices.npy")
+        np.testing.assert_array_equal(labeled, np.union1d(first, added[name]))
+    # The class-balanced draw: one of each of the ten classes on top of the first run's labels.
+    np.testing.assert_array_equal(np.bincount(data.train_labels[added["balanced"]], minlength=10), np.ones(10))
     resumed = json.loads((seed / "init_from" / "config.json").read_text())
     assert resumed["init_from"] == str(seed / "first") and resumed["epochs"] == 1
     # A second call reads the finished runs and trains nothing.

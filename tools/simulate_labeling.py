@@ -9,8 +9,10 @@ For each seed, under `--runs_dir/<dataset>-<L>+<N>-<settings>[-<signal>]/seed-S/
 2. `suggested.csv`: `python -m gmvae_keras.suggest --count=N` on it;
 3. `suggested`: train again from scratch with those N labels added (`--add_labeled`);
    `init_from`: the same from `first`'s weights (`--init_from`) for half the epochs;
-4. `balanced`: L + N labels drawn as the data set's own labeled draw is (class-balanced, `--num_labeled=L+N`);
-   `uniform`: L + N drawn uniformly from `first`'s unlabeled images (`uniform.csv`, seeded).
+4. `balanced`: `first`'s L labels plus N more drawn class-balanced (N / classes of each class, as the data
+   set's own labeled draw is made) from its unlabeled images (`balanced.csv`, seeded);
+   `uniform`: `first`'s L labels plus N drawn uniformly from its unlabeled images (`uniform.csv`, seeded).
+   Every second round keeps `first`'s L labels, so the comparison is of the N added ones alone.
 
 Every run resumes (`gmvae_keras.main` with its run directory) and a finished one is read, so rerunning the
 command continues the loop. `--strategies` picks the runs of step 3 and 4. At the end the tool prints a
@@ -35,6 +37,8 @@ from gmvae_keras._quiet import quiet_tensorflow
 quiet_tensorflow()  # before TensorFlow is first imported, by the flags' choices
 
 STRATEGIES = ("suggested", "init_from", "balanced", "uniform")
+# MNIST, Fashion-MNIST and SVHN alike.
+_NUM_CLASSES = 10
 
 
 def parse_args(argv):
@@ -63,6 +67,8 @@ def parse_args(argv):
     for name in ("num_labeled", "count"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if "balanced" in args.strategies and args.count % _NUM_CLASSES:
+        parser.error(f"--count={args.count}: the balanced draw takes as many of each of the {_NUM_CLASSES} classes")
     if args.data_dir:
         args.data_dir = str(Path(args.data_dir).resolve())
     return args
@@ -84,15 +90,23 @@ def train(args, seed, model_dir, *flags):
     return json.loads(metrics_path.read_text())
 
 
-def uniform_rows(first, count, seed):
-    """`count` train-split rows drawn uniformly, with `seed`, from the images `first` did not label."""
+def random_rows(first, count, seed, balanced):
+    """`count` official train-set rows drawn with `seed` from the images `first` did not label: uniformly, or
+    `count / classes` of each class (`balanced`)."""
     from gmvae_keras.config import read_config
     from gmvae_keras.train import load_data
 
-    num_train = len(load_data(read_config(first)).train_labels)
-    unlabeled = np.setdiff1d(np.arange(num_train), np.load(first / "labeled_indices.npy"))
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 48]))
-    return np.sort(rng.choice(unlabeled, size=count, replace=False))
+    data = load_data(read_config(first))
+    unlabeled = np.setdiff1d(np.arange(len(data.train_labels)), np.load(first / "labeled_indices.npy"))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 48, int(balanced)]))
+    if balanced:
+        labels = data.train_labels[unlabeled]
+        per_class = count // data.num_classes
+        picks = [rng.choice(unlabeled[labels == c], size=per_class, replace=False) for c in range(data.num_classes)]
+        positions = np.concatenate(picks)
+    else:
+        positions = rng.choice(unlabeled, size=count, replace=False)
+    return np.sort(data.train_rows[positions])
 
 
 def one_seed(args, seed, folder):
@@ -105,12 +119,16 @@ def one_seed(args, seed, folder):
         command = [sys.executable, "-m", "gmvae_keras.suggest", f"--model_dir={first}", f"--count={args.count}"]
         command += [f"--signal={args.signal}", f"--out={suggested}"]
         print(f"[labeling] {' '.join(command)}", flush=True)
-        subprocess.run(command, check=True)
+        code = subprocess.run(command).returncode
+        if code != 0:
+            print(f"[labeling] suggest on {first} stopped with status {code}", file=sys.stderr)
+            sys.exit(code)
     epochs = json.loads((first / "config.json").read_text())["epochs"]
-    uniform = folder / "uniform.csv"
-    if "uniform" in args.strategies and not uniform.exists():
-        rows = uniform_rows(first, args.count, seed)
-        uniform.write_text("index\n" + "".join(f"{r}\n" for r in rows))
+    drawn = {name: folder / f"{name}.csv" for name in ("balanced", "uniform")}
+    for name, path in drawn.items():
+        if name in args.strategies and not path.exists():
+            rows = random_rows(first, args.count, seed, balanced=name == "balanced")
+            path.write_text("index\n" + "".join(f"{r}\n" for r in rows))
     runs = {
         "suggested": (labels, f"--add_labeled={suggested}"),
         "init_from": (
@@ -119,8 +137,8 @@ def one_seed(args, seed, folder):
             f"--init_from={first}",
             f"--epochs={math.ceil(epochs / 2)}",
         ),
-        "balanced": (f"--num_labeled={args.num_labeled + args.count}",),
-        "uniform": (labels, f"--add_labeled={uniform}"),
+        "balanced": (labels, f"--add_labeled={drawn['balanced']}"),
+        "uniform": (labels, f"--add_labeled={drawn['uniform']}"),
     }
     for strategy in args.strategies:
         results[strategy] = train(args, seed, folder / strategy, *runs[strategy])

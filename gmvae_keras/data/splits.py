@@ -18,7 +18,10 @@ class SplitData:
     Images are uint8 NHWC, labels int64; a train label of -1 is unknown (a
     user's unlabeled image). `labeled_indices` index `train_images` and form
     the fixed labeled set of the run (empty when `num_labeled == 0`).
-    `class_names[i]` names class `i` (default "0", "1", ...).
+    `class_names[i]` names class `i` (default "0", "1", ...). `train_rows[i]`
+    is the row of the official train set that `train_images[i]` is (sorted; a
+    built-in data set's only): rows name an image whatever the seeded
+    validation split, so suggestions and `add_labeled` speak of rows.
     """
 
     name: str
@@ -32,6 +35,7 @@ class SplitData:
     test_labels: np.ndarray
     labeled_indices: np.ndarray
     class_names: tuple | None = None
+    train_rows: np.ndarray | None = None
 
     def __post_init__(self):
         from gmvae_keras.prediction import class_names
@@ -137,6 +141,7 @@ def split_data(name, train, test, num_classes, num_labeled, seed, validation_fra
         test_labels=test_y,
         labeled_indices=labeled,
         class_names=CLASS_NAMES.get(name),
+        train_rows=np.arange(len(train_y), dtype=np.int64)[train_idx],
     )
 
 
@@ -193,19 +198,29 @@ def _labeled_set(name, labels, num_classes, num_labeled, seed):
     return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros((0,), np.int64)
 
 
-def add_labeled(data, indices, source="--add_labeled"):
-    """`data` whose labeled set also holds the train-split rows `indices`, with the labels the data set knows.
+def add_labeled(data, rows, source="--add_labeled"):
+    """`data` whose labeled set also holds the official train set's `rows`, with the labels the data set knows.
 
     The labeled set need not stay class-balanced (`pipelines.balanced_pool` rebalances the labeled rows).
-    DataError for a row outside the train split or without a label (a user's unlabeled image).
+    DataError for a row outside the official train set, one in this split's validation images (the split
+    follows the seed: a suggestion is for the run it came from), or one without a known label.
     """
-    indices = np.unique(np.asarray(indices, np.int64))
-    n = len(data.train_labels)
-    if len(indices) and (indices.min() < 0 or indices.max() >= n):
-        raise DataError(f"{source}: the train split of {data.name!r} has rows 0..{n - 1}; got {indices.max()}")
-    if len(indices) and data.train_labels[indices].min() < 0:
-        raise DataError(f"{source}: row {indices[data.train_labels[indices] < 0][0]} has no known label")
-    return dataclasses.replace(data, labeled_indices=np.union1d(data.labeled_indices, indices).astype(np.int64))
+    rows = np.unique(np.asarray(rows, np.int64))
+    if data.train_rows is None:
+        raise DataError(f"{source}: {data.name!r} has no rows of an official train set (a folder: move files instead)")
+    n = len(data.train_labels) + len(data.val_labels)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise DataError(f"{source}: the official train set of {data.name!r} has rows 0..{n - 1}; got {rows.max()}")
+    positions = np.minimum(np.searchsorted(data.train_rows, rows), len(data.train_rows) - 1)
+    held_out = rows[data.train_rows[positions] != rows]
+    if len(held_out):
+        raise DataError(
+            f"{source}: row {held_out[0]} is a validation image of this run ({len(held_out)} such rows): "
+            "train with the --seed and --validation_fraction of the run that suggested them"
+        )
+    if len(positions) and data.train_labels[positions].min() < 0:
+        raise DataError(f"{source}: row {rows[data.train_labels[positions] < 0][0]} has no known label")
+    return dataclasses.replace(data, labeled_indices=np.union1d(data.labeled_indices, positions).astype(np.int64))
 
 
 def load_dataset(name, data_dir=None, num_labeled=100, seed=0, validation_fraction=0.2):
