@@ -78,6 +78,17 @@ def read_run(model_dir, which="best"):
     return config, path
 
 
+def load_model(path):
+    """The `.keras` model at `path`; RunError (one line) when the file is not one this package can read."""
+    import gmvae_keras.model  # noqa: F401  registers the custom layers
+
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # a truncated zip, a foreign model, a newer format: the file is unusable
+        message = " ".join(str(e).split())[:200]
+        raise RunError(f"cannot load the model {path}: {type(e).__name__}: {message}") from None
+
+
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, ...); one-line message."""
 

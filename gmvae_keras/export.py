@@ -185,9 +185,11 @@ def main(argv=None):
     except (paths.PathError, ConfigError, ckpt.RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    import gmvae_keras.model  # noqa: F401  registers the custom layers
-
-    model = keras.saving.load_model(path)
+    try:
+        model = ckpt.load_model(path)
+    except ckpt.RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = export_saved_model(model, export_dir, class_names)
     print(f"exported {path} to {out}")
     return 0

@@ -278,9 +278,6 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    import keras
-
-    import gmvae_keras.model  # noqa: F401  registers the custom layers
     from gmvae_keras import checkpoint as ckpt
     from gmvae_keras import data as data_lib
     from gmvae_keras.settings import ConfigError
@@ -289,10 +286,10 @@ def main(argv=None):
         config, path = ckpt.read_run(model_dir, args.which)
         class_names = ckpt.read_json(model_dir / "class_names.json", {}).get("class_names")
         test_images, test_labels = _test_set(config, args.data_dir or config.data_dir)
+        model = ckpt.load_model(path)
     except (ConfigError, ckpt.RunError, data_lib.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model = keras.saving.load_model(path)
     written = write_figures(
         model,
         test_images,

@@ -260,7 +260,7 @@ def _train_and_evaluate(config, model_dir):
         )
     if not chief:
         return {}
-    best = keras.saving.load_model(checkpointer.best_path) if checkpointer.best_path.exists() else model
+    best = ckpt.load_model(checkpointer.best_path) if checkpointer.best_path.exists() else model
     metrics = _final_metrics(config, data, state, model, best)
     export_saved_model(best, model_dir / "export", data.class_names)
     ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
@@ -300,7 +300,7 @@ def _init_source(config, data):
         _, path = ckpt.read_run(run)
     except (ConfigError, RunError) as e:
         raise RunError(f"--init_from: {e}") from None
-    source = keras.saving.load_model(path)
+    source = ckpt.load_model(path)
     mismatches = network_mismatches(
         source,
         image_shape=tuple(data.image_shape),
@@ -378,7 +378,7 @@ def _build_or_restore(strategy, config, data, model_dir, state, steps, source=No
                 model.copy_networks(source)
                 print(f"starting from the weights of {config.init_from}", flush=True)
             return model
-        model = keras.saving.load_model(last)
+        model = ckpt.load_model(last)
     print(f"resuming {model_dir} after epoch {state['epoch']}", flush=True)
     if state["epoch"] < config.epochs:
         rebuilt = _refit_schedule(model, config, steps)

@@ -10,7 +10,7 @@ import pytest
 
 from gmvae_keras import data as data_lib
 from gmvae_keras import labeling, suggest
-from gmvae_keras.config import Config, ConfigError, read_config
+from gmvae_keras.config import Config, ConfigError, RunError, read_config
 from gmvae_keras.data import DataError
 from gmvae_keras.train import load_data, train_and_evaluate
 
@@ -236,6 +236,14 @@ def test_init_from_refuses_a_run_that_does_not_fit_and_writes_nothing(tiny_run, 
         with pytest.raises((ConfigError, data_lib.DataError, ValueError), match=message):
             train_and_evaluate(config, tmp_path / "refused")
         assert not (tmp_path / "refused").exists()
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    (broken / "best.keras").write_bytes(b"not a zip file")
+    with pytest.raises(RunError, match="cannot load the model .*best.keras: "):
+        train_and_evaluate(tiny_config(data_dir, init_from=str(broken)), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
     from PIL import Image
 
     rng = np.random.default_rng(0)
