@@ -33,9 +33,16 @@ def unlabeled_features(model_dir, config, count, batch_size=1000, print_fn=None)
     """
     import tensorflow as tf
 
-    from gmvae_keras.predict import find_export
+    from gmvae_keras.predict import PredictError, find_export
 
-    loaded = tf.saved_model.load(str(find_export(model_dir)))
+    export_dir = find_export(model_dir)
+    loaded = tf.saved_model.load(str(export_dir))
+    for name in ("serving_bytes", "serving_uint8"):
+        if name not in loaded.signatures or not set(_OUTPUTS) <= set(loaded.signatures[name].structured_outputs):
+            raise PredictError(
+                f"{export_dir} predates suggestions (no {name} with {', '.join(_OUTPUTS)}); export it again with "
+                f"python -m gmvae_keras.export --model_dir={model_dir}"
+            )
     encode = _encode_folder if config.dataset == "folder" else _encode_train_split
     encoded = encode(loaded, model_dir, config, count, batch_size, print_fn)
     features, probabilities, predicted = encoded.pop("outputs")

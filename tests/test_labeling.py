@@ -262,7 +262,24 @@ def test_suggest_refuses_bad_arguments_in_one_line(tiny_run, tmp_path, capsys):
     clustering.mkdir()
     values = dict(mode="clustering", num_labeled=0, assignment_weight=0, metric_weight=0)
     (clustering / "config.json").write_text(Config(**values).to_json())
+    import shutil
+
+    import tensorflow as tf
+
+    old, unlabeled = tmp_path / "old", tmp_path / "no_labeled_set"
+    for copy in (old, unlabeled):
+        shutil.copytree(tiny_run, copy)
+    (unlabeled / "labeled_indices.npy").unlink()
+    shutil.rmtree(old / "export")  # an export without the outputs `suggest` reads
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def probabilities(images):
+        return {"probabilities": tf.zeros([tf.shape(images)[0], 10])}
+
+    tf.saved_model.save(tf.Module(), str(old / "export"), signatures={"serving_bytes": probabilities})
     for args, message in (
+        ([f"--model_dir={old}", "--count=3"], "predates suggestions"),
+        ([f"--model_dir={unlabeled}", "--count=3"], "cannot read the labeled set"),
         (["--count=0"], "--count must be >= 1"),
         (["--count=-3"], "--count must be >= 1"),
         (["--count=100000"], "--count=100000: must be in 1.."),
