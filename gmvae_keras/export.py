@@ -182,12 +182,8 @@ def main(argv=None):
         _, path = ckpt.read_run(model_dir, args.which)
         # Runs made before class names were kept have none: "0", "1", ... then.
         class_names = ckpt.read_json(model_dir / "class_names.json", {}).get("class_names")
-    except (paths.PathError, ConfigError, ckpt.RunError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         model = ckpt.load_model(path)
-    except ckpt.RunError as e:
+    except (paths.PathError, ConfigError, ckpt.RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = export_saved_model(model, export_dir, class_names)

@@ -5,10 +5,11 @@ uncertainty of the k-NN vote, and feature clusters that no labeled image is
 in, one pick per cluster) through the run's SavedModel (`RUN/export`), and
 writes a CSV (`labeling.write_csv`) to standard output or `--out`. A folder
 run ranks the files of its `unlabeled/` (label them by moving them into
-`labeled/<class>/`); a built-in data set's run ranks its train split by the row of the
-official train set (train again with `--add_labeled=FILE` to simulate labeling them). Then train
-again, from scratch or from the run's weights with `--init_from=RUN`. Bad
-arguments exit with status 2.
+`labeled/<class>/`); a built-in data set's run ranks its train split, each
+image named by its row of the official train set (train again with
+`--add_labeled=FILE` to simulate labeling them). Then train again, from
+scratch or from the run's weights with `--init_from=RUN`. Bad arguments exit
+with status 2.
 """
 
 import argparse
@@ -29,7 +30,8 @@ def unlabeled_features(model_dir, config, count, batch_size=1000, print_fn=None)
     built-in data set's images) and `rows` (each unlabeled image's row of the official train set, or None).
 
     Raises:
-        LabelingError: the run has no unlabeled image, or fewer than `count`.
+        LabelingError: the run has no unlabeled image, or fewer than `count`, or no labeled set.
+        PredictError: no SavedModel, or one without the outputs read here (older than `suggest`).
     """
     import tensorflow as tf
 

@@ -305,8 +305,8 @@ def test_the_random_baselines_draw_unlabeled_train_rows_class_balanced_or_unifor
     first = np.load(tiny_run / "labeled_indices.npy")
     drawn = {}
     for balanced in (True, False):
-        rows = simulate.random_rows(tiny_run, 10, seed=0, balanced=balanced)
-        np.testing.assert_array_equal(rows, simulate.random_rows(tiny_run, 10, seed=0, balanced=balanced))
+        rows = simulate.random_rows(data, first, 10, seed=0, balanced=balanced)
+        np.testing.assert_array_equal(rows, simulate.random_rows(data, first, 10, seed=0, balanced=balanced))
         positions = data.train_rows.searchsorted(rows)
         np.testing.assert_array_equal(data.train_rows[positions], rows)  # train images, not validation ones
         assert len(set(rows.tolist())) == 10 and not set(positions.tolist()) & set(first.tolist())

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -90,14 +89,10 @@ def train(args, seed, model_dir, *flags):
     return json.loads(metrics_path.read_text())
 
 
-def random_rows(first, count, seed, balanced):
-    """`count` official train-set rows drawn with `seed` from the images `first` did not label: uniformly, or
-    `count / classes` of each class (`balanced`)."""
-    from gmvae_keras.config import read_config
-    from gmvae_keras.train import load_data
-
-    data = load_data(read_config(first))
-    unlabeled = np.setdiff1d(np.arange(len(data.train_labels)), np.load(first / "labeled_indices.npy"))
+def random_rows(data, labeled, count, seed, balanced):
+    """`count` official train-set rows of `data` drawn with `seed` from the images outside `labeled` (train-split
+    positions): uniformly, or `count / classes` of each class (`balanced`)."""
+    unlabeled = np.setdiff1d(np.arange(len(data.train_labels)), labeled)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 48, int(balanced)]))
     if balanced:
         labels = data.train_labels[unlabeled]
@@ -119,16 +114,21 @@ def one_seed(args, seed, folder):
         command = [sys.executable, "-m", "gmvae_keras.suggest", f"--model_dir={first}", f"--count={args.count}"]
         command += [f"--signal={args.signal}", f"--out={suggested}"]
         print(f"[labeling] {' '.join(command)}", flush=True)
-        code = subprocess.run(command).returncode
+        code = run_seed(command)
         if code != 0:
             print(f"[labeling] suggest on {first} stopped with status {code}", file=sys.stderr)
             sys.exit(code)
     epochs = json.loads((first / "config.json").read_text())["epochs"]
     drawn = {name: folder / f"{name}.csv" for name in ("balanced", "uniform")}
-    for name, path in drawn.items():
-        if name in args.strategies and not path.exists():
-            rows = random_rows(first, args.count, seed, balanced=name == "balanced")
-            path.write_text("index\n" + "".join(f"{r}\n" for r in rows))
+    missing = [name for name, path in drawn.items() if name in args.strategies and not path.exists()]
+    if missing:
+        from gmvae_keras.config import read_config
+        from gmvae_keras.train import load_data
+
+        data, labeled = load_data(read_config(first)), np.load(first / "labeled_indices.npy")
+        for name in missing:
+            rows = random_rows(data, labeled, args.count, seed, balanced=name == "balanced")
+            drawn[name].write_text("index\n" + "".join(f"{r}\n" for r in rows))
     runs = {
         "suggested": (labels, f"--add_labeled={suggested}"),
         "init_from": (
