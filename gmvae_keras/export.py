@@ -33,11 +33,16 @@ import shutil
 import sys
 from pathlib import Path
 
-import keras
-import tensorflow as tf
+from gmvae_keras._quiet import quiet_tensorflow
 
-from gmvae_keras import prediction
-from gmvae_keras.data.images import decode_bytes
+# `python -m gmvae_keras.export` imports TensorFlow here: without its C++ start-up notices, as gmvae_keras.main.
+quiet_tensorflow()
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from gmvae_keras import prediction  # noqa: E402
+from gmvae_keras.data.images import decode_bytes  # noqa: E402
 
 
 class _Stored(tf.Module):

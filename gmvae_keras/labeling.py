@@ -6,10 +6,14 @@
   k-NN vote among the labeled images' features (eq. 8), the vote L_A trains
   q(y|x̂) with;
 - *coverage*: k-means on x̂ of the unlabeled and the labeled images together,
-  `num_labeled + count` clusters. In a cluster that holds no labeled image
+  `count` clusters, one per pick. In a cluster that holds no labeled image
   the vote is cast by another region's labels: it can be sure and wrong,
   which is how a class merges into its neighbour, so such a cluster counts
-  every image as fully uncertain.
+  every image as fully uncertain. With as many clusters as picks, the
+  uncovered clusters come first and the rest of the picks go to the covered
+  clusters whose vote is least sure (with more clusters than picks there are
+  always enough uncovered ones to take every pick, and uncertainty would
+  never be asked).
 
 A cluster's priority is its summed uncertainty; the clusters are taken in
 decreasing priority, one pick each (the spread rule: no two suggestions share
@@ -100,7 +104,7 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
         raise LabelingError("the run has no labeled image to vote with")
     uncertainty, vote = vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k)
     everything = np.concatenate([features, np.asarray(labeled_features, np.float32)]).astype(np.float64)
-    num_clusters = m + count
+    num_clusters = count
     kmeans = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit(everything)
     clusters, labeled_clusters = kmeans.labels_[:n], kmeans.labels_[n:]
     uncovered = ~np.isin(clusters, labeled_clusters)

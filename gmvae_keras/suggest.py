@@ -145,6 +145,7 @@ def suggest(model_dir, count, signal="both", print_fn=None):
 
 
 def main(argv=None):
+    quiet_tensorflow()  # gmvae_keras.labeling imports TensorFlow
     from gmvae_keras.labeling import SIGNALS
 
     parser = argparse.ArgumentParser(prog="python -m gmvae_keras.suggest", description=__doc__.splitlines()[0])
@@ -153,7 +154,6 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write the CSV here instead of standard output")
     parser.add_argument("--signal", default="both", choices=SIGNALS, help="what ranks the images (see labeling)")
     args = parser.parse_args(argv)
-    quiet_tensorflow()
     from gmvae_keras import labeling, paths
     from gmvae_keras.config import ConfigError, RunError
     from gmvae_keras.data import DataError

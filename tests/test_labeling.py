@@ -50,6 +50,16 @@ def test_the_picks_cover_the_unlabeled_group_and_take_one_of_the_near_copies():
     assert np.all(np.diff(picks["score"]) <= 0)
 
 
+def test_both_covers_the_uncovered_groups_first_then_asks_the_least_sure_votes_among_the_covered():
+    features, labeled, labels, parts = _scene()
+    picks = _rank(features, labeled, labels, count=6)
+    kinds = picks["signal"].tolist()
+    # As many clusters as picks: the far group and the clump have no labeled image and come first; the rest of the
+    # picks are the covered clusters' least sure images, not more clusters of the far group.
+    assert kinds[:2] == ["uncovered", "uncovered"] and "uncovered" not in kinds[2:]
+    assert np.isin(picks["index"][2:], parts["near"]).all()
+
+
 def test_clusters_give_their_preferred_row_by_priority_and_a_second_only_after_every_cluster_gave_one():
     clusters = np.array([0, 0, 0, 1, 1, 2])
     priority = np.array([5.0, 9.0, 1.0])
@@ -63,9 +73,10 @@ def test_uncertainty_alone_sees_no_uncovered_group_and_coverage_alone_takes_the_
     alone = _rank(features, labeled, labels, count=3, signal="uncertainty")
     assert "uncovered" not in alone["signal"].tolist()
     assert alone["index"][0] in parts["clump"]  # the vote there is split evenly
-    coverage = _rank(features, labeled, labels, count=3, signal="coverage")
-    # The 30 near-copies are the largest group without a labeled image.
-    assert set(coverage["signal"].tolist()) == {"uncovered"} and coverage["index"][0] in parts["clump"]
+    coverage = _rank(features, labeled, labels, count=4, signal="coverage")
+    # The 30 near-copies are the largest group without a labeled image, the far group the next.
+    assert coverage["signal"].tolist()[:2] == ["uncovered", "uncovered"]
+    assert coverage["index"][0] in parts["clump"] and coverage["index"][1] in parts["far"]
 
 
 def test_a_pick_where_the_vote_and_the_classifier_disagree_says_so():

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from gmvae_keras._quiet import STARTUP_NOTICES
 
 from conftest import REPO_ROOT
@@ -65,3 +67,24 @@ def test_a_user_asking_for_every_log_line_gets_them():
         TF_CPP_MIN_LOG_LEVEL="0",
     )
     assert result.returncode == 0, result.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["gmvae_keras.main", "--dataset=nope"],
+        ["gmvae_keras.export", "--model_dir={missing}"],
+        ["gmvae_keras.predict", "--model_dir={missing}", "image.png"],
+        ["gmvae_keras.suggest", "--model_dir={missing}", "--count=1"],
+        ["gmvae_keras.figures", "--model_dir={missing}"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_every_command_line_says_bad_input_in_one_line_without_startup_notices(command, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [part.format(missing=tmp_path / "no-such-run") for part in command]
+    result = subprocess.run(
+        [sys.executable, "-m", *command], capture_output=True, cwd=REPO_ROOT, env=env, text=True, timeout=240
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
