@@ -11,9 +11,7 @@
   which is how a class merges into its neighbour, so such a cluster counts
   every image as fully uncertain. With as many clusters as picks, the
   uncovered clusters come first and the rest of the picks go to the covered
-  clusters whose vote is least sure (with more clusters than picks there are
-  always enough uncovered ones to take every pick, and uncertainty would
-  never be asked).
+  clusters whose vote is least sure.
 
 A cluster's priority is its summed uncertainty; the clusters are taken in
 decreasing priority, one pick each (the spread rule: no two suggestions share
@@ -21,7 +19,10 @@ a cluster while a cluster with unlabeled images has none), so the ranking does
 not return near-copies of one confusing image. An uncovered cluster gives its
 most typical image (nearest its centre: its label speaks for the cluster), a
 covered one its most uncertain image. `signal="uncertainty"` or `"coverage"`
-keeps one signal alone, for comparisons.
+keeps one signal alone, for comparisons. Both take `num_labeled + count`
+clusters: at most `num_labeled` hold a labeled image, so `coverage` has an
+uncovered cluster for every pick (the typical image of the largest uncovered
+groups first), and `uncertainty` spreads its picks more finely.
 
 The CSV (`write_csv`, `read_indices`): `rank`, then `index` (the row of a
 built-in data set's official train set, which names the image whatever the
@@ -86,7 +87,8 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
         num_classes, k: the classes and the vote's neighbours.
         signal: "both" (the module docstring), "uncertainty" (every cluster
             counts as covered) or "coverage" (every image counts as certain
-            outside the uncovered clusters, which are ranked by size).
+            outside the uncovered clusters, which are ranked by size); the
+            last two with `m + count` clusters.
         seed: k-means' seed.
 
     Returns:
@@ -104,7 +106,9 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
         raise LabelingError("the run has no labeled image to vote with")
     uncertainty, vote = vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k)
     everything = np.concatenate([features, np.asarray(labeled_features, np.float32)]).astype(np.float64)
-    num_clusters = count
+    # With m + count clusters at least count hold no labeled image: enough for `coverage` to fill every pick,
+    # too many for `both`, whose covered clusters would then never get one.
+    num_clusters = count if signal == "both" else m + count
     kmeans = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit(everything)
     clusters, labeled_clusters = kmeans.labels_[:n], kmeans.labels_[n:]
     uncovered = ~np.isin(clusters, labeled_clusters)
