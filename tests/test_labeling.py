@@ -343,6 +343,7 @@ def test_simulate_labeling_runs_the_loop_and_its_baselines(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(summary["runs"]["0"]) == {"first", "suggested", "init_from", "balanced", "uniform"}
+    assert set(summary["runs"]["0"]["suggested"]) == {"val_error_best", "test_error_best", "train_seconds"}
     seed = tmp_path / "runs" / "mnist-20+10-paper" / "seed-0"
     data = load_data(read_config(seed / "first"))
     first = np.load(seed / "first" / "labeled_indices.npy")

@@ -16,9 +16,9 @@ For each seed, under `--runs_dir/<dataset>-<L>+<N>-<settings>[-<signal>]/seed-S/
 
 Every run resumes (`gmvae_keras.main` with its run directory) and a finished one is read, so rerunning the
 command continues the loop. `--strategies` picks the runs of step 3 and 4. At the end the tool prints a
-Markdown table (strategy, seeds, mean ± std test error of the best-validation model, train minutes) and one
-line of JSON with every number, and writes the table to `<sweep>/results.md`. Extra flags after `--` go to
-every training run.
+Markdown table (strategy, seeds, mean ± std of the best validation error, which tuning seeds are judged by, and
+of the test error of the best-validation model, train minutes) and one line of JSON with every number, and writes
+the table to `<sweep>/results.md`. Extra flags after `--` go to every training run.
 """
 
 import argparse
@@ -147,18 +147,23 @@ def one_seed(args, seed, folder):
 
 def table(args, by_seed):
     lines = [
-        "| strategy | labels | seeds | test error, best-validation model (%) | train minutes |",
-        "|---|---|---|---|---|",
+        "| strategy | labels | seeds | best validation error (%) | test error, best-validation model (%) "
+        "| train minutes |",
+        "|---|---|---|---|---|---|",
     ]
+
+    def spread(strategy, key):
+        values = [by_seed[s][strategy][key] for s in args.seeds]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.2f} ± {std:.2f} ({', '.join(f'{v:.2f}' for v in values)})"
+
     for strategy in ["first", *args.strategies]:
-        errors = [by_seed[s][strategy]["test_error_best"] for s in args.seeds]
         minutes = statistics.fmean(by_seed[s][strategy]["train_seconds"] / 60 for s in args.seeds)
-        std = statistics.stdev(errors) if len(errors) > 1 else 0.0
         labels = args.num_labeled if strategy == "first" else args.num_labeled + args.count
         seeds = ", ".join(map(str, args.seeds))
         lines.append(
-            f"| {strategy} | {labels} | {seeds} | {statistics.fmean(errors):.2f} ± {std:.2f} "
-            f"({', '.join(f'{e:.2f}' for e in errors)}) | {minutes:.1f} |"
+            f"| {strategy} | {labels} | {seeds} | {spread(strategy, 'val_error_best')} "
+            f"| {spread(strategy, 'test_error_best')} | {minutes:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -187,7 +192,7 @@ def main(argv=None):
     print(text)
     summary = {
         str(seed): {
-            k: {"test_error_best": m["test_error_best"], "train_seconds": m["train_seconds"]} for k, m in r.items()
+            k: {key: m[key] for key in ("val_error_best", "test_error_best", "train_seconds")} for k, m in r.items()
         }
         for seed, r in by_seed.items()
     }
