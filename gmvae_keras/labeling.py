@@ -23,14 +23,19 @@ keeps one signal alone, for comparisons. Both take `num_labeled + count`
 clusters: at most `num_labeled` hold a labeled image, so `coverage` has an
 uncovered cluster for every pick (the typical image of the largest uncovered
 groups first), and `uncertainty` spreads its picks more finely.
+`signal="farthest"` uses neither: `farthest_first` picks, one at a time, the
+image farthest in x̂ from the labeled images and the earlier picks (greedy
+k-center, the core-set rule), where the vote's nearest labels are farthest
+away; no two of its picks are nearer to each other than the last pick's score.
 
 The CSV (`write_csv`, `read_indices`): `rank`, then `index` (the row of a
 built-in data set's official train set, which names the image whatever the
 seed's validation split) or `path` (an image file of a folder), then
 `predicted`, `score` (the pick's cluster priority over the unlabeled images:
-the share of expected wrong votes it addresses), `signal` (`uncovered`,
-`uncertain`, or `disagreement` where the vote and q(y|x̂) name different
-classes) and `cluster`.
+the share of expected wrong votes it addresses; `farthest`: its distance in
+x̂ to the nearest labeled image or earlier pick), `signal` (`uncovered`,
+`uncertain`, `disagreement` where the vote and q(y|x̂) name different
+classes, or `farthest`) and `cluster` (-1 for `farthest`).
 """
 
 import csv
@@ -40,7 +45,7 @@ import numpy as np
 
 from gmvae_keras import losses
 
-SIGNALS = ("both", "uncertainty", "coverage")
+SIGNALS = ("both", "uncertainty", "coverage", "farthest")
 
 
 class LabelingError(ValueError):
@@ -88,7 +93,7 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
         signal: "both" (the module docstring), "uncertainty" (every cluster
             counts as covered) or "coverage" (every image counts as certain
             outside the uncovered clusters, which are ranked by size); the
-            last two with `m + count` clusters.
+            last two with `m + count` clusters. "farthest": `farthest_first`.
         seed: k-means' seed.
 
     Returns:
@@ -104,6 +109,9 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
     check_count(count, n)
     if m == 0:
         raise LabelingError("the run has no labeled image to vote with")
+    if signal == "farthest":
+        picks, radius = farthest_first(features, labeled_features, count)
+        return {"index": picks, "score": radius, "signal": np.full(count, "farthest"), "cluster": np.full(count, -1)}
     uncertainty, vote = vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k)
     everything = np.concatenate([features, np.asarray(labeled_features, np.float32)]).astype(np.float64)
     # With m + count clusters at least count hold no labeled image: enough for `coverage` to fill every pick,
@@ -130,6 +138,25 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
         "signal": kinds,
         "cluster": clusters[picks],
     }
+
+
+def farthest_first(features, labeled_features, count, batch_size=1000):
+    """`(rows, distances)`: `count` rows of `features`, each the farthest from the labeled features and the rows
+    before it, with that distance (non-increasing: every two rows are at least the last distance apart)."""
+    labeled_features = np.asarray(labeled_features, np.float32)
+    nearest = np.concatenate(
+        [
+            np.asarray(losses.pairwise_distance(features[start : start + batch_size], labeled_features)).min(axis=1)
+            for start in range(0, len(features), batch_size)
+        ]
+    ).astype(np.float64)
+    rows, distances = [], []
+    for _ in range(count):
+        row = int(nearest.argmax())
+        rows.append(row)
+        distances.append(nearest[row])
+        nearest = np.minimum(nearest, np.linalg.norm(features - features[row], axis=1))
+    return np.array(rows, np.int64), np.array(distances)
 
 
 def _one_per_cluster(clusters, priority, preference, count):

@@ -60,6 +60,18 @@ def test_both_covers_the_uncovered_groups_first_then_asks_the_least_sure_votes_a
     assert np.isin(picks["index"][2:], parts["near"]).all()
 
 
+def test_farthest_takes_the_far_group_first_and_keeps_every_two_picks_the_last_score_apart():
+    features, labeled, labels, parts = _scene()
+    picks = _rank(features, labeled, labels, count=5, signal="farthest")
+    assert picks["index"][0] in parts["far"] and set(picks["signal"].tolist()) == {"farthest"}
+    assert np.all(np.diff(picks["score"]) <= 0)
+    chosen = features[picks["index"]]
+    apart = np.linalg.norm(chosen[:, None] - chosen[None], axis=-1)[np.triu_indices(5, 1)]
+    assert apart.min() >= picks["score"][-1] - 1e-6
+    nearest_labeled = np.linalg.norm(features[:, None] - labeled[None], axis=-1).min(axis=1)
+    assert picks["score"][0] == pytest.approx(nearest_labeled.max(), rel=1e-5)
+
+
 def test_clusters_give_their_preferred_row_by_priority_and_a_second_only_after_every_cluster_gave_one():
     clusters = np.array([0, 0, 0, 1, 1, 2])
     priority = np.array([5.0, 9.0, 1.0])
