@@ -33,10 +33,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from gmvae_keras._quiet import quiet_tensorflow
+if __name__ == "__main__":
+    # As in gmvae_keras.main: TensorFlow's C++ start-up notices would bury the output; before any import of it.
+    from gmvae_keras._quiet import quiet_tensorflow
 
-# `python -m gmvae_keras.export` imports TensorFlow here: without its C++ start-up notices, as gmvae_keras.main.
-quiet_tensorflow()
+    quiet_tensorflow()
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -19,7 +19,7 @@ a cluster while a cluster with unlabeled images has none), so the ranking does
 not return near-copies of one confusing image. An uncovered cluster gives its
 most typical image (nearest its centre: its label speaks for the cluster), a
 covered one its most uncertain image. `signal="uncertainty"` or `"coverage"`
-keeps one signal alone, for comparisons. Both take `num_labeled + count`
+keeps one signal alone, for comparisons. These two take `num_labeled + count`
 clusters: at most `num_labeled` hold a labeled image, so `coverage` has an
 uncovered cluster for every pick (the typical image of the largest uncovered
 groups first), and `uncertainty` spreads its picks more finely.
@@ -143,7 +143,7 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
 def farthest_first(features, labeled_features, count, batch_size=1000):
     """`(rows, distances)`: `count` rows of `features`, each the farthest from the labeled features and the rows
     before it, with that distance (non-increasing: every two rows are at least the last distance apart)."""
-    labeled_features = np.asarray(labeled_features, np.float32)
+    features, labeled_features = np.asarray(features, np.float32), np.asarray(labeled_features, np.float32)
     nearest = np.concatenate(
         [
             np.asarray(losses.pairwise_distance(features[start : start + batch_size], labeled_features)).min(axis=1)
@@ -156,6 +156,7 @@ def farthest_first(features, labeled_features, count, batch_size=1000):
         rows.append(row)
         distances.append(nearest[row])
         nearest = np.minimum(nearest, np.linalg.norm(features - features[row], axis=1))
+        nearest[row] = -np.inf  # never twice, even among duplicates at distance 0
     return np.array(rows, np.int64), np.array(distances)
 
 

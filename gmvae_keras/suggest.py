@@ -1,8 +1,8 @@
 """Command line: `python -m gmvae_keras.suggest --model_dir=RUN --count=N [--out=FILE]`: which images to label next.
 
-Ranks a finished semi-supervised run's unlabeled images (`gmvae_keras.labeling`:
-uncertainty of the k-NN vote, and feature clusters that no labeled image is
-in, one pick per cluster) through the run's SavedModel (`RUN/export`), and
+Ranks a finished semi-supervised run's unlabeled images (`gmvae_keras.labeling`;
+by default `--signal=both`: feature clusters that no labeled image is in, then
+the least sure k-NN votes, one pick per cluster) through the run's SavedModel (`RUN/export`), and
 writes a CSV (`labeling.write_csv`) to standard output or `--out`. A folder
 run ranks the files of its `unlabeled/` (label them by moving them into
 `labeled/<class>/`); a built-in data set's run ranks its train split, each

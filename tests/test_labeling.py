@@ -72,6 +72,12 @@ def test_farthest_takes_the_far_group_first_and_keeps_every_two_picks_the_last_s
     assert picks["score"][0] == pytest.approx(nearest_labeled.max(), rel=1e-5)
 
 
+def test_farthest_picks_every_image_once_even_duplicates_of_each_other_and_of_a_labeled_image():
+    features = np.array([[0, 5], [0, 5], [3, 0], [3, 0], [0, 0]], np.float32)  # the last one is the labeled image
+    picks = _rank(features, features[4:], np.array([0]), count=5, signal="farthest")
+    assert sorted(picks["index"].tolist()) == [0, 1, 2, 3, 4]
+
+
 def test_clusters_give_their_preferred_row_by_priority_and_a_second_only_after_every_cluster_gave_one():
     clusters = np.array([0, 0, 0, 1, 1, 2])
     priority = np.array([5.0, 9.0, 1.0])
