@@ -373,6 +373,9 @@ def test_simulate_labeling_runs_the_loop_and_its_baselines(tmp_path):
         assert len(rows) == 10 and not set(added[name]) & set(first), name
         labeled = np.load(seed / name / "labeled_indices.npy")
         np.testing.assert_array_equal(labeled, np.union1d(first, added[name]))
+    picked = summary["suggested"]["0"]  # what the suggestions were, by the true labels
+    assert picked["classes"] == np.bincount(data.train_labels[added["suggested"]], minlength=10).tolist()
+    assert sum(picked["signals"].values()) == 10 and 0 <= picked["wrong_in_first"] <= 10
     # The class-balanced draw: one of each of the ten classes on top of the first run's labels.
     np.testing.assert_array_equal(np.bincount(data.train_labels[added["balanced"]], minlength=10), np.ones(10))
     resumed = json.loads((seed / "init_from" / "config.json").read_text())

@@ -17,11 +17,14 @@ For each seed, under `--runs_dir/<dataset>-<L>+<N>-<settings>[-<signal>]/seed-S/
 Every run resumes (`gmvae_keras.main` with its run directory) and a finished one is read, so rerunning the
 command continues the loop. `--strategies` picks the runs of step 3 and 4. At the end the tool prints a
 Markdown table (strategy, seeds, mean ± std of the best validation error, which tuning seeds are judged by, and
-of the test error of the best-validation model, train minutes) and one line of JSON with every number, and writes
-the table to `<sweep>/results.md`. Extra flags after `--` go to every training run.
+of the test error of the best-validation model, train minutes), what each seed's suggestions were by the true
+labels (how many `first` predicted wrongly, their classes, their signals), and one line of JSON with every number,
+and writes the table to `<sweep>/results.md`. Extra flags after `--` go to every training run.
 """
 
 import argparse
+import collections
+import csv
 import json
 import math
 import statistics
@@ -119,14 +122,20 @@ def one_seed(args, seed, folder):
             print(f"[labeling] suggest on {first} stopped with status {code}", file=sys.stderr)
             sys.exit(code)
     epochs = json.loads((first / "config.json").read_text())["epochs"]
-    drawn = {name: folder / f"{name}.csv" for name in ("balanced", "uniform")}
-    missing = [name for name, path in drawn.items() if name in args.strategies and not path.exists()]
-    if missing:
-        from gmvae_keras.config import read_config
-        from gmvae_keras.train import load_data
+    from gmvae_keras.config import read_config
+    from gmvae_keras.train import load_data
 
-        data, labeled = load_data(read_config(first)), np.load(first / "labeled_indices.npy")
-        for name in missing:
+    data = load_data(read_config(first))
+    picked = what_was_picked(data, suggested)
+    print(
+        f"[labeling] {suggested}: {picked['wrong_in_first']} of {sum(picked['classes'])} wrongly predicted by "
+        f"`first`; true classes {picked['classes']}; signals {picked['signals']}",
+        flush=True,
+    )
+    drawn = {name: folder / f"{name}.csv" for name in ("balanced", "uniform")}
+    for name in ("balanced", "uniform"):
+        if name in args.strategies and not drawn[name].exists():
+            labeled = np.load(first / "labeled_indices.npy")
             rows = random_rows(data, labeled, args.count, seed, balanced=name == "balanced")
             drawn[name].write_text("index\n" + "".join(f"{r}\n" for r in rows))
     runs = {
@@ -142,7 +151,19 @@ def one_seed(args, seed, folder):
     }
     for strategy in args.strategies:
         results[strategy] = train(args, seed, folder / strategy, *runs[strategy])
-    return results
+    return results, picked
+
+
+def what_was_picked(data, path):
+    """What a suggestion CSV holds, by the oracle's labels: `wrong_in_first` (rows whose `predicted` class, the
+    first round's, is not the true one), `classes` (the true classes' counts) and `signals` (counts by signal)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    truth = data.train_labels[data.train_rows.searchsorted([int(row["index"]) for row in rows])]
+    wrong = sum(row["predicted"] != data.class_names[label] for row, label in zip(rows, truth, strict=True))
+    signals = dict(sorted(collections.Counter(row["signal"] for row in rows).items()))
+    classes = np.bincount(truth, minlength=data.num_classes).tolist()
+    return {"wrong_in_first": wrong, "classes": classes, "signals": signals}
 
 
 def table(args, by_seed):
@@ -182,12 +203,17 @@ def main(argv=None):
     name = f"{args.dataset}-{args.num_labeled}+{args.count}-{args.settings}"
     sweep = Path(args.runs_dir).resolve() / (name if args.signal == "both" else f"{name}-{args.signal}")
     print(f"[labeling] {sweep.name}: seeds {', '.join(map(str, args.seeds))} into {sweep}", flush=True)
-    by_seed = {}
+    by_seed, picked = {}, {}
     for seed in args.seeds:
         folder = sweep / f"seed-{seed}"
         folder.mkdir(parents=True, exist_ok=True)
-        by_seed[seed] = one_seed(args, seed, folder)
-    text = table(args, by_seed)
+        by_seed[seed], picked[seed] = one_seed(args, seed, folder)
+    text = table(args, by_seed) + "".join(
+        f"\nSeed {seed}'s {sum(p['classes'])} suggestions: {p['wrong_in_first']} wrongly predicted by `first`; "
+        f"true classes {', '.join(map(str, p['classes']))}; signals "
+        f"{', '.join(f'{k} {v}' for k, v in p['signals'].items())}.\n"
+        for seed, p in picked.items()
+    )
     (sweep / "results.md").write_text(text)
     print(text)
     summary = {
@@ -196,7 +222,7 @@ def main(argv=None):
         }
         for seed, r in by_seed.items()
     }
-    print(json.dumps({"sweep": sweep.name, "runs": summary}))
+    print(json.dumps({"sweep": sweep.name, "runs": summary, "suggested": {str(s): p for s, p in picked.items()}}))
     return 0
 
 
