@@ -133,11 +133,11 @@ def one_seed(args, seed, folder):
         flush=True,
     )
     drawn = {name: folder / f"{name}.csv" for name in ("balanced", "uniform")}
-    for name in ("balanced", "uniform"):
-        if name in args.strategies and not drawn[name].exists():
-            labeled = np.load(first / "labeled_indices.npy")
+    labeled = np.load(first / "labeled_indices.npy")
+    for name, path in drawn.items():
+        if name in args.strategies and not path.exists():
             rows = random_rows(data, labeled, args.count, seed, balanced=name == "balanced")
-            drawn[name].write_text("index\n" + "".join(f"{r}\n" for r in rows))
+            path.write_text("index\n" + "".join(f"{r}\n" for r in rows))
     runs = {
         "suggested": (labels, f"--add_labeled={suggested}"),
         "init_from": (
@@ -157,9 +157,11 @@ def one_seed(args, seed, folder):
 def what_was_picked(data, path):
     """What a suggestion CSV holds, by the oracle's labels: `wrong_in_first` (rows whose `predicted` class, the
     first round's, is not the true one), `classes` (the true classes' counts) and `signals` (counts by signal)."""
+    from gmvae_keras.data.splits import train_positions
+
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    truth = data.train_labels[data.train_rows.searchsorted([int(row["index"]) for row in rows])]
+    truth = data.train_labels[train_positions(data, [int(row["index"]) for row in rows], str(path))]
     wrong = sum(row["predicted"] != data.class_names[label] for row, label in zip(rows, truth, strict=True))
     signals = dict(sorted(collections.Counter(row["signal"] for row in rows).items()))
     classes = np.bincount(truth, minlength=data.num_classes).tolist()

@@ -198,14 +198,13 @@ def _labeled_set(name, labels, num_classes, num_labeled, seed):
     return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros((0,), np.int64)
 
 
-def add_labeled(data, rows, source="--add_labeled"):
-    """`data` whose labeled set also holds the official train set's `rows`, with the labels the data set knows.
+def train_positions(data, rows, source="--add_labeled"):
+    """The positions in `data.train_images` of the official train set's `rows`, in their order.
 
-    The labeled set need not stay class-balanced (`pipelines.balanced_pool` rebalances the labeled rows).
-    DataError for a row outside the official train set, one in this split's validation images (the split
-    follows the seed: a suggestion is for the run it came from), or one without a known label.
+    DataError for a data set without official rows (a folder), a row outside the official train set, or one in
+    this split's validation images (the split follows the seed: a suggestion is for the run it came from).
     """
-    rows = np.unique(np.asarray(rows, np.int64))
+    rows = np.asarray(rows, np.int64)
     if data.train_rows is None:
         raise DataError(f"{source}: {data.name!r} has no rows of an official train set (a folder: move files instead)")
     n = len(data.train_labels) + len(data.val_labels)
@@ -218,6 +217,17 @@ def add_labeled(data, rows, source="--add_labeled"):
             f"{source}: row {held_out[0]} is a validation image of this run ({len(held_out)} such rows): "
             "train with the --seed and --validation_fraction of the run that suggested them"
         )
+    return positions
+
+
+def add_labeled(data, rows, source="--add_labeled"):
+    """`data` whose labeled set also holds the official train set's `rows`, with the labels the data set knows.
+
+    The labeled set need not stay class-balanced (`pipelines.balanced_pool` rebalances the labeled rows).
+    DataError as `train_positions`, or for a row without a known label.
+    """
+    rows = np.unique(np.asarray(rows, np.int64))
+    positions = train_positions(data, rows, source)
     if len(positions) and data.train_labels[positions].min() < 0:
         raise DataError(f"{source}: row {rows[data.train_labels[positions] < 0][0]} has no known label")
     return dataclasses.replace(data, labeled_indices=np.union1d(data.labeled_indices, positions).astype(np.int64))
