@@ -280,7 +280,11 @@ class FeatureClusters(keras.callbacks.Callback):
         projection = np.linalg.svd(features - center, full_matrices=False)[2][:dims].T
         points = (features - center) @ projection
         mixture = GaussianMixture(
-            model.num_classes, covariance_type="diag", n_init=2, random_state=self.seed * 1000 + epoch
+            model.num_classes,
+            covariance_type="diag",
+            n_init=2,
+            # Distinct for every (seed, epoch) and below 2**32 whatever the seed.
+            random_state=int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]),
         ).fit(points)
         components = mixture.predict(points)
         # Every component and category, even one that no image is predicted as.

@@ -112,7 +112,8 @@ class Config(ModelSettings):
     )
     init_from: str | None = _field(
         None,
-        "A finished run's folder: start from the weights of its kept model (RUN/best.keras): encoder, q(y|x̂), "
+        "A run's folder: start from the weights of its kept model (RUN/best.keras; of a run still training, the "
+        "best so far): encoder, q(y|x̂), "
         "q(z|x̂,y), p(z|y) and decoder. Started afresh from this run's flags: the optimizer, the learning-rate "
         "schedule, the Gumbel-Softmax temperature and the epochs. Needs the same image shape, classes and network "
         "sizes.",
@@ -159,6 +160,11 @@ class Config(ModelSettings):
         """The mode against the labels, L_A and L_M it uses, and the batch's labeled part."""
         if self.feature_clusters and self.mode != "clustering":
             raise ConfigError("--feature_clusters is for --mode=clustering (a semi-supervised L_A uses the k-NN vote)")
+        if self.feature_clusters and not self.assignment_weight:
+            raise ConfigError(
+                "--feature_clusters trains q(y|x̂) through L_A, which --assignment_weight=0 leaves out: set "
+                "--assignment_weight > 0"
+            )
         if self.mode == "clustering":
             # All at once: a dataset without a clustering flagfile starts from the semi-supervised defaults.
             # L_A stays only with --feature_clusters, where the features' mixture assigns its labels.

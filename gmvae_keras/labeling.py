@@ -9,8 +9,9 @@
   `count` clusters, one per pick. In a cluster that holds no labeled image
   the vote is cast by another region's labels: it can be sure and wrong,
   which is how a class merges into its neighbour, so such a cluster counts
-  every image as fully uncertain. With as many clusters as picks, the
-  uncovered clusters come first and the rest of the picks go to the covered
+  every image as fully uncertain, so its priority is its size and it
+  usually outranks a covered one. With as many clusters as picks, every
+  uncovered cluster gets a pick and the rest of the picks go to the covered
   clusters whose vote is least sure.
 
 A cluster's priority is its summed uncertainty; the clusters are taken in
@@ -203,16 +204,20 @@ def read_indices(path):
     """
     path = Path(path)
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        # utf-8-sig: a spreadsheet's export may start with a byte-order mark.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise LabelingError(f"cannot read {path}: {e}") from None
-    if not rows or "index" not in rows[0]:
+    if "index" not in (reader.fieldnames or []):
         raise LabelingError(f"{path} has no `index` column (the official train-set rows of a built-in data set)")
+    if not rows:
+        raise LabelingError(f"{path} lists no row")
     try:
         indices = np.array([int(row["index"]) for row in rows], np.int64)
-    except (TypeError, ValueError):
-        raise LabelingError(f"{path}: every `index` must be an integer") from None
+    except (TypeError, ValueError, OverflowError):
+        raise LabelingError(f"{path}: every `index` must be an integer row of the official train set") from None
     if indices.min() < 0:
         raise LabelingError(f"{path}: an `index` is negative ({indices.min()})")
     return np.unique(indices)

@@ -55,11 +55,19 @@ def _encode_folder(loaded, model_dir, config, count, batch_size, print_fn):
     """`unlabeled_features` of a folder run: the files of `unlabeled/` and `labeled/`, through `serving_bytes`."""
     import numpy as np
 
+    from gmvae_keras.checkpoint import read_json
     from gmvae_keras.data.folder import list_folder
     from gmvae_keras.labeling import LabelingError, check_count
     from gmvae_keras.predict import predict_files
 
     listing = list_folder(config.data_dir)
+    # The vote reads labeled/ as it is now, its classes numbered in the folder's order: the run's must be those.
+    trained = read_json(Path(model_dir) / "class_names.json", {}).get("class_names")
+    if trained is not None and list(listing.class_names) != list(trained):
+        raise LabelingError(
+            f"{listing.root / 'labeled'} holds the classes {', '.join(listing.class_names)}, but {model_dir} was "
+            f"trained on {', '.join(trained)}: train again on the folder as it is"
+        )
     unlabeled = [Path(path) for path, _ in listing.files.get("unlabeled", [])]
     if not unlabeled:
         raise LabelingError(f"{listing.root / 'unlabeled'} holds no image: nothing to suggest")
@@ -67,9 +75,14 @@ def _encode_folder(loaded, model_dir, config, count, batch_size, print_fn):
     if print_fn:
         print_fn(f"encoding {len(unlabeled)} unlabeled and {len(listing.files['labeled'])} labeled images")
     serve = loaded.signatures["serving_bytes"]
-    kept, outputs = predict_files(serve, unlabeled, batch_size, None, _OUTPUTS)
+
+    def skipped(path, message):
+        if print_fn:
+            print_fn(f"left out {path}: {message}")
+
+    kept, outputs = predict_files(serve, unlabeled, batch_size, skipped, _OUTPUTS)
     labeled = [Path(path) for path, _ in listing.files["labeled"]]
-    kept_labeled, labeled_features = predict_files(serve, labeled, batch_size, None, "features")
+    kept_labeled, labeled_features = predict_files(serve, labeled, batch_size, skipped, "features")
     label_of = {Path(path): label for path, label in listing.files["labeled"]}
     labeled_labels = np.array([label_of[path] for path in kept_labeled], np.int64)
     return {

@@ -416,6 +416,15 @@ def test_suggest_lists_files_of_unlabeled_and_refuses_a_folder_without_them(fold
     assert suggest.main([f"--model_dir={run}", "--count=1"]) == 2
     err = capsys.readouterr().err
     assert "holds no image: nothing to suggest" in err and err.strip().count("\n") == 0, err
+    # A class folder added since the run would renumber the labeled images' classes under the vote.
+    grown = tmp_path / "grown"
+    shutil.copytree(root, grown)
+    first_class = sorted(p for p in (grown / "labeled").iterdir())[0]
+    shutil.copytree(first_class, grown / "labeled" / "0_aardvark")
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(grown)}))
+    assert suggest.main([f"--model_dir={run}", "--count=1"]) == 2
+    err = capsys.readouterr().err
+    assert "but" in err and "train again on the folder as it is" in err and err.strip().count("\n") == 0, err
 
 
 def test_a_folder_of_unlabeled_images_alone_is_clustered(tmp_path):

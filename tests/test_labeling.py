@@ -133,9 +133,13 @@ def test_read_indices_refuses_what_is_not_a_list_of_rows(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("rank,index\n1,7\n2,3\n3,7\n")
     np.testing.assert_array_equal(labeling.read_indices(good), [3, 7])
+    (tmp_path / "excel.csv").write_bytes("\ufeffindex\n7\n".encode())  # a spreadsheet's byte-order mark
+    np.testing.assert_array_equal(labeling.read_indices(tmp_path / "excel.csv"), [7])
     for name, text, message in (
         ("paths.csv", "rank,path\n1,a.png\n", "no `index` column"),
+        ("header.csv", "index\n", "lists no row"),
         ("words.csv", "index\nseven\n", "integer"),
+        ("huge.csv", f"index\n{10**20}\n", "integer"),
         ("negative.csv", "index\n-1\n", "negative"),
     ):
         (tmp_path / name).write_text(text)
@@ -153,8 +157,10 @@ def test_add_labeled_joins_the_draw_with_the_true_labels_and_refuses_unknown_row
     more = data_lib.add_labeled(data, data.train_rows[positions])
     np.testing.assert_array_equal(more.labeled_indices, np.union1d(data.labeled_indices, positions))
     np.testing.assert_array_equal(more.labeled_labels, data.train_labels[more.labeled_indices])
-    with pytest.raises(DataError, match="rows 0..59"):
+    with pytest.raises(DataError, match="rows 0..59; got 60$"):
         data_lib.add_labeled(data, [60])
+    with pytest.raises(DataError, match="rows 0..59; got -1$"):  # the row at fault, not the largest
+        data_lib.add_labeled(data, [-1, 5])
     validation_row = np.setdiff1d(np.arange(60), data.train_rows)[0]
     with pytest.raises(DataError, match=f"row {validation_row} is a validation image"):
         data_lib.add_labeled(data, [data.train_rows[0], validation_row])
@@ -360,26 +366,52 @@ def test_simulate_labeling_runs_the_loop_and_its_baselines(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(summary["runs"]["0"]) == {"first", "suggested", "init_from", "balanced", "uniform"}
-    assert set(summary["runs"]["0"]["suggested"]) == {"val_error_best", "test_error_best", "train_seconds"}
+    assert set(summary["runs"]["0"]) == {"first", "suggested-both", "init_from-both", "balanced", "uniform"}
+    assert set(summary["runs"]["0"]["suggested-both"]) == {"val_error_best", "test_error_best", "train_seconds"}
     seed = tmp_path / "runs" / "mnist-20+10-paper" / "seed-0"
     data = load_data(read_config(seed / "first"))
     first = np.load(seed / "first" / "labeled_indices.npy")
     added = {}
-    for name in ("suggested", "uniform", "balanced"):
+    for name in ("suggested-both", "uniform", "balanced"):
         rows = labeling.read_indices(seed / f"{name}.csv")
         added[name] = data.train_rows.searchsorted(rows)
         np.testing.assert_array_equal(data.train_rows[added[name]], rows)  # train images, not validation ones
         assert len(rows) == 10 and not set(added[name]) & set(first), name
         labeled = np.load(seed / name / "labeled_indices.npy")
         np.testing.assert_array_equal(labeled, np.union1d(first, added[name]))
-    picked = summary["suggested"]["0"]  # what the suggestions were, by the true labels
-    assert picked["classes"] == np.bincount(data.train_labels[added["suggested"]], minlength=10).tolist()
+    picked = summary["suggested"]["0"]["both"]  # what the suggestions were, by the true labels
+    assert picked["classes"] == np.bincount(data.train_labels[added["suggested-both"]], minlength=10).tolist()
     assert sum(picked["signals"].values()) == 10 and 0 <= picked["wrong_in_first"] <= 10
     # The class-balanced draw: one of each of the ten classes on top of the first run's labels.
     np.testing.assert_array_equal(np.bincount(data.train_labels[added["balanced"]], minlength=10), np.ones(10))
-    resumed = json.loads((seed / "init_from" / "config.json").read_text())
+    resumed = json.loads((seed / "init_from-both" / "config.json").read_text())
     assert resumed["init_from"] == str(seed / "first") and resumed["epochs"] == 1
-    # A second call reads the finished runs and trains nothing.
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
-    assert again.returncode == 0 and "gmvae_keras.main" not in again.stdout
+    # Another signal is compared against the same first round: the finished runs are read, only its own trains.
+    other = [*command[: -1 - len(extra)], "--signals=farthest", "--strategies=suggested", "--", *extra]
+    third = subprocess.run(other, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert third.returncode == 0, third.stderr[-3000:]
+    trained = [line for line in third.stdout.splitlines() if "gmvae_keras.main" in line]
+    assert len(trained) == 1 and f"--model_dir={seed / 'suggested-farthest'} " in trained[0], trained
+    assert set(json.loads(third.stdout.strip().splitlines()[-1])["runs"]["0"]) == {"first", "suggested-farthest"}
+
+
+def test_simulate_labeling_refuses_flags_its_finished_runs_did_not_have(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    from conftest import REPO_ROOT
+
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools"))
+    simulate = importlib.import_module("simulate_labeling")
+    monkeypatch.setattr(simulate, "one_seed", lambda *a: pytest.fail("trained with other flags"))
+    argv = ["--dataset=mnist", "--seeds=0-0", f"--runs_dir={tmp_path}", "--", "--epochs=2"]
+    sweep = tmp_path / "mnist-100+100-cpu"
+    sweep.mkdir()
+    (sweep / "flags.json").write_text(json.dumps(["--epochs=3"]))
+    assert simulate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "trained with the flags --epochs=3 after --, not --epochs=2" in err and err.count("\n") == 1, err
+    (sweep / "flags.json").unlink()  # a new sweep records its flags
+    monkeypatch.setattr(simulate, "one_seed", lambda *a: ({}, {}))
+    monkeypatch.setattr(simulate, "table", lambda *a: "")
+    assert simulate.main(argv) == 0
+    assert json.loads((sweep / "flags.json").read_text()) == ["--epochs=2"]

@@ -216,6 +216,12 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
         ({"feature_clusters": 2}, ConfigError, "--feature_clusters is for --mode=clustering"),
         ({"feature_clusters": -1}, ConfigError, "--feature_clusters must be >= 0"),
         (
+            {"mode": "clustering", "num_labeled": 0, "metric_weight": 0.0, "assignment_weight": 0.0}
+            | {"feature_clusters": 2},
+            ConfigError,
+            "--feature_clusters trains q\\(y\\|x̂\\) through L_A, which --assignment_weight=0 leaves out",
+        ),
+        (
             {
                 "mode": "clustering",
                 "num_labeled": 0,
@@ -657,7 +663,9 @@ def test_feature_clusters_start_l_a_after_the_first_fit_and_survive_a_resume(mni
     assert float(checkpoint.feature_mixture.fitted) == 1.0
     assert train.FEATURE_CLUSTER_IMAGES >= 1000
     train_and_evaluate(dataclasses.replace(config, epochs=3), tmp_path / "run")
-    assert len(_event_values(tmp_path / "run" / "logs" / "train", "epoch_assignment_loss")) == 3
+    resumed = _event_values(tmp_path / "run" / "logs" / "train", "epoch_assignment_loss")
+    # Without the restored mixture, epoch 3 would train no L_A (an unfitted mixture weighs it 0).
+    assert len(resumed) == 3 and resumed[2] > 0.0
 
 
 # ----------------------------------------------------------- mixed precision

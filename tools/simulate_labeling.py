@@ -3,23 +3,26 @@
     python tools/simulate_labeling.py --dataset=fashion_mnist --settings=cpu --seeds=10-12 \
         --num_labeled=100 --count=100 --data_dir=../shared/datasets/fashion_mnist
 
-For each seed, under `--runs_dir/<dataset>-<L>+<N>-<settings>[-<signal>]/seed-S/`:
+For each seed, under `--runs_dir/<dataset>-<L>+<N>-<settings>/seed-S/`:
 
 1. `first`: train with the seed's class-balanced draw of L labels;
-2. `suggested.csv`: `python -m gmvae_keras.suggest --count=N` on it;
-3. `suggested`: train again from scratch with those N labels added (`--add_labeled`);
-   `init_from`: the same from `first`'s weights (`--init_from`) for half the epochs;
+2. `suggested-<signal>.csv`: `python -m gmvae_keras.suggest --count=N --signal=<signal>` on it, for each of
+   `--signals`;
+3. `suggested-<signal>`: train again from scratch with those N labels added (`--add_labeled`);
+   `init_from-<signal>`: the same from `first`'s weights (`--init_from`) for half the epochs;
 4. `balanced`: `first`'s L labels plus N more drawn class-balanced (N / classes of each class, as the data
    set's own labeled draw is made) from its unlabeled images (`balanced.csv`, seeded);
    `uniform`: `first`'s L labels plus N drawn uniformly from its unlabeled images (`uniform.csv`, seeded).
    Every second round keeps `first`'s L labels, so the comparison is of the N added ones alone.
 
 Every run resumes (`gmvae_keras.main` with its run directory) and a finished one is read, so rerunning the
-command continues the loop. `--strategies` picks the runs of step 3 and 4. At the end the tool prints a
+command continues the loop, and a later call with other `--signals` compares them against the same `first`,
+`balanced` and `uniform` runs. `--strategies` picks the runs of step 3 and 4. At the end the tool prints a
 Markdown table (strategy, seeds, mean ± std of the best validation error, which tuning seeds are judged by, and
 of the test error of the best-validation model, train minutes), what each seed's suggestions were by the true
 labels (how many `first` predicted wrongly, their classes, their signals), and one line of JSON with every number,
-and writes the table to `<sweep>/results.md`. Extra flags after `--` go to every training run.
+and writes the table to `<sweep>/results.md`. Extra flags after `--` go to every training run; the sweep keeps
+them in `flags.json` and refuses other ones, since its finished runs would not have them.
 """
 
 import argparse
@@ -52,7 +55,7 @@ def parse_args(argv):
     parser.add_argument("--count", type=int, default=100, help="N, the labels added in the second round")
     parser.add_argument("--seeds", default="10-12", help="as tools/reproduce.py: N, A-B or A,B,C")
     parser.add_argument("--settings", choices=["paper", "cpu"], default="cpu")
-    parser.add_argument("--signal", choices=SIGNALS, default="both", help="suggest's ranking")
+    parser.add_argument("--signals", default="both", help="suggest's rankings to compare, of " + ", ".join(SIGNALS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="of " + ", ".join(STRATEGIES))
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--runs_dir", default="runs/labeling")
@@ -62,15 +65,19 @@ def parse_args(argv):
         args.seeds = parse_seeds(args.seeds)
     except ValueError as e:
         parser.error(str(e))
-    args.strategies = [s for s in args.strategies.split(",") if s]
-    unknown = sorted(set(args.strategies) - set(STRATEGIES))
-    if unknown or not args.strategies:
-        parser.error(f"--strategies: {', '.join(unknown) or 'none given'}; choose from {', '.join(STRATEGIES)}")
+    for name, choices in (("strategies", STRATEGIES), ("signals", SIGNALS)):
+        chosen = [s for s in getattr(args, name).split(",") if s]
+        unknown = sorted(set(chosen) - set(choices))
+        if unknown or not chosen:
+            parser.error(f"--{name}: {', '.join(unknown) or 'none given'}; choose from {', '.join(choices)}")
+        setattr(args, name, list(dict.fromkeys(chosen)))
     for name in ("num_labeled", "count"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if "balanced" in args.strategies and args.count % _NUM_CLASSES:
-        parser.error(f"--count={args.count}: the balanced draw takes as many of each of the {_NUM_CLASSES} classes")
+    # The first draw, and the balanced one, take as many images of each class.
+    for name in ("num_labeled", "count") if "balanced" in args.strategies else ("num_labeled",):
+        if getattr(args, name) % _NUM_CLASSES:
+            parser.error(f"--{name}={getattr(args, name)}: a class-balanced draw of the {_NUM_CLASSES} classes")
     if args.data_dir:
         args.data_dir = str(Path(args.data_dir).resolve())
     return args
@@ -87,7 +94,9 @@ def train(args, seed, model_dir, *flags):
         print(f"[labeling] {' '.join(command)}", flush=True)
         code = run_seed(command)
         if code != 0:
-            print(f"[labeling] {model_dir} stopped with status {code}; rerun to resume", file=sys.stderr)
+            # Status 2 is bad input, which a rerun repeats; anything else (an interruption) resumes.
+            hint = "see its message above" if code == 2 else "rerun to resume"
+            print(f"[labeling] {model_dir} stopped with status {code}; {hint}", file=sys.stderr)
             sys.exit(code)
     return json.loads(metrics_path.read_text())
 
@@ -107,51 +116,59 @@ def random_rows(data, labeled, count, seed, balanced):
     return np.sort(data.train_rows[positions])
 
 
+def suggestions(args, folder, first):
+    """`{signal: path}` of `first`'s suggestion CSV for each of `--signals`, made by `gmvae_keras.suggest`."""
+    paths = {}
+    for signal in args.signals:
+        paths[signal] = folder / f"suggested-{signal}.csv"
+        if not paths[signal].exists():
+            command = [sys.executable, "-m", "gmvae_keras.suggest", f"--model_dir={first}", f"--count={args.count}"]
+            command += [f"--signal={signal}", f"--out={paths[signal]}"]
+            print(f"[labeling] {' '.join(command)}", flush=True)
+            code = run_seed(command)
+            if code != 0:
+                print(f"[labeling] suggest on {first} stopped with status {code}", file=sys.stderr)
+                sys.exit(code)
+    return paths
+
+
 def one_seed(args, seed, folder):
-    """`{strategy: metrics}` of one seed's loop."""
+    """`{run: metrics}` of one seed's loop (runs named as their folders) and `{signal: what_was_picked}`."""
     first = folder / "first"
     labels = f"--num_labeled={args.num_labeled}"
     results = {"first": train(args, seed, first, labels)}
-    suggested = folder / "suggested.csv"
-    if not suggested.exists():
-        command = [sys.executable, "-m", "gmvae_keras.suggest", f"--model_dir={first}", f"--count={args.count}"]
-        command += [f"--signal={args.signal}", f"--out={suggested}"]
-        print(f"[labeling] {' '.join(command)}", flush=True)
-        code = run_seed(command)
-        if code != 0:
-            print(f"[labeling] suggest on {first} stopped with status {code}", file=sys.stderr)
-            sys.exit(code)
-    epochs = json.loads((first / "config.json").read_text())["epochs"]
+    suggested = suggestions(args, folder, first)
+    half = f"--epochs={math.ceil(json.loads((first / 'config.json').read_text())['epochs'] / 2)}"
     from gmvae_keras.config import read_config
     from gmvae_keras.train import load_data
 
     data = load_data(read_config(first))
-    picked = what_was_picked(data, suggested)
-    print(
-        f"[labeling] {suggested}: {picked['wrong_in_first']} of {sum(picked['classes'])} wrongly predicted by "
-        f"`first`; true classes {picked['classes']}; signals {picked['signals']}",
-        flush=True,
-    )
-    drawn = {name: folder / f"{name}.csv" for name in ("balanced", "uniform")}
+    picked = {signal: what_was_picked(data, path) for signal, path in suggested.items()}
+    for signal, p in picked.items():
+        print(f"[labeling] {suggested[signal].name}: {describe(p)}", flush=True)
     labeled = np.load(first / "labeled_indices.npy")
-    for name, path in drawn.items():
+    runs = {}
+    for name in ("balanced", "uniform"):
+        path = folder / f"{name}.csv"
         if name in args.strategies and not path.exists():
             rows = random_rows(data, labeled, args.count, seed, balanced=name == "balanced")
             path.write_text("index\n" + "".join(f"{r}\n" for r in rows))
-    runs = {
-        "suggested": (labels, f"--add_labeled={suggested}"),
-        "init_from": (
-            labels,
-            f"--add_labeled={suggested}",
-            f"--init_from={first}",
-            f"--epochs={math.ceil(epochs / 2)}",
-        ),
-        "balanced": (labels, f"--add_labeled={drawn['balanced']}"),
-        "uniform": (labels, f"--add_labeled={drawn['uniform']}"),
-    }
-    for strategy in args.strategies:
-        results[strategy] = train(args, seed, folder / strategy, *runs[strategy])
+        runs[name] = (labels, f"--add_labeled={path}")
+    for signal, path in suggested.items():
+        runs[f"suggested-{signal}"] = (labels, f"--add_labeled={path}")
+        runs[f"init_from-{signal}"] = (labels, f"--add_labeled={path}", f"--init_from={first}", half)
+    for name in run_names(args):
+        results[name] = train(args, seed, folder / name, *runs[name])
     return results, picked
+
+
+def run_names(args):
+    """The second rounds `--strategies` and `--signals` ask for, as their folders are named."""
+    return [
+        f"{strategy}-{signal}" if strategy in ("suggested", "init_from") else strategy
+        for strategy in args.strategies
+        for signal in (args.signals if strategy in ("suggested", "init_from") else [None])
+    ]
 
 
 def what_was_picked(data, path):
@@ -168,6 +185,15 @@ def what_was_picked(data, path):
     return {"wrong_in_first": wrong, "classes": classes, "signals": signals}
 
 
+def describe(picked):
+    """`what_was_picked` in a line."""
+    signals = ", ".join(f"{k} {v}" for k, v in picked["signals"].items())
+    return (
+        f"{picked['wrong_in_first']} of {sum(picked['classes'])} wrongly predicted by `first`; true classes "
+        f"{', '.join(map(str, picked['classes']))}; signals {signals}"
+    )
+
+
 def table(args, by_seed):
     lines = [
         "| strategy | labels | seeds | best validation error (%) | test error, best-validation model (%) "
@@ -180,15 +206,33 @@ def table(args, by_seed):
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.fmean(values):.2f} ± {std:.2f} ({', '.join(f'{v:.2f}' for v in values)})"
 
-    for strategy in ["first", *args.strategies]:
-        minutes = statistics.fmean(by_seed[s][strategy]["train_seconds"] / 60 for s in args.seeds)
-        labels = args.num_labeled if strategy == "first" else args.num_labeled + args.count
+    for name in ["first", *run_names(args)]:
+        minutes = statistics.fmean(by_seed[s][name]["train_seconds"] / 60 for s in args.seeds)
+        labels = args.num_labeled if name == "first" else args.num_labeled + args.count
         seeds = ", ".join(map(str, args.seeds))
         lines.append(
-            f"| {strategy} | {labels} | {seeds} | {spread(strategy, 'val_error_best')} "
-            f"| {spread(strategy, 'test_error_best')} | {minutes:.1f} |"
+            f"| {name} | {labels} | {seeds} | {spread(name, 'val_error_best')} "
+            f"| {spread(name, 'test_error_best')} | {minutes:.1f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def same_flags(sweep, extra):
+    """Whether `extra` (the flags after `--`) are those the sweep's runs had; the first call records them."""
+    record = sweep / "flags.json"
+    if not record.exists():
+        sweep.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(extra) + "\n")
+        return True
+    kept = json.loads(record.read_text())
+    if kept != extra:
+        print(
+            f"error: {sweep} was trained with the flags {' '.join(kept) or '(none)'} after --, not "
+            f"{' '.join(extra) or '(none)'}; give those, or another --runs_dir",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def main(argv=None):
@@ -202,8 +246,9 @@ def main(argv=None):
     except paths.PathError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = f"{args.dataset}-{args.num_labeled}+{args.count}-{args.settings}"
-    sweep = Path(args.runs_dir).resolve() / (name if args.signal == "both" else f"{name}-{args.signal}")
+    sweep = Path(args.runs_dir).resolve() / f"{args.dataset}-{args.num_labeled}+{args.count}-{args.settings}"
+    if not same_flags(sweep, args.extra):
+        return 2
     print(f"[labeling] {sweep.name}: seeds {', '.join(map(str, args.seeds))} into {sweep}", flush=True)
     by_seed, picked = {}, {}
     for seed in args.seeds:
@@ -211,10 +256,9 @@ def main(argv=None):
         folder.mkdir(parents=True, exist_ok=True)
         by_seed[seed], picked[seed] = one_seed(args, seed, folder)
     text = table(args, by_seed) + "".join(
-        f"\nSeed {seed}'s {sum(p['classes'])} suggestions: {p['wrong_in_first']} wrongly predicted by `first`; "
-        f"true classes {', '.join(map(str, p['classes']))}; signals "
-        f"{', '.join(f'{k} {v}' for k, v in p['signals'].items())}.\n"
-        for seed, p in picked.items()
+        f"\nSeed {seed}'s suggestions by `{signal}`: {describe(p)}.\n"
+        for seed, by_signal in picked.items()
+        for signal, p in by_signal.items()
     )
     (sweep / "results.md").write_text(text)
     print(text)

@@ -208,8 +208,9 @@ def train_positions(data, rows, source="--add_labeled"):
     if data.train_rows is None:
         raise DataError(f"{source}: {data.name!r} has no rows of an official train set (a folder: move files instead)")
     n = len(data.train_labels) + len(data.val_labels)
-    if len(rows) and (rows.min() < 0 or rows.max() >= n):
-        raise DataError(f"{source}: the official train set of {data.name!r} has rows 0..{n - 1}; got {rows.max()}")
+    outside = rows[(rows < 0) | (rows >= n)]
+    if len(outside):
+        raise DataError(f"{source}: the official train set of {data.name!r} has rows 0..{n - 1}; got {outside[0]}")
     positions = np.minimum(np.searchsorted(data.train_rows, rows), len(data.train_rows) - 1)
     held_out = rows[data.train_rows[positions] != rows]
     if len(held_out):
