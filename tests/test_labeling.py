@@ -36,6 +36,15 @@ def _rank(features, labeled, labels, count, **kwargs):
     return labeling.rank(features, labeled, labels, classes, count, num_classes=2, k=3, **kwargs)
 
 
+def test_uncertainty_is_one_minus_the_margin_between_the_votes_two_largest_shares():
+    # Three labeled images 1, 2 and 4 away from the unlabeled one vote with weights 1, 1/2 and 1/4: shares 4/7,
+    # 2/7 and 1/7, a margin of 2/7 between the two largest.
+    labeled = np.array([[1.0, 0.0], [0.0, 2.0], [-4.0, 0.0]], np.float32)
+    uncertainty, vote = labeling.vote_uncertainty(np.zeros((1, 2), np.float32), labeled, [0, 1, 2], 3, k=3)
+    np.testing.assert_allclose(uncertainty, [1.0 - 2.0 / 7.0], rtol=1e-4)
+    assert vote.tolist() == [0]
+
+
 def test_the_picks_cover_the_unlabeled_group_and_take_one_of_the_near_copies():
     features, labeled, labels, parts = _scene()
     picks = _rank(features, labeled, labels, count=6)
