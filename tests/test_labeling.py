@@ -67,6 +67,12 @@ def test_both_covers_the_uncovered_groups_first_then_asks_the_least_sure_votes_a
     # picks are the covered clusters' least sure images, not more clusters of the far group.
     assert kinds[:2] == ["uncovered", "uncovered"] and "uncovered" not in kinds[2:]
     assert np.isin(picks["index"][2:], parts["near"]).all()
+    # An uncovered cluster's priority is its size (each image counts as fully uncertain), and it gives its most
+    # typical image, the one nearest its centre.
+    np.testing.assert_allclose(picks["score"][:2] * len(features), [30, 20], atol=1e-3)
+    far = features[parts["far"]]
+    typical = parts["far"][np.linalg.norm(far - far.mean(axis=0), axis=1).argmin()]
+    assert picks["index"][np.isin(picks["index"], parts["far"])].tolist() == [typical]
 
 
 def test_farthest_takes_the_far_group_first_and_keeps_every_two_picks_the_last_score_apart():
