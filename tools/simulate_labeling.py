@@ -83,6 +83,17 @@ def parse_args(argv):
     return args
 
 
+def run_or_exit(command, what):
+    """Runs one step of the loop (a training or `suggest`); on failure says how to go on and exits with its status."""
+    print(f"[labeling] {' '.join(command)}", flush=True)
+    code = run_seed(command)
+    if code != 0:
+        # Status 2 is bad input, which a rerun repeats; anything else (an interruption) resumes.
+        hint = "see its message above" if code == 2 else "rerun to resume"
+        print(f"[labeling] {what} stopped with status {code}; {hint}", file=sys.stderr)
+        sys.exit(code)
+
+
 def train(args, seed, model_dir, *flags):
     """Trains (or resumes, or reads) one run; returns its metrics, or exits with the run's status."""
     metrics_path = model_dir / "metrics.json"
@@ -91,13 +102,7 @@ def train(args, seed, model_dir, *flags):
         command += [f"--settings={args.settings}", f"--model_dir={model_dir}", "--verbose=2"]
         command += [f"--data_dir={args.data_dir}"] if args.data_dir else []
         command += [*args.extra, *flags]  # the loop's own flags last: `init_from`'s --epochs halves the first run's
-        print(f"[labeling] {' '.join(command)}", flush=True)
-        code = run_seed(command)
-        if code != 0:
-            # Status 2 is bad input, which a rerun repeats; anything else (an interruption) resumes.
-            hint = "see its message above" if code == 2 else "rerun to resume"
-            print(f"[labeling] {model_dir} stopped with status {code}; {hint}", file=sys.stderr)
-            sys.exit(code)
+        run_or_exit(command, model_dir)
     return json.loads(metrics_path.read_text())
 
 
@@ -124,11 +129,7 @@ def suggestions(args, folder, first):
         if not paths[signal].exists():
             command = [sys.executable, "-m", "gmvae_keras.suggest", f"--model_dir={first}", f"--count={args.count}"]
             command += [f"--signal={signal}", f"--out={paths[signal]}"]
-            print(f"[labeling] {' '.join(command)}", flush=True)
-            code = run_seed(command)
-            if code != 0:
-                print(f"[labeling] suggest on {first} stopped with status {code}", file=sys.stderr)
-                sys.exit(code)
+            run_or_exit(command, f"suggest on {first}")
     return paths
 
 
