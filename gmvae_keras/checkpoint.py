@@ -12,6 +12,7 @@ Layout of a run directory:
     logs/                  TensorBoard
     export/                SavedModel
     figures/               PNGs of `python -m gmvae_keras.figures`
+    .lock                  held by the training that writes the run (`run_lock`)
 
 Every file is written under a temporary name and renamed into place, so a
 run killed at any moment leaves the previous version intact. `state.json`
@@ -19,11 +20,17 @@ is written after the checkpoint it names, and older checkpoints are removed
 only after that, so the state never points at a missing or newer file.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked
+    fcntl = None
 
 import keras
 
@@ -87,6 +94,37 @@ def load_model(path):
     except Exception as e:  # a truncated zip, a foreign model, a newer format: the file is unusable
         message = " ".join(str(e).split())[:200]
         raise RunError(f"cannot load the model {path}: {type(e).__name__}: {message}") from None
+
+
+@contextlib.contextmanager
+def run_lock(model_dir):
+    """Holds `model_dir/.lock` (creating the folder) while a training writes the run.
+
+    A second training of the same folder, such as the same command started
+    twice, gets RunError instead of interleaving its checkpoints with the
+    first's or clearing them (`--overwrite`). The operating system lets go of
+    the lock when the process ends, even when it is killed, so no stale lock
+    outlives a run. Where the file system or platform has no locks
+    (`flock`), nothing is held.
+    """
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(model_dir) / ".lock", "a+") as f:
+        try:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunError(
+                f"{model_dir} is being written by another training (process {holder}); "
+                "wait for it to end or choose another --model_dir"
+            ) from None
+        except OSError:  # a file system without locks
+            pass
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
 
 
 class CheckpointWriteError(RuntimeError):

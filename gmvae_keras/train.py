@@ -1,5 +1,6 @@
 """`train_and_evaluate(config, model_dir)`: one training run, start to finish."""
 
+import contextlib
 import dataclasses
 import functools
 import shutil
@@ -240,30 +241,31 @@ def _train_and_evaluate(config, model_dir):
     state = ckpt.initial_state() if start_afresh else ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
     source = None if state.get("checkpoint") else _init_source(config, data)  # a resumed run has its own weights
     train_dataset, steps = _train_batches(strategy, data, config, state["epoch"])
-    # Checks are over: from here on the run directory is written (by the chief only).
-    if chief:
-        _prepare_run_dir(model_dir, config, data, start_afresh)
-        note = _precision_note(config)
-        if note:
-            print(note, flush=True)
-    model = _build_or_restore(strategy, config, data, model_dir, state, steps, source)
-    checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, _monitor(config))
-    if state["epoch"] < config.epochs:
-        model.fit(
-            train_dataset,
-            epochs=config.epochs,
-            initial_epoch=state["epoch"],
-            steps_per_epoch=steps,
-            callbacks=_callbacks(config, data, model_dir, checkpointer, chief),
-            verbose=config.verbose if chief else 0,
-            shuffle=False,  # the pipeline shuffles
-        )
-    if not chief:
-        return {}
-    best = ckpt.load_model(checkpointer.best_path) if checkpointer.best_path.exists() else model
-    metrics = _final_metrics(config, data, state, model, best)
-    export_saved_model(best, model_dir / "export", data.class_names)
-    ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
+    # Checks are over: from here on the run directory is written (by the chief only, holding it).
+    with ckpt.run_lock(model_dir) if chief else contextlib.nullcontext():
+        if chief:
+            _prepare_run_dir(model_dir, config, data, start_afresh)
+            note = _precision_note(config)
+            if note:
+                print(note, flush=True)
+        model = _build_or_restore(strategy, config, data, model_dir, state, steps, source)
+        checkpointer = ckpt.RunCheckpoint(model_dir, state, config.batch_size, _monitor(config))
+        if state["epoch"] < config.epochs:
+            model.fit(
+                train_dataset,
+                epochs=config.epochs,
+                initial_epoch=state["epoch"],
+                steps_per_epoch=steps,
+                callbacks=_callbacks(config, data, model_dir, checkpointer, chief),
+                verbose=config.verbose if chief else 0,
+                shuffle=False,  # the pipeline shuffles
+            )
+        if not chief:
+            return {}
+        best = ckpt.load_model(checkpointer.best_path) if checkpointer.best_path.exists() else model
+        metrics = _final_metrics(config, data, state, model, best)
+        export_saved_model(best, model_dir / "export", data.class_names)
+        ckpt.atomic_write_json(model_dir / "metrics.json", metrics)
     summary = _summary(metrics, config.mode == "clustering")
     print(f"done: {summary}run in {model_dir}, SavedModel in {model_dir / 'export'}", flush=True)
     return metrics

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from gmvae_keras import checkpoint as ckpt
 from gmvae_keras import flagfiles, prediction
 from gmvae_keras.config import Config, ConfigError
 from gmvae_keras.data import DataError
@@ -193,6 +194,27 @@ def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
     with pytest.raises(RunError, match=r"--margin=1.0 there, 3.0 now.*--k=3 there, 2 now.*--overwrite"):
         train_and_evaluate(other, model_dir)
     assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == before
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_run_another_training_writes_is_refused_and_left_alone(finished_run, overwrite):
+    model_dir, config, _, _ = finished_run
+    other = Config(**{**config.to_dict(), "margin": 3.0, "overwrite": True}) if overwrite else config
+    with ckpt.run_lock(model_dir):  # the other training, still going
+        before = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
+        with pytest.raises(RunError, match=rf"is being written by another training \(process {os.getpid()}\)"):
+            train_and_evaluate(other, model_dir)
+        assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == before
+
+
+def test_the_run_lock_is_let_go_at_the_end_and_on_errors(tmp_path):
+    model_dir = tmp_path / "new" / "run"
+    with pytest.raises(KeyError), ckpt.run_lock(model_dir):
+        with pytest.raises(RunError, match="another training"), ckpt.run_lock(model_dir):
+            pass
+        raise KeyError("a training that failed")
+    with ckpt.run_lock(model_dir):
+        assert (model_dir / ".lock").read_text() == f"{os.getpid()}\n"
 
 
 @pytest.mark.parametrize(
