@@ -23,11 +23,12 @@ def test_gumbel_softmax_samples_sum_to_one_and_follow_softmax():
     np.testing.assert_allclose(frequencies, [0.6, 0.3, 0.1], atol=0.015)
 
 
-def test_gumbel_softmax_is_deterministic_softmax_at_inference():
-    layer = GumbelSoftmax(seed=1)
+def test_gumbel_softmax_is_deterministic_softmax_at_inference_whatever_the_temperature():
+    layer = GumbelSoftmax(temperature=0.5, seed=1)
     logits = np.array([[1.0, 2.0, 0.5]], "float32")
     out = layer(logits, training=False).numpy()
     np.testing.assert_allclose(out, tf.nn.softmax(logits).numpy(), rtol=1e-6)
+    layer.temperature.assign(0.3)  # annealed: q(y|x̂) at inference stays the softmax of the logits
     np.testing.assert_array_equal(out, layer(logits, training=False).numpy())
 
 
@@ -124,6 +125,17 @@ def test_network_output_shapes():
     assert Decoder((32, 32, 3), 20)(_images((20,))).shape == (3, 32, 32, 3)
     _, variance = GaussianPrior(5)(_images((10,)) - 5.0)
     assert np.all(variance.numpy() > 0)
+
+
+@pytest.mark.parametrize("name", ["encoder_28", "encoder_32", "decoder_28", "decoder_32"])
+def test_a_networks_output_for_an_image_does_not_depend_on_its_batch_at_inference(name):
+    factory, (inputs,) = CASES[name]
+    network = factory()
+    whole = network(inputs, training=False).numpy()  # BatchNorm on its moving statistics, not the batch's
+    moving = [v.numpy() for v in network.non_trainable_variables]
+    np.testing.assert_allclose(network(inputs[:1], training=False).numpy(), whole[:1], rtol=1e-5, atol=1e-6)
+    for before, after in zip(moving, network.non_trainable_variables, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())
 
 
 def test_variance_heads_are_a_softplus_of_their_dense_layer_plus_the_floor():

@@ -154,6 +154,9 @@ def test_knn_prediction_votes_among_the_stored_labeled_images():
     )
     np.testing.assert_array_equal(prediction.predict_labels(model, images), shifted)
     assert not np.array_equal(shifted, expected)
+    # A labeled set given to the call is voted among instead of the stored one.
+    given = prediction.predict_labels(model, images, labeled_set=(images[6:], labels[6:]))
+    np.testing.assert_array_equal(given, expected)
     with pytest.raises(ValueError, match="for prediction='knn'"):
         tiny_model().set_labeled_set(images[6:], labels[6:])
 

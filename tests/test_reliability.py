@@ -242,6 +242,22 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(mnist_files
     assert metrics["epochs"] == 3
 
 
+def test_the_best_model_is_the_epoch_with_the_lowest_validation_error(tmp_path):
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False)(inputs))
+    state = ckpt.initial_state()
+    checkpointer = ckpt.RunCheckpoint(tmp_path, state, batch_size=2)
+    checkpointer.set_model(model)
+    for epoch, val_error in enumerate([30.0, 10.0, 20.0]):
+        model.set_weights([np.full((1, 1), epoch, "float32")])  # marks the epoch
+        checkpointer.on_epoch_begin(epoch)
+        checkpointer.on_train_batch_end(0)
+        checkpointer.on_epoch_end(epoch, {"val_error": val_error})
+    assert (state["best_epoch"], state["best_value"], state["epoch"]) == (2, 10.0, 3)
+    assert keras.saving.load_model(checkpointer.best_path).get_weights()[0][0, 0] == 1
+    assert keras.saving.load_model(ckpt.last_checkpoint(tmp_path, state)).get_weights()[0][0, 0] == 2
+
+
 def test_export_rejects_wrong_shape_dtype_and_range(tmp_path):
     model = build_model(Config(feature_size=8, latent_size=4), 10, (28, 28, 1), steps_per_epoch=1)
     export_saved_model(model, tmp_path / "export")

@@ -177,6 +177,23 @@ def test_saved_model_serves_without_gmvae_keras(finished_run, tmp_path):
     assert "signature_def['serving_default']" in shown and "probabilities" in shown
 
 
+def test_metrics_score_the_best_model_as_best_and_the_last_as_last(finished_run):
+    from gmvae_keras import train
+
+    model_dir, config, _, _ = finished_run
+    data = train.load_data(config)
+    best, last = (ckpt.load_model(model_dir / "best.keras") for _ in range(2))
+    rng = np.random.default_rng(0)  # another model than the best
+    last.set_weights([rng.permutation(w.ravel()).reshape(w.shape) for w in last.get_weights()])
+    metrics = train._final_metrics(config, data, ckpt.read_json(model_dir / "state.json"), last, best)
+    splits = (("val", data.val_images, data.val_labels), ("test", data.test_images, data.test_labels))
+    for which, model in (("best", best), ("last", last)):
+        for split, images, labels in splits:
+            scores = train._scores(model, images, labels, data, config.eval_batch_size, split)
+            assert {k: metrics[f"{k}_{which}"] for k in scores} == scores
+    assert metrics["val_nmi_best"] != metrics["val_nmi_last"]
+
+
 def test_export_command_reexports_a_run(finished_run, tmp_path):
     from gmvae_keras.export import main as export_main
 
