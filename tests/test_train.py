@@ -204,13 +204,18 @@ def test_export_command_reexports_a_run(finished_run, tmp_path):
     assert export_main(["--model_dir", str(tmp_path / "nothing")]) == 2
 
 
+def _mtimes(folder):
+    """Each file's and folder's modification time: what a refused run must leave as it was."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
 def test_resuming_with_other_flags_is_refused_and_writes_nothing(finished_run):
     model_dir, config, _, _ = finished_run
-    before = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
+    before = _mtimes(model_dir)
     other = Config(**{**config.to_dict(), "margin": 3.0, "k": 2})
     with pytest.raises(RunError, match=r"--margin=1.0 there, 3.0 now.*--k=3 there, 2 now.*--overwrite"):
         train_and_evaluate(other, model_dir)
-    assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == before
+    assert _mtimes(model_dir) == before
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -218,10 +223,10 @@ def test_a_run_another_training_writes_is_refused_and_left_alone(finished_run, o
     model_dir, config, _, _ = finished_run
     other = Config(**{**config.to_dict(), "margin": 3.0, "overwrite": True}) if overwrite else config
     with ckpt.run_lock(model_dir):  # the other training, still going
-        before = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
+        before = _mtimes(model_dir)
         with pytest.raises(RunError, match=rf"is being written by another training \(process {os.getpid()}\)"):
             train_and_evaluate(other, model_dir)
-        assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == before
+        assert _mtimes(model_dir) == before
 
 
 def test_the_run_lock_is_let_go_at_the_end_and_on_errors(tmp_path):
