@@ -1,31 +1,33 @@
 """Which images to label next: a ranking of a run's unlabeled images, and the CSV that carries it.
 
-`rank` combines two signals of a trained model, both read without labels:
+`rank` reads two signals of a trained model, both without labels:
 
 - *uncertainty*: one minus the margin between the two largest shares of the
   k-NN vote among the labeled images' features (eq. 8), the vote L_A trains
   q(y|x̂) with;
-- *coverage*: k-means on x̂ of the unlabeled and the labeled images together,
-  `count` clusters, one per pick. In a cluster that holds no labeled image
-  the vote is cast by another region's labels: it can be sure and wrong,
-  which is how a class merges into its neighbour, so such a cluster counts
-  every image as fully uncertain, so its priority is its size and it
-  usually outranks a covered one. With as many clusters as picks, every
-  uncovered cluster gets a pick and the rest of the picks go to the covered
-  clusters whose vote is least sure.
+- *coverage*: k-means on x̂ of the unlabeled and the labeled images together.
+  In a cluster that holds no labeled image the vote is cast by another
+  region's labels: it can be sure and wrong, which is how a class merges into
+  its neighbour.
 
 A cluster's priority is its summed uncertainty; the clusters are taken in
 decreasing priority, one pick each (the spread rule: no two suggestions share
 a cluster while a cluster with unlabeled images has none), so the ranking does
-not return near-copies of one confusing image. An uncovered cluster gives its
-most typical image (nearest its centre: its label speaks for the cluster), a
-covered one its most uncertain image. `signal="uncertainty"` or `"coverage"`
-keeps one signal alone, for comparisons. These two take `num_labeled + count`
-clusters: at most `num_labeled` hold a labeled image, so `coverage` has an
-uncovered cluster for every pick (the typical image of the largest uncovered
-groups first), and `uncertainty` spreads its picks more finely.
-`signal="farthest"` uses neither: `farthest_first` picks, one at a time, the
-image farthest in x̂ from the labeled images and the earlier picks (greedy
+not return near-copies of one confusing image. A covered cluster gives its
+most uncertain image, an uncovered one its most typical (nearest its centre:
+its label speaks for the cluster).
+
+`signal` says how the two combine. `"uncertainty"`, the default (its second
+round had the lowest validation error on the tuning seeds), takes `num_labeled + count` clusters,
+all counted as covered: the least sure votes, one per cluster. `"coverage"`
+takes as many clusters; at most `num_labeled` hold a labeled image, so there
+is an uncovered cluster for every pick, the typical images of the largest
+uncovered groups first. `"both"` takes `count` clusters, one per pick: an
+uncovered cluster counts every image as fully uncertain, so its priority is
+its size and it usually outranks a covered one; every uncovered cluster gets a
+pick and the rest go to the covered clusters whose vote is least sure.
+`"farthest"` uses neither: `farthest_first` picks, one at a time, the image
+farthest in x̂ from the labeled images and the earlier picks (greedy
 k-center, the core-set rule), where the vote's nearest labels are farthest
 away; no two of its picks are nearer to each other than the last pick's score.
 
@@ -46,7 +48,7 @@ import numpy as np
 
 from gmvae_keras import losses
 
-SIGNALS = ("both", "uncertainty", "coverage", "farthest")
+SIGNALS = ("uncertainty", "both", "coverage", "farthest")
 
 
 class LabelingError(ValueError):
@@ -81,7 +83,9 @@ def vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k,
     return (1.0 - margin).astype(np.float64), shares.argmax(axis=-1)
 
 
-def rank(features, labeled_features, labeled_labels, classifier_classes, count, num_classes, k, signal="both", seed=0):
+def rank(
+    features, labeled_features, labeled_labels, classifier_classes, count, num_classes, k, signal="uncertainty", seed=0
+):
     """The `count` unlabeled images to label next, best first.
 
     Args:
@@ -91,10 +95,11 @@ def rank(features, labeled_features, labeled_labels, classifier_classes, count, 
         classifier_classes: `[n]` argmax q(y|x̂) of the unlabeled images.
         count: suggestions wanted, 1 <= count <= n.
         num_classes, k: the classes and the vote's neighbours.
-        signal: "both" (the module docstring), "uncertainty" (every cluster
-            counts as covered) or "coverage" (every image counts as certain
-            outside the uncovered clusters, which are ranked by size); the
-            last two with `m + count` clusters. "farthest": `farthest_first`.
+        signal: "uncertainty" (every cluster counts as covered), "coverage"
+            (every image counts as certain outside the uncovered clusters,
+            which are ranked by size), both with `m + count` clusters;
+            "both" with `count` clusters; "farthest": `farthest_first`. The
+            module docstring says more.
         seed: k-means' seed.
 
     Returns:

@@ -1,8 +1,8 @@
 """Command line: `python -m gmvae_keras.suggest --model_dir=RUN --count=N [--out=FILE]`: which images to label next.
 
 Ranks a finished semi-supervised run's unlabeled images (`gmvae_keras.labeling`;
-by default `--signal=both`: feature clusters that no labeled image is in, then
-the least sure k-NN votes, one pick per cluster) through the run's SavedModel (`RUN/export`), and
+by default `--signal=uncertainty`: the least sure k-NN votes, one pick per
+cluster of the features) through the run's SavedModel (`RUN/export`), and
 writes a CSV (`labeling.write_csv`) to standard output or `--out`. A folder
 run ranks the files of its `unlabeled/` (label them by moving them into
 `labeled/<class>/`); a built-in data set's run ranks its train split, each
@@ -125,7 +125,7 @@ def _encode_train_split(loaded, model_dir, config, count, batch_size, print_fn):
     return {"outputs": through(data.train_images[rows]), **labeled, "names": None, "rows": data.train_rows[rows]}
 
 
-def suggest(model_dir, count, signal="both", print_fn=None):
+def suggest(model_dir, count, signal="uncertainty", print_fn=None):
     """`(picks of labeling.rank, encoded images of unlabeled_features, class names)` of a finished run."""
     from gmvae_keras import labeling
     from gmvae_keras.checkpoint import read_json
@@ -165,7 +165,7 @@ def main(argv=None):
     parser.add_argument("--model_dir", required=True, help="a finished run of gmvae_keras.main (reads RUN/export)")
     parser.add_argument("--count", required=True, type=int, help="how many images to suggest")
     parser.add_argument("--out", default=None, help="write the CSV here instead of standard output")
-    parser.add_argument("--signal", default="both", choices=SIGNALS, help="what ranks the images (see labeling)")
+    parser.add_argument("--signal", default="uncertainty", choices=SIGNALS, help="what ranks the images (see labeling)")
     args = parser.parse_args(argv)
     from gmvae_keras import labeling, paths
     from gmvae_keras.config import ConfigError, RunError

@@ -47,7 +47,7 @@ def test_uncertainty_is_one_minus_the_margin_between_the_votes_two_largest_share
 
 def test_the_picks_cover_the_unlabeled_group_and_take_one_of_the_near_copies():
     features, labeled, labels, parts = _scene()
-    picks = _rank(features, labeled, labels, count=6)
+    picks = _rank(features, labeled, labels, count=6, signal="both")
     chosen = picks["index"]
     assert len(set(chosen.tolist())) == 6
     # The group no labeled image is near is suggested, and said to be uncovered.
@@ -61,7 +61,7 @@ def test_the_picks_cover_the_unlabeled_group_and_take_one_of_the_near_copies():
 
 def test_both_covers_the_uncovered_groups_first_then_asks_the_least_sure_votes_among_the_covered():
     features, labeled, labels, parts = _scene()
-    picks = _rank(features, labeled, labels, count=6)
+    picks = _rank(features, labeled, labels, count=6, signal="both")
     kinds = picks["signal"].tolist()
     # As many clusters as picks: the far group and the clump have no labeled image and come first; the rest of the
     # picks are the covered clusters' least sure images, not more clusters of the far group.
@@ -99,6 +99,15 @@ def test_clusters_give_their_preferred_row_by_priority_and_a_second_only_after_e
     preference = np.array([0.1, 0.7, 0.3, 0.2, 0.9, 0.5])
     np.testing.assert_array_equal(labeling._one_per_cluster(clusters, priority, preference, 6), [4, 1, 5, 3, 2, 0])
     np.testing.assert_array_equal(labeling._one_per_cluster(clusters, priority, preference, 2), [4, 1])
+
+
+def test_the_default_ranking_takes_the_least_sure_votes_one_per_cluster():
+    features, labeled, labels, parts = _scene()
+    picks = _rank(features, labeled, labels, count=6)
+    assert "uncovered" not in picks["signal"].tolist()
+    # The clump's vote is split evenly: its cluster leads, and its 30 near-copies give one suggestion.
+    assert picks["index"][0] in parts["clump"] and np.isin(picks["index"], parts["clump"]).sum() == 1
+    assert len(set(picks["cluster"].tolist())) == 6 and np.all(np.diff(picks["score"]) <= 0)
 
 
 def test_uncertainty_alone_sees_no_uncovered_group_and_coverage_alone_takes_the_largest_first():
@@ -227,7 +236,18 @@ def test_suggest_ranks_unlabeled_train_rows_of_the_run_with_its_predictions(tiny
     label = served(images=tf.constant(data.train_images[positions]))["label"].numpy()
     assert [r["predicted"] for r in rows] == [data.class_names[c] for c in label]
     assert len({r["cluster"] for r in rows}) == 6
-    assert {r["signal"] for r in rows} <= {"uncovered", "uncertain", "disagreement"}
+    # The default ranking is uncertainty's, which counts every cluster as covered.
+    assert {r["signal"] for r in rows} <= {"uncertain", "disagreement"}
+
+
+def test_suggest_ranks_by_uncertainty_unless_told_otherwise(tiny_run, suggested, tmp_path):
+    out, _ = suggested
+    for signal, same in (("uncertainty", True), ("coverage", False)):
+        assert (
+            suggest.main([f"--model_dir={tiny_run}", "--count=6", f"--out={tmp_path / signal}", f"--signal={signal}"])
+            == 0
+        )
+        assert ((tmp_path / signal).read_text() == out.read_text()) is same
 
 
 def test_a_second_round_adds_the_suggestions_and_starts_from_the_first_rounds_weights(tiny_run, suggested, tmp_path):
@@ -381,25 +401,26 @@ def test_simulate_labeling_runs_the_loop_and_its_baselines(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(summary["runs"]["0"]) == {"first", "suggested-both", "init_from-both", "balanced", "uniform"}
-    assert set(summary["runs"]["0"]["suggested-both"]) == {"val_error_best", "test_error_best", "train_seconds"}
+    runs = {"first", "suggested-uncertainty", "init_from-uncertainty", "balanced", "uniform"}
+    assert set(summary["runs"]["0"]) == runs
+    assert set(summary["runs"]["0"]["suggested-uncertainty"]) == {"val_error_best", "test_error_best", "train_seconds"}
     seed = tmp_path / "runs" / "mnist-20+10-paper" / "seed-0"
     data = load_data(read_config(seed / "first"))
     first = np.load(seed / "first" / "labeled_indices.npy")
     added = {}
-    for name in ("suggested-both", "uniform", "balanced"):
+    for name in ("suggested-uncertainty", "uniform", "balanced"):
         rows = labeling.read_indices(seed / f"{name}.csv")
         added[name] = data.train_rows.searchsorted(rows)
         np.testing.assert_array_equal(data.train_rows[added[name]], rows)  # train images, not validation ones
         assert len(rows) == 10 and not set(added[name]) & set(first), name
         labeled = np.load(seed / name / "labeled_indices.npy")
         np.testing.assert_array_equal(labeled, np.union1d(first, added[name]))
-    picked = summary["suggested"]["0"]["both"]  # what the suggestions were, by the true labels
-    assert picked["classes"] == np.bincount(data.train_labels[added["suggested-both"]], minlength=10).tolist()
+    picked = summary["suggested"]["0"]["uncertainty"]  # what the suggestions were, by the true labels
+    assert picked["classes"] == np.bincount(data.train_labels[added["suggested-uncertainty"]], minlength=10).tolist()
     assert sum(picked["signals"].values()) == 10 and 0 <= picked["wrong_in_first"] <= 10
     # The class-balanced draw: one of each of the ten classes on top of the first run's labels.
     np.testing.assert_array_equal(np.bincount(data.train_labels[added["balanced"]], minlength=10), np.ones(10))
-    resumed = json.loads((seed / "init_from-both" / "config.json").read_text())
+    resumed = json.loads((seed / "init_from-uncertainty" / "config.json").read_text())
     assert resumed["init_from"] == str(seed / "first") and resumed["epochs"] == 1
     # Another signal is compared against the same first round: the finished runs are read, only its own trains.
     other = [*command[: -1 - len(extra)], "--signals=farthest", "--strategies=suggested", "--", *extra]
