@@ -20,9 +20,9 @@ its label speaks for the cluster).
 `signal` says how the two combine. `"uncertainty"`, the default (its second
 round had the lowest validation error on the tuning seeds), takes
 `num_labeled + count` clusters, all counted as covered: the least sure votes,
-one per cluster. `"coverage"` takes as many clusters; at most `num_labeled` hold a labeled image, so there
-is an uncovered cluster for every pick, the typical images of the largest
-uncovered groups first. `"both"` takes `count` clusters, one per pick: an
+one per cluster. `"coverage"` takes as many clusters; at most `num_labeled`
+hold a labeled image, so there is an uncovered cluster for every pick, the
+typical images of the largest uncovered groups first. `"both"` takes `count` clusters, one per pick: an
 uncovered cluster counts every image as fully uncertain, so its priority is
 its size and it usually outranks a covered one; every uncovered cluster gets a
 pick and the rest go to the covered clusters whose vote is least sure.
