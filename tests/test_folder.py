@@ -380,16 +380,19 @@ def test_the_bytes_signature_gives_the_array_signatures_probabilities(folder_run
     assert served["probabilities"].shape == (1, 3)
 
 
-def test_predict_refuses_bad_arguments_in_one_line(folder_run, tmp_path):
+def test_predict_refuses_bad_arguments_in_one_line(folder_run, tmp_path, capsys):
+    # In this process: tests/test_quiet.py checks that no start-up notice joins the line in a fresh one.
+    from gmvae_keras import predict
+
     _, model_dir, _ = folder_run
     for args, message in (
         ([f"--model_dir={model_dir}", str(tmp_path / "missing")], "does not exist"),
         ([f"--model_dir={tmp_path}", str(tmp_path)], "no SavedModel in"),
         ([f"--model_dir={model_dir}", str(tmp_path)], "no image files"),
     ):
-        done = subprocess.run([sys.executable, "-m", "gmvae_keras.predict", *args], capture_output=True, text=True)
-        assert done.returncode == 2, args
-        assert message in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+        assert predict.main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.strip().count("\n") == 0, err
 
 
 def test_suggest_lists_files_of_unlabeled_and_refuses_a_folder_without_them(folder_run, tmp_path, capsys):

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -40,159 +38,8 @@ def tiny_config(data_dir, **overrides):
     return conftest_tiny_config(data_dir, **{"epochs": 3, "steps_per_epoch": 3, **overrides})
 
 
-# Run by the kill test in place of `python -m gmvae_keras.main` (same flags): a callback writes a
-# marker after a chosen step of the second epoch and waits there, so that the kill lands inside
-# that epoch however fast or slow the machine is (a sleep after the first epoch can miss it).
-_PAUSING_MAIN = """
-import pathlib
-import time
-
-from gmvae_keras.main import run
-from gmvae_keras import prediction
-
-import keras
-
-marker = pathlib.Path({marker!r})
-
-
-class PauseInSecondEpoch(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch == 1 and batch + 1 == {step}:
-            marker.write_text(str(int(self.model.optimizer.iterations.numpy())))
-            time.sleep(600)  # until killed
-
-
-fit = keras.Model.fit
-
-
-def fit_with_pause(self, *args, callbacks=None, **kwargs):
-    return fit(self, *args, callbacks=[*(callbacks or []), PauseInSecondEpoch()], **kwargs)
-
-
-keras.Model.fit = fit_with_pause
-run()
-"""
-
-
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume(mnist_files, tmp_path):
-    model_dir = tmp_path / "run"
-    steps, pause_step = 6, 3
-    flags = [
-        "--dataset=mnist",
-        f"--data_dir={mnist_files}",
-        "--num_labeled=20",
-        "--batch_size=40",
-        "--k=3",
-        "--feature_size=8",
-        "--latent_size=4",
-        "--epochs=3",
-        f"--steps_per_epoch={steps}",
-        "--verbose=0",
-        "--image_summary_every=0",
-        f"--model_dir={model_dir}",
-    ]
-    marker = tmp_path / "paused"
-    pausing_main = tmp_path / "pausing_main.py"
-    pausing_main.write_text(_PAUSING_MAIN.format(marker=str(marker), step=pause_step))
-    process = subprocess.Popen(
-        [sys.executable, str(pausing_main), *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the run did not reach the second epoch in time"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
-    # Killed after step 3 of epoch 2: the first epoch is the last complete one.
-    assert int(marker.read_text()) == steps + pause_step
-    state = ckpt.read_json(model_dir / "state.json")
-    assert state["epoch"] == 1
-    labeled = np.load(model_dir / "labeled_indices.npy")
-    model = keras.saving.load_model(ckpt.last_checkpoint(model_dir, state))
-    assert int(model.optimizer.iterations.numpy()) == steps
-
-    command = [sys.executable, "-m", "gmvae_keras.main", *flags]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=280)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"resuming {model_dir} after epoch 1" in result.stdout
-    assert "epoch 1/3" not in result.stdout and "epoch 2/3" in result.stdout and "epoch 3/3" in result.stdout
-    state = ckpt.read_json(model_dir / "state.json")
-    assert state["epoch"] == 3
-    np.testing.assert_array_equal(np.load(model_dir / "labeled_indices.npy"), labeled)
-    model = keras.saving.load_model(ckpt.last_checkpoint(model_dir, state))
-    assert int(model.optimizer.iterations.numpy()) == steps * 3  # optimizer state carried over
-    assert json.loads((model_dir / "metrics.json").read_text())["epochs"] == 3
-    assert not list(model_dir.rglob(".*.tmp-*"))
-
-
 def _weights(path):
     return keras.saving.load_model(path).get_weights()
-
-
-@pytest.mark.slow
-def test_deterministic_runs_are_identical(mnist_files, tmp_path):
-    """Two runs (two processes, as a user would start them) with one seed."""
-    command = [
-        sys.executable,
-        "-m",
-        "gmvae_keras.main",
-        "--dataset=mnist",
-        f"--data_dir={mnist_files}",
-        "--num_labeled=20",
-        "--batch_size=40",
-        "--k=3",
-        "--feature_size=8",
-        "--latent_size=4",
-        "--epochs=2",
-        "--steps_per_epoch=3",
-        "--verbose=0",
-        "--image_summary_every=0",
-        # A second view for L_A, as in the Fashion-MNIST CPU recipe: its encoder pass runs beside the image's.
-        "--consistency_shift=2",
-        "--consistency_flip=true",
-        "--deterministic",
-    ]
-    outputs = []
-    for name in ("a", "b"):
-        result = subprocess.run(
-            command + [f"--model_dir={tmp_path / name}"], capture_output=True, text=True, timeout=280
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert "done: test error" in result.stdout
-        outputs.append([line for line in result.stdout.splitlines() if line.startswith("epoch ")])
-    # The flagfile of --dataset, then the command line over it.
-    config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert config["margin"] == 2.0 and config["metric_weight"] == 1.0  # from mnist.cfg
-    assert config["latent_size"] == 4 and config["k"] == 3
-    assert all("val_error=" in line and "temperature=" in line for line in outputs[0])
-
-    # Every loss term and metric of every epoch (the summary lines, minus timings).
-    def strip(lines):
-        return [line.split(" time=")[0] for line in lines]
-
-    assert strip(outputs[0]) == strip(outputs[1]) and len(outputs[0]) == 2
-    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    for key in first:
-        if "seconds" not in key and "per_second" not in key:
-            assert first[key] == second[key], key
-    for a, b in zip(
-        _weights(tmp_path / "a" / "checkpoints" / "epoch-0002.keras"),
-        _weights(tmp_path / "b" / "checkpoints" / "epoch-0002.keras"),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(mnist_files, tmp_path, monkeypatch):
@@ -376,14 +223,13 @@ def test_fuzz_lifted_structured_loss(data, batch, dims, pattern, duplicates, mar
 
 # The shipped recipes whose options differ (the paper's; the k-NN vote and balanced assignment; the second view;
 # the batch's L_C with a cosine schedule; the 32×32 network), shrunk to two tiny steps each. The others combine
-# the same options.
+# the same options (Fashion-MNIST's clustering flagfile is MNIST's).
 RECIPE_ARGS = {
     "mnist": ["--dataset=mnist"],
     "mnist-cpu": ["--dataset=mnist", "--settings=cpu"],
     "fashion_mnist-cpu": ["--dataset=fashion_mnist", "--settings=cpu"],
     "fashion_mnist-1000-cpu": ["--dataset=fashion_mnist", "--settings=cpu", "--num_labeled=1000"],
     "mnist-clustering-cpu": ["--dataset=mnist", "--mode=clustering", "--settings=cpu"],
-    "fashion_mnist-clustering-cpu": ["--dataset=fashion_mnist", "--mode=clustering", "--settings=cpu"],
     "svhn": ["--dataset=svhn"],
 }
 RECIPES_SCRIPT = """
@@ -403,7 +249,10 @@ for name, args in recipes.items():
     config = flagfiles.config_from_args(args + tiny + labeled + [f"--data_dir={data[dataset]}"])
     train_and_evaluate(config, f"{out}/{name}")
     model = keras.saving.load_model(f"{out}/{name}/checkpoints/epoch-0001.keras")
-    digests[name] = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights())).hexdigest()
+    # The weights, and every logged loss and score (the test error too), timings aside.
+    metrics = json.load(open(f"{out}/{name}/metrics.json"))
+    scores = json.dumps({k: v for k, v in metrics.items() if "second" not in k}, sort_keys=True).encode()
+    digests[name] = hashlib.sha256(b"".join(w.tobytes() for w in model.get_weights()) + scores).hexdigest()
 print("RESULT " + json.dumps(digests))
 """
 

@@ -71,10 +71,9 @@ def _config(data_dir, **overrides):
     return tiny_values(data_dir, epochs=2, deterministic=True, **{**perturbed, **overrides})
 
 
-def _last_weights(model_dir):
+def _last_checkpoint(model_dir):
     state = ckpt.read_json(model_dir / "state.json")
-    model = keras.saving.load_model(ckpt.last_checkpoint(model_dir, state))
-    return state["epoch"], model.get_weights()
+    return state["epoch"], keras.saving.load_model(ckpt.last_checkpoint(model_dir, state))
 
 
 def _train(script, values, model_dir, devices, *marker):
@@ -104,18 +103,24 @@ def _assert_resume_is_exact(values, tmp_path, devices=1):
         killed.send_signal(signal.SIGKILL)
         killed.communicate()
     assert killed.returncode == -signal.SIGKILL
-    # Killed mid-epoch 2: epoch 1 is checkpointed, nothing was scored.
-    assert ckpt.read_json(tmp_path / "resumed" / "state.json")["epoch"] == 1
+    # Killed mid-epoch 2: epoch 1 is checkpointed with its optimizer state, nothing was scored.
+    killed_epochs, killed_model = _last_checkpoint(tmp_path / "resumed")
+    whole_epochs, whole = _last_checkpoint(tmp_path / "whole")
+    assert whole_epochs == 2 and killed_epochs == 1
+    assert 0 < int(killed_model.optimizer.iterations) < int(whole.optimizer.iterations)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
+    labeled = np.load(tmp_path / "resumed" / "labeled_indices.npy")
     out = _finished(_train(script, values, tmp_path / "resumed", devices))
     _, resume_line, after_resume = out.partition(f"resuming {tmp_path / 'resumed'} after epoch 1")
-    assert resume_line and "epoch 2/2" in after_resume
+    assert resume_line and "epoch 2/2" in after_resume and "epoch 1/2" not in after_resume
     assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["epochs"] == 2
-    whole_epochs, whole = _last_weights(tmp_path / "whole")
-    resumed_epochs, resumed = _last_weights(tmp_path / "resumed")
-    assert whole_epochs == resumed_epochs == 2
-    differ = [i for i, (a, b) in enumerate(zip(whole, resumed, strict=True)) if not np.array_equal(a, b)]
-    assert not differ, f"{len(differ)} of {len(whole)} weights differ after the resume"
+    np.testing.assert_array_equal(np.load(tmp_path / "resumed" / "labeled_indices.npy"), labeled)
+    assert not list((tmp_path / "resumed").rglob(".*.tmp-*"))  # no half-written file left by the kill
+    resumed_epochs, resumed = _last_checkpoint(tmp_path / "resumed")
+    assert resumed_epochs == 2 and int(resumed.optimizer.iterations) == int(whole.optimizer.iterations)
+    pairs = list(zip(whole.get_weights(), resumed.get_weights(), strict=True))
+    differ = [i for i, (a, b) in enumerate(pairs) if not np.array_equal(a, b)]
+    assert not differ, f"{len(differ)} of {len(pairs)} weights differ after the resume"
 
 
 @pytest.mark.slow
