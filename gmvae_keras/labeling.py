@@ -48,6 +48,7 @@ import numpy as np
 
 from gmvae_keras import losses
 
+# The rankings of `rank`; the first is the default of `rank`, `suggest` and tools/simulate_labeling.py.
 SIGNALS = ("uncertainty", "both", "coverage", "farthest")
 
 
@@ -84,7 +85,7 @@ def vote_uncertainty(features, labeled_features, labeled_labels, num_classes, k,
 
 
 def rank(
-    features, labeled_features, labeled_labels, classifier_classes, count, num_classes, k, signal="uncertainty", seed=0
+    features, labeled_features, labeled_labels, classifier_classes, count, num_classes, k, signal=SIGNALS[0], seed=0
 ):
     """The `count` unlabeled images to label next, best first.
 

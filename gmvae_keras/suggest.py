@@ -125,8 +125,9 @@ def _encode_train_split(loaded, model_dir, config, count, batch_size, print_fn):
     return {"outputs": through(data.train_images[rows]), **labeled, "names": None, "rows": data.train_rows[rows]}
 
 
-def suggest(model_dir, count, signal="uncertainty", print_fn=None):
-    """`(picks of labeling.rank, encoded images of unlabeled_features, class names)` of a finished run."""
+def suggest(model_dir, count, signal=None, print_fn=None):
+    """`(picks of labeling.rank, encoded images of unlabeled_features, class names)` of a finished run; `signal`
+    defaults to `labeling.rank`'s."""
     from gmvae_keras import labeling
     from gmvae_keras.checkpoint import read_json
     from gmvae_keras.config import read_config
@@ -151,7 +152,7 @@ def suggest(model_dir, count, signal="uncertainty", print_fn=None):
         count,
         len(class_names),
         config.k,
-        signal=signal,
+        signal=signal or labeling.SIGNALS[0],
         seed=config.seed,
     )
     return picks, encoded, class_names
@@ -165,7 +166,7 @@ def main(argv=None):
     parser.add_argument("--model_dir", required=True, help="a finished run of gmvae_keras.main (reads RUN/export)")
     parser.add_argument("--count", required=True, type=int, help="how many images to suggest")
     parser.add_argument("--out", default=None, help="write the CSV here instead of standard output")
-    parser.add_argument("--signal", default="uncertainty", choices=SIGNALS, help="what ranks the images (see labeling)")
+    parser.add_argument("--signal", default=SIGNALS[0], choices=SIGNALS, help="what ranks the images (see labeling)")
     args = parser.parse_args(argv)
     from gmvae_keras import labeling, paths
     from gmvae_keras.config import ConfigError, RunError

@@ -55,9 +55,7 @@ def parse_args(argv):
     parser.add_argument("--count", type=int, default=100, help="N, the labels added in the second round")
     parser.add_argument("--seeds", default="10-12", help="as tools/reproduce.py: N, A-B or A,B,C")
     parser.add_argument("--settings", choices=["paper", "cpu"], default="cpu")
-    parser.add_argument(
-        "--signals", default="uncertainty", help="suggest's rankings to compare, of " + ", ".join(SIGNALS)
-    )
+    parser.add_argument("--signals", default=SIGNALS[0], help="suggest's rankings to compare, of " + ", ".join(SIGNALS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="of " + ", ".join(STRATEGIES))
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--runs_dir", default="runs/labeling")
