@@ -230,6 +230,12 @@ def _precision_note(config):
     )
 
 
+def _check_state_unchanged(model_dir, state, start_afresh):
+    """Under the run's lock: the state read before it is still the run's, so no other training went on with it."""
+    if not start_afresh and ckpt.read_json(model_dir / "state.json", ckpt.initial_state()) != state:
+        raise RunError(f"{model_dir} was written by another training while this one started; start it again")
+
+
 def _train_and_evaluate(config, model_dir):
     """`train_and_evaluate` of a validated `config`, under its dtype policy: the run's steps."""
     # Created before any other TensorFlow work: multi-worker collectives need it.
@@ -244,6 +250,7 @@ def _train_and_evaluate(config, model_dir):
     # Checks are over: from here on the run directory is written (by the chief only, holding it).
     with ckpt.run_lock(model_dir) if chief else contextlib.nullcontext():
         if chief:
+            _check_state_unchanged(model_dir, state, start_afresh)
             _prepare_run_dir(model_dir, config, data, start_afresh)
             note = _precision_note(config)
             if note:

@@ -229,6 +229,31 @@ def test_a_run_another_training_writes_is_refused_and_left_alone(finished_run, o
         assert _mtimes(model_dir) == before
 
 
+def test_a_run_another_training_went_on_with_before_the_lock_is_refused(finished_run, tmp_path, monkeypatch):
+    import contextlib
+    import shutil
+
+    model_dir, config, _, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    other_state = {**ckpt.read_json(run / "state.json"), "epoch": 3}
+    lock = ckpt.run_lock
+
+    before = {}
+
+    @contextlib.contextmanager
+    def lock_taken_after_another_training(path):
+        ckpt.atomic_write_json(path / "state.json", other_state)  # it trained epoch 3 meanwhile, and let go
+        with lock(path):
+            before.update(_mtimes(path))
+            yield
+
+    monkeypatch.setattr(ckpt, "run_lock", lock_taken_after_another_training)
+    with pytest.raises(RunError, match="was written by another training while this one started"):
+        train_and_evaluate(Config(**{**config.to_dict(), "epochs": 3}), run)
+    assert before and _mtimes(run) == before
+
+
 def test_the_run_lock_is_let_go_at_the_end_and_on_errors(tmp_path):
     model_dir = tmp_path / "new" / "run"
     with pytest.raises(KeyError), ckpt.run_lock(model_dir):
