@@ -230,9 +230,14 @@ def _precision_note(config):
     )
 
 
+def _run_state(model_dir, start_afresh):
+    """The state the run goes on from: its `state.json`, or a new one for a run without it or started afresh."""
+    return ckpt.initial_state() if start_afresh else ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
+
+
 def _check_state_unchanged(model_dir, state, start_afresh):
     """Under the run's lock: the state read before it is still the run's, so no other training went on with it."""
-    if not start_afresh and ckpt.read_json(model_dir / "state.json", ckpt.initial_state()) != state:
+    if _run_state(model_dir, start_afresh) != state:
         raise RunError(f"{model_dir} was written by another training while this one started; start it again")
 
 
@@ -244,7 +249,7 @@ def _train_and_evaluate(config, model_dir):
     config, data = _checked_inputs(config, model_dir, chief)
     start_afresh = _check_run_dir(config, model_dir)
     # The batches start at the epoch the run resumes after; a run started afresh forgets its old state.
-    state = ckpt.initial_state() if start_afresh else ckpt.read_json(model_dir / "state.json", ckpt.initial_state())
+    state = _run_state(model_dir, start_afresh)
     source = None if state.get("checkpoint") else _init_source(config, data)  # a resumed run has its own weights
     train_dataset, steps = _train_batches(strategy, data, config, state["epoch"])
     # Checks are over: from here on the run directory is written (by the chief only, holding it).
