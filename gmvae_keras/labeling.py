@@ -178,19 +178,24 @@ def _one_per_cluster(clusters, priority, preference, count):
     """`count` rows: each cluster's preferred row in decreasing cluster priority, then each one's next, and so on."""
     order = np.lexsort((-preference, clusters))  # grouped by cluster, the preferred row first
     grouped = clusters[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
-    turn = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    return order[np.lexsort((-priority[grouped], turn))[:count]]
+    return order[np.lexsort((-priority[grouped], _turns(grouped)))[:count]]
 
 
 def _capped(order, classes, cap, count):
     """The first `count` rows of `order` that are among the first `cap` of their class in it; rows beyond a cap
     follow in order when the classes have too few rows to fill `count`."""
-    turn = np.zeros(len(order), np.int64)
-    ordered = classes[order]
-    for value in np.unique(ordered):
-        turn[ordered == value] = np.arange((ordered == value).sum())
+    turn = _turns(classes[order])
     return np.concatenate([order[turn < cap], order[turn >= cap]])[:count]
+
+
+def _turns(keys):
+    """For each position of `keys`, how many positions before it hold the same key."""
+    order = np.argsort(keys, kind="stable")
+    grouped = keys[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+    turns = np.empty(len(keys), np.int64)
+    turns[order] = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
+    return turns
 
 
 def write_csv(out, picks, predicted, class_names, names=None, rows=None):
