@@ -418,7 +418,12 @@ def test_clustering_cpu_settings_follow_the_papers_clustering_settings(dataset):
     )
     # Still §5.3.1's everywhere else, and without labels.
     assert (config.batch_size, config.gaussian_weight, config.reconstruction) == (64, 5.0, "bce")
-    assert (config.num_labeled, config.assignment_weight, config.metric_weight) == (0, 0.0, 0.0)
+    assert (config.num_labeled, config.metric_weight) == (0, 0.0)
+    # MNIST's adds the mixture over x̂ as L_A's target; Fashion-MNIST's has no L_A.
+    mixture = (2, 1.0) if dataset == "mnist" else (0, 0.0)
+    assert (config.feature_clusters, config.assignment_weight) == mixture
+    paper = config_from_args([f"--dataset={dataset}", "--mode=clustering"])
+    assert (paper.feature_clusters, paper.assignment_weight) == (0, 0.0)
     # The paper's clustering settings keep the paper's per-image L_C.
     assert config_from_args([f"--dataset={dataset}", "--mode=clustering"]).categorical_kl == "image"
 
