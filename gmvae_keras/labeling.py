@@ -26,9 +26,6 @@ typical images of the largest uncovered groups first. `"both"` takes `count` clu
 uncovered cluster counts every image as fully uncertain, so its priority is
 its size and it usually outranks a covered one; every uncovered cluster gets a
 pick and the rest go to the covered clusters whose vote is least sure.
-`"uncertainty_per_class"` ranks as `"uncertainty"` but takes at most
-`ceil(count / num_classes)` images of each class of the vote, so the picks
-are not all from the classes whose votes are least sure (`_capped`).
 `"farthest"` uses neither: `farthest_first` picks, one at a time, the image
 farthest in x̂ from the labeled images and the earlier picks (greedy
 k-center, the core-set rule), where the vote's nearest labels are farthest
@@ -52,7 +49,7 @@ import numpy as np
 from gmvae_keras import losses
 
 # The rankings of `rank`; the first is the default of `rank`, `suggest` and tools/simulate_labeling.py.
-SIGNALS = ("uncertainty", "both", "coverage", "farthest", "uncertainty_per_class")
+SIGNALS = ("uncertainty", "both", "coverage", "farthest")
 
 
 class LabelingError(ValueError):
@@ -102,9 +99,8 @@ def rank(
         signal: "uncertainty" (every cluster counts as covered), "coverage"
             (every image counts as certain outside the uncovered clusters,
             which are ranked by size), both with `m + count` clusters;
-            "both" with `count` clusters; "farthest": `farthest_first`;
-            "uncertainty_per_class": "uncertainty" capped per class of the
-            vote. The module docstring says more.
+            "both" with `count` clusters; "farthest": `farthest_first`. The
+            module docstring says more.
         seed: k-means' seed.
 
     Returns:
@@ -131,7 +127,7 @@ def rank(
     kmeans = KMeans(n_clusters=num_clusters, n_init=1, random_state=seed).fit(everything)
     clusters, labeled_clusters = kmeans.labels_[:n], kmeans.labels_[n:]
     uncovered = ~np.isin(clusters, labeled_clusters)
-    if signal in ("uncertainty", "uncertainty_per_class"):
+    if signal == "uncertainty":
         uncovered[:] = False
     weight = np.where(uncovered, 1.0, uncertainty if signal != "coverage" else 0.0)
     # Equal priorities (covered clusters under "coverage") go by size.
@@ -139,10 +135,7 @@ def rank(
     # Typical: nearest the centre. Ties and the second pass go by uncertainty.
     distance = np.linalg.norm(everything[:n] - kmeans.cluster_centers_[clusters], axis=1)
     preference = np.where(uncovered, -distance, uncertainty)
-    if signal == "uncertainty_per_class":
-        picks = _capped(_one_per_cluster(clusters, priority, preference, n), vote, -(-count // num_classes), count)
-    else:
-        picks = _one_per_cluster(clusters, priority, preference, count)
+    picks = _one_per_cluster(clusters, priority, preference, count)
     kinds = np.where(
         uncovered[picks], "uncovered", np.where(vote[picks] != classifier_classes[picks], "disagreement", "uncertain")
     )
@@ -178,24 +171,9 @@ def _one_per_cluster(clusters, priority, preference, count):
     """`count` rows: each cluster's preferred row in decreasing cluster priority, then each one's next, and so on."""
     order = np.lexsort((-preference, clusters))  # grouped by cluster, the preferred row first
     grouped = clusters[order]
-    return order[np.lexsort((-priority[grouped], _turns(grouped)))[:count]]
-
-
-def _capped(order, classes, cap, count):
-    """The first `count` rows of `order` that are among the first `cap` of their class in it; rows beyond a cap
-    follow in order when the classes have too few rows to fill `count`."""
-    turn = _turns(classes[order])
-    return np.concatenate([order[turn < cap], order[turn >= cap]])[:count]
-
-
-def _turns(keys):
-    """For each position of `keys`, how many positions before it hold the same key."""
-    order = np.argsort(keys, kind="stable")
-    grouped = keys[order]
     starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
-    turns = np.empty(len(keys), np.int64)
-    turns[order] = np.arange(len(keys)) - np.repeat(starts, np.diff(np.r_[starts, len(keys)]))
-    return turns
+    turn = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return order[np.lexsort((-priority[grouped], turn))[:count]]
 
 
 def write_csv(out, picks, predicted, class_names, names=None, rows=None):

@@ -120,28 +120,6 @@ def test_uncertainty_alone_sees_no_uncovered_group_and_coverage_alone_takes_the_
     assert set(coverage["signal"].tolist()) == {"uncovered"} and coverage["index"][0] in parts["clump"]
 
 
-def test_uncertainty_per_class_takes_at_most_its_share_of_each_class_of_the_vote():
-    # Classes 1 and 2 are labeled 1 apart, class 0 far from both: the least sure votes are all between 1 and 2.
-    rng = np.random.default_rng(0)
-    labeled = np.array([[0, 0], [10, 0], [10, 1]], np.float32).repeat(3, axis=0)
-    labels = np.repeat([0, 1, 2], 3)
-    features = np.concatenate([rng.normal([0, 0], 1.0, (30, 2)), rng.normal([10, 0.5], 0.5, (60, 2))])
-    classes = np.zeros(len(features), np.int64)
-    _, vote = labeling.vote_uncertainty(features, labeled, labels, 3, k=3)
-    kwargs = {"count": 6, "num_classes": 3, "k": 3}
-    plain = labeling.rank(features, labeled, labels, classes, signal="uncertainty", **kwargs)
-    assert np.bincount(vote[plain["index"]], minlength=3).max() > 2
-    capped = labeling.rank(features, labeled, labels, classes, signal="uncertainty_per_class", **kwargs)
-    assert np.bincount(vote[capped["index"]], minlength=3).tolist() == [2, 2, 2]
-    assert len(set(capped["index"].tolist())) == 6
-
-
-def test_the_cap_fills_from_the_rest_when_a_class_has_too_few_rows():
-    order, classes = np.array([4, 0, 3, 1, 2]), np.array([0, 0, 1, 0, 0])  # row 2 alone is of class 1
-    np.testing.assert_array_equal(labeling._capped(order, classes, 1, 3), [4, 2, 0])
-    np.testing.assert_array_equal(labeling._capped(order, classes, 2, 5), [4, 0, 2, 3, 1])
-
-
 def test_a_pick_where_the_vote_and_the_classifier_disagree_says_so():
     features, labeled, labels, parts = _scene()
     classes = np.ones(len(features), np.int64)  # q(y|x̂) says class 1 everywhere
