@@ -223,7 +223,8 @@ def test_fuzz_lifted_structured_loss(data, batch, dims, pattern, duplicates, mar
 
 # The shipped recipes whose options differ (the paper's; the k-NN vote and balanced assignment; the second view;
 # the batch's L_C with a cosine schedule and the mixture over x̂; the 32×32 network), shrunk to two tiny steps
-# each. The others combine the same options (Fashion-MNIST's clustering flagfile is MNIST's without the mixture over x̂).
+# each. The others combine the same options (Fashion-MNIST's clustering flagfile is MNIST's without the
+# mixture over x̂).
 RECIPE_ARGS = {
     "mnist": ["--dataset=mnist"],
     "mnist-cpu": ["--dataset=mnist", "--settings=cpu"],

@@ -422,10 +422,9 @@ def test_clustering_cpu_settings_follow_the_papers_clustering_settings(dataset):
     # MNIST's adds the mixture over x̂ as L_A's target; Fashion-MNIST's has no L_A.
     mixture = (2, 1.0) if dataset == "mnist" else (0, 0.0)
     assert (config.feature_clusters, config.assignment_weight) == mixture
+    # The paper's clustering settings have neither, and keep the paper's per-image L_C.
     paper = config_from_args([f"--dataset={dataset}", "--mode=clustering"])
-    assert (paper.feature_clusters, paper.assignment_weight) == (0, 0.0)
-    # The paper's clustering settings keep the paper's per-image L_C.
-    assert config_from_args([f"--dataset={dataset}", "--mode=clustering"]).categorical_kl == "image"
+    assert (paper.feature_clusters, paper.assignment_weight, paper.categorical_kl) == (0, 0.0, "image")
 
 
 def test_cpu_settings_for_one_label_count_come_last():
