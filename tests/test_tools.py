@@ -384,6 +384,12 @@ def test_compare_commits_compares_within_a_relative_tolerance_and_refuses_bad_in
     with pytest.raises(SystemExit) as exit_info:
         tool.main(["HEAD", "HEAD", f"--datasets_dir={tmp_path}", "--recipes=mnist-paper"])
     assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
+    # The same commit twice would compare one run with itself: refused before any worktree or run.
+    (tmp_path / "mnist").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["HEAD", "HEAD~0", f"--datasets_dir={tmp_path}", "--recipes=mnist-paper", f"--workdir={tmp_path}/w"])
+    assert exit_info.value.code == 2 and "are the same commit" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_compare_commits_reads_synthetic_svhn_when_the_real_files_are_absent(tmp_path):

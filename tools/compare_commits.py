@@ -9,7 +9,8 @@ SVHN's paper settings) trains there with `--deterministic
 --epochs=1 --steps_per_epoch=50 --seed=0`, importing that worktree's package.
 The per-epoch losses (from the TensorBoard logs) and the validation scores
 (from `metrics.json`) of the two commits are compared with a relative
-tolerance (default 1e-5). SVHN, whose files are not on every machine, reads
+tolerance (default 1e-5). A commit's finished runs under `--workdir` are
+reused, so comparing it again trains only the other commit. SVHN, whose files are not on every machine, reads
 `--datasets_dir`/svhn when it is there and otherwise synthetic `.mat` files of
 the same layout (seeded random pixels, written once into `--workdir`): the same
 input for both commits, which is all a comparison needs. Prints one JSON document; exits 1 when a value
@@ -52,8 +53,11 @@ def git(*args, cwd=None):
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def worktree(repo, commit, workdir):
-    sha = git("rev-parse", "--verify", f"{commit}^{{commit}}", cwd=repo)
+def resolve(repo, commit):
+    return git("rev-parse", "--verify", f"{commit}^{{commit}}", cwd=repo)
+
+
+def worktree(repo, sha, workdir):
     path = workdir / sha[:12]
     if not path.exists():
         git("worktree", "add", "--detach", str(path), sha, cwd=repo)
@@ -164,10 +168,17 @@ def main(argv=None):
         if not (datasets_dir / dataset).is_dir():
             parser.exit(2, f"error: {datasets_dir / dataset} is not a folder\n")
     repo = Path(__file__).resolve().parents[1]
+    try:
+        shas = [resolve(repo, commit) for commit in (args.before, args.after)]
+    except subprocess.CalledProcessError as e:
+        parser.exit(2, f"error: {' '.join(e.cmd)}: {e.stderr.strip()}\n")
+    # One commit has one runs folder: its run would be compared with itself.
+    if shas[0] == shas[1]:
+        parser.exit(2, f"error: {args.before} and {args.after} are the same commit {shas[0][:12]}\n")
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        trees = [worktree(repo, commit, workdir) for commit in (args.before, args.after)]
+        trees = [worktree(repo, sha, workdir) for sha in shas]
     except subprocess.CalledProcessError as e:
         parser.exit(2, f"error: {' '.join(e.cmd)}: {e.stderr.strip()}\n")
     report = {"before": trees[0][0], "after": trees[1][0], "run_flags": RUN_FLAGS, "tolerance": args.tolerance}
