@@ -230,6 +230,9 @@ def test_reproduce_reads_finished_seeds_only_when_their_flags_match(tmp_path, ca
     assert "| 11 | 9 | 3.00 | 4.00 | 3.50 | 3.00 | 311 |" in out
     assert "CPU: Test CPU." in out
     assert (sweep / "results.md").read_text() in out
+    # One seed has no spread to print.
+    assert tool.main([argv[0], "--seeds=10-10", *argv[2:]]) == 0
+    assert "| cpu | 1.94 (± 0.49) | 2.00 (one seed) | 3.00 (one seed) | 10 |" in capsys.readouterr().out
 
     # Other flags than the finished runs had: refused in one line, nothing trained or written.
     (sweep / "results.md").unlink()

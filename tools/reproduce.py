@@ -161,10 +161,10 @@ def stale_flags(run_flags, model_dir):
 
 
 def _spread(values, extreme):
-    """`mean (± std; EXTREME max)`: the max is the worst error or the best ACC/NMI."""
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} (± {std:.2f}; {extreme} {max(values):.2f})"
+    """`mean (± std; EXTREME max)`: the max is the worst error or the best ACC/NMI; one seed has no spread."""
+    if len(values) == 1:
+        return f"{values[0]:.2f} (one seed)"
+    return f"{statistics.fmean(values):.2f} (± {statistics.stdev(values):.2f}; {extreme} {max(values):.2f})"
 
 
 def _run_facts(results):
