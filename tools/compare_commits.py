@@ -10,11 +10,12 @@ SVHN's paper settings) trains there with `--deterministic
 The per-epoch losses (from the TensorBoard logs) and the validation scores
 (from `metrics.json`) of the two commits are compared with a relative
 tolerance (default 1e-5). A commit's finished runs under `--workdir` are
-reused, so comparing it again trains only the other commit. SVHN, whose files are not on every machine, reads
-`--datasets_dir`/svhn when it is there and otherwise synthetic `.mat` files of
-the same layout (seeded random pixels, written once into `--workdir`): the same
-input for both commits, which is all a comparison needs. Prints one JSON document; exits 1 when a value
-differs, 2 on bad input.
+reused, so comparing it again trains only the other commit. SVHN, whose
+files are not on every machine, reads `--datasets_dir`/svhn when it is there
+and otherwise synthetic `.mat` files of the same layout (seeded random pixels,
+written once into `--workdir`): the same input for both commits, which is all
+a comparison needs. Prints one JSON document; exits 1 when a value differs, 2
+on bad input.
 """
 
 import argparse
@@ -61,7 +62,7 @@ def worktree(repo, sha, workdir):
     path = workdir / sha[:12]
     if not path.exists():
         git("worktree", "add", "--detach", str(path), sha, cwd=repo)
-    return sha, path
+    return path
 
 
 def epoch_scalars(log_dir):
@@ -181,11 +182,11 @@ def main(argv=None):
         trees = [worktree(repo, sha, workdir) for sha in shas]
     except subprocess.CalledProcessError as e:
         parser.exit(2, f"error: {' '.join(e.cmd)}: {e.stderr.strip()}\n")
-    report = {"before": trees[0][0], "after": trees[1][0], "run_flags": RUN_FLAGS, "tolerance": args.tolerance}
+    report = {"before": shas[0], "after": shas[1], "run_flags": RUN_FLAGS, "tolerance": args.tolerance}
     same = True
     for name in recipes:
         folder = data_dir(RECIPES[name][0], datasets_dir, workdir)
-        values = [run_recipe(tree, name, folder, workdir / f"{sha[:12]}-runs") for sha, tree in trees]
+        values = [run_recipe(tree, name, folder, workdir / f"{tree.name}-runs") for tree in trees]
         rows = compare(*values, args.tolerance)
         report[name] = rows
         same = same and all(row["same"] for row in rows.values())
